@@ -1,0 +1,78 @@
+"""Operator facts: the one table every pass consults instead of testing `op == "*"`.
+
+Each reduction (`+=`, `min=`, `max=`) pairs with a combining operator that forms the right-hand
+side's products: (+, *), (min, +), (max, +). Facts are stated once here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str  # IR name ("add", "mul", "min", "max")
+    symbol: str  # how the printer writes it
+    identity: float
+    annihilator: float | None  # x op annihilator == annihilator (None: there is none)
+    commutative: bool
+    associative: bool
+    idempotent: bool  # x op x == x: multiplicities are dropped, not multiplied
+    numpy: np.ufunc
+    infix: bool  # printed as `a + b` rather than `min(a, b)`
+
+
+OPERATORS: dict[str, Operator] = {
+    op.name: op
+    for op in (
+        Operator("add", "+", 0.0, None, True, True, False, np.add, True),
+        Operator("mul", "*", 1.0, 0.0, True, True, False, np.multiply, True),
+        Operator("min", "min", math.inf, -math.inf, True, True, True, np.minimum, False),
+        Operator("max", "max", -math.inf, math.inf, True, True, True, np.maximum, False),
+    )
+}
+
+# Reduction spelled in the source -> (reduction operator, combining operator of its semiring).
+REDUCTIONS: dict[str, tuple[str, str]] = {
+    "+=": ("add", "mul"),
+    "min=": ("min", "add"),
+    "max=": ("max", "add"),
+}
+
+# Binary operators of the right-hand side, by their source symbol.
+INFIX: dict[str, str] = {"*": "mul", "+": "add"}
+
+
+def operator(name: str) -> Operator:
+    try:
+        return OPERATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown operator {name!r}; known: {sorted(OPERATORS)}") from None
+
+
+def reduction_for(symbol: str) -> tuple[Operator, Operator]:
+    """(reduction, combining operator) of an assignment symbol such as `min=`."""
+    if symbol not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {symbol!r}; known: {', '.join(REDUCTIONS)}")
+    reduce_name, combine_name = REDUCTIONS[symbol]
+    return OPERATORS[reduce_name], OPERATORS[combine_name]
+
+
+def fill_value(reduce: Operator) -> float:
+    """Value of an entry a sparse operand does not store: the reduction's identity.
+
+    It is the annihilator of the semiring's combining operator (0 for *, +inf for + under min),
+    so iterating over stored entries only is exact.
+    """
+    return reduce.identity
+
+
+def repeat(reduce: Operator, value: float, count: int) -> float:
+    """`value` reduced with itself `count` times (count >= 1): a factor, or nothing if idempotent."""
+    if reduce.idempotent:
+        return value
+    assert reduce.name == "add", reduce
+    return value * count

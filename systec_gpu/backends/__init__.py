@@ -1,0 +1,1 @@
+"""Code generators and executors of the loop IR: reference (interpreter), numba, triton."""

@@ -1,0 +1,196 @@
+"""Numba backend: a printer from loop IR to readable Numba source, parallel over chunks.
+
+Each chunk of the outer loop (contiguous nonzeros balanced by count, or a cyclic share of the
+first dense loop) accumulates into its own slice of `partial`; the runtime reduces the slices.
+No two threads write the same memory, so no update is lost.
+"""
+
+from __future__ import annotations
+
+from .. import __version__, algebra
+from ..ir.einsum import Access, Call, Literal
+from ..ir.loop import (
+    Block,
+    ClassOf,
+    DenseLoop,
+    DriverValue,
+    Factor,
+    Guard,
+    Let,
+    LoopProgram,
+    Ref,
+    SparseLoop,
+    Update,
+    format_loop_program,
+)
+from .cache import load_source
+from .parameters import Param, kernel_parameters
+from .writer import CodeWriter, Namer
+
+
+class _Emitter:
+    def __init__(self, program: LoopProgram):
+        self.program = program
+        self.names = Namer(reserved=("numba", "np", "kernel"))
+        self.w = CodeWriter()
+        self.params = kernel_parameters(program)
+        self.param_names = {p: self._param_name(p) for p in self.params}
+        self.chunk = self.names.fresh("chunk")
+        self.acc = self.names.fresh("acc")
+        self.position = self.names.fresh("p")
+        self.first_loop = True
+
+    def _param_name(self, param: Param) -> str:
+        driver = self.program.driver
+        match param.kind:
+            case "partial":
+                return self.names.fresh("partial")
+            case "pointers":
+                return self.names.fresh(f"{driver}_ptr")
+            case "coords":
+                return self.names.fresh(f"{driver}_crd{param.key}")
+            case "values":
+                return self.names.fresh(f"{driver}_vals")
+            case "dense" | "table":
+                return self.names.user("tensor", param.key)
+            case "extent":
+                return self.names.fresh(f"{param.key.tensor}_size{param.key.mode}")
+            case "bounds":
+                return self.names.fresh("bounds")
+            case "chunks":
+                return self.names.fresh("n_chunks")
+        raise ValueError(param)
+
+    def index(self, index) -> str:
+        return self.names.user("index", index.name)
+
+    def let(self, name: str) -> str:
+        return self.names.user("let", name)
+
+    def subscript(self, indices) -> str:
+        return ", ".join(self.index(i) for i in indices) if indices else "0"
+
+    def expr(self, expr) -> str:
+        match expr:
+            case Access(tensor=t, indices=idx):
+                return f"{self.names.user('tensor', t)}[{self.subscript(idx)}]"
+            case DriverValue():
+                return f"{self.param_names[Param('values')]}[{self.position}]"
+            case Ref(name=name):
+                return self.let(name)
+            case Literal(value=v):
+                return repr(float(v))
+            case ClassOf(chains=chains):
+                terms, bit = [], 0
+                for chain in chains:
+                    for a, b in zip(chain, chain[1:], strict=False):
+                        terms.append(f"({self.index(a)} == {self.index(b)}) * {1 << bit}")
+                        bit += 1
+                return " + ".join(terms)
+            case Factor(table=t, row=row, column=column):
+                return f"{self.names.user('tensor', t)}[{self.expr(row)}, {column}]"
+            case Call(op=op, args=args):
+                info = algebra.operator(op)
+                parts = [self.expr(a) for a in args]
+                if info.infix:
+                    return "(" + f" {info.symbol} ".join(parts) + ")"
+                text = parts[0]
+                for part in parts[1:]:
+                    text = f"{info.symbol}({text}, {part})"
+                return text
+        raise TypeError(f"not a loop expression: {expr!r}")
+
+    def stmt(self, stmt) -> None:
+        w = self.w
+        match stmt:
+            case Block(body=body):
+                for s in body:
+                    self.stmt(s)
+            case Let(name=name, value=value):
+                w.line(f"{self.let(name)} = {self.expr(value)}")
+            case Update():
+                self.update(stmt)
+            case SparseLoop():
+                self.sparse_loop(stmt)
+            case DenseLoop(index=i, extent=extent, lower=lo, upper=hi, body=body):
+                start = self.index(lo) if lo is not None else "0"
+                stop = f"{self.index(hi)} + 1" if hi is not None else self.param_names[Param("extent", extent)]
+                if self.first_loop:
+                    # Cyclic shares balance triangular loops across chunks.
+                    self.first_loop = False
+                    header = f"for {self.index(i)} in range({start} + {self.chunk}, {stop}, {self.param_names[Param('chunks')]}):"
+                else:
+                    header = f"for {self.index(i)} in range({start}, {stop}):"
+                with w.block(header):
+                    self.stmt(body)
+            case Guard(lhs=a, rhs=b, body=body):
+                with w.block(f"if {self.index(a)} <= {self.index(b)}:"):
+                    self.stmt(body)
+            case _:
+                raise TypeError(f"not a loop statement: {stmt!r}")
+
+    def sparse_loop(self, loop: SparseLoop) -> None:
+        w, p = self.w, self.position
+        bounds = self.param_names[Param("bounds")]
+        self.first_loop = False
+        if loop.format == "csr":
+            row = self.index(loop.indices[0])
+            ptr = self.param_names[Param("pointers")]
+            with w.block(f"for {row} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"):
+                with w.block(f"for {p} in range({ptr}[{row}], {ptr}[{row} + 1]):"):
+                    for mode in range(1, len(loop.indices)):
+                        w.line(f"{self.index(loop.indices[mode])} = {self.param_names[Param('coords', mode)]}[{p}]")
+                    self.stmt(loop.body)
+            return
+        with w.block(f"for {p} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"):
+            for mode, index in enumerate(loop.indices):
+                w.line(f"{self.index(index)} = {self.param_names[Param('coords', mode)]}[{p}]")
+            self.stmt(loop.body)
+
+    def update(self, update: Update) -> None:
+        w = self.w
+        info = algebra.operator(update.reduce)
+        target = f"{self.acc}[{self.subscript(update.output.indices)}]"
+        value = self.expr(update.value)
+        factor = update.factor
+        if isinstance(factor, Factor | Ref):
+            f = self.expr(factor)
+            with w.block(f"if {f} != 0:"):  # a zero factor skips the update: 0 * inf is not 0
+                self.accumulate(info, target, value if info.idempotent else f"{f} * {value}")
+        else:
+            scaled = value if factor is None or info.idempotent else f"{self.expr(factor)} * {value}"
+            self.accumulate(info, target, scaled)
+
+    def accumulate(self, info: algebra.Operator, target: str, value: str) -> None:
+        if info.infix:
+            self.w.line(f"{target} {info.symbol}= {value}")
+        else:
+            self.w.line(f"{target} = {info.symbol}({target}, {value})")
+
+    def emit(self) -> str:
+        w, program = self.w, self.program
+        w.line(f"# Generated by systec_gpu {__version__} (numba backend). Do not edit.")
+        w.line("#")
+        for line in format_loop_program(program).splitlines():
+            w.line(f"# {line}")
+        w.line("import numba")
+        w.line("import numpy as np  # noqa: F401")
+        w.line()
+        w.line()
+        w.line("@numba.njit(parallel=True, cache=True, nogil=True)")
+        args = ", ".join(self.param_names[p] for p in self.params)
+        with w.block(f"def kernel({args}):"):
+            chunks = self.param_names[Param("chunks")]
+            with w.block(f"for {self.chunk} in numba.prange({chunks}):"):
+                w.line(f"{self.acc} = {self.param_names[Param('partial')]}[{self.chunk}]")
+                self.stmt(program.body)
+        return w.text()
+
+
+def numba_source(program: LoopProgram) -> str:
+    return _Emitter(program).emit()
+
+
+def numba_kernel(program: LoopProgram):
+    """The compiled kernel function (imported from its content-addressed file)."""
+    return load_source(numba_source(program), "numba").kernel

@@ -1,0 +1,45 @@
+"""The kernel parameter list shared by the code generators and the runtime that fills it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.loop import DenseLoop, Extent, LoopProgram, SparseLoop
+from ..ir.traverse import walk
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel argument: `kind` in partial, coords, values, pointers, dense, table, extent,
+    bounds, chunks; `key` names which one (a mode, a tensor, a table, an extent)."""
+
+    kind: str
+    key: object = None
+
+
+def sparse_loop(program: LoopProgram) -> SparseLoop | None:
+    return next((n for n in walk(program.body) if isinstance(n, SparseLoop)), None)
+
+
+def dense_extents(program: LoopProgram) -> tuple[Extent, ...]:
+    found: dict[Extent, None] = {}
+    for node in walk(program.body):
+        if isinstance(node, DenseLoop):
+            found.setdefault(node.extent, None)
+    return tuple(found)
+
+
+def kernel_parameters(program: LoopProgram) -> tuple[Param, ...]:
+    params = [Param("partial")]
+    loop = sparse_loop(program)
+    if loop is not None:
+        if loop.format == "csr":
+            params.append(Param("pointers"))
+        for mode in range(1 if loop.format == "csr" else 0, len(loop.indices)):
+            params.append(Param("coords", mode))
+        params.append(Param("values"))
+    params += [Param("dense", t) for t in program.dense_inputs]
+    params += [Param("table", t.name) for t in program.tables]
+    params += [Param("extent", e) for e in dense_extents(program)]
+    params += [Param("bounds"), Param("chunks")]
+    return tuple(params)

@@ -1,0 +1,56 @@
+"""An indented source writer and a namer with deterministic fresh names."""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+from contextlib import contextmanager
+
+
+class CodeWriter:
+    def __init__(self, indent: str = "    "):
+        self.lines: list[str] = []
+        self.depth = 0
+        self.unit = indent
+
+    def line(self, text: str = "") -> None:
+        self.lines.append(f"{self.unit * self.depth}{text}" if text else "")
+
+    @contextmanager
+    def block(self, header: str):
+        self.line(header)
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+class Namer:
+    """Maps user identifiers to safe Python names and hands out fresh ones, in call order."""
+
+    def __init__(self, reserved: tuple[str, ...] = ()):
+        self.taken: set[str] = set(reserved)
+        self.user_names: dict[tuple[str, str], str] = {}
+
+    def _unique(self, base: str) -> str:
+        name, n = base, 0
+        while name in self.taken or keyword.iskeyword(name) or hasattr(builtins, name):
+            n += 1
+            name = f"{base}_{n}"
+        self.taken.add(name)
+        return name
+
+    def user(self, kind: str, identifier: str) -> str:
+        """The same safe name for the same (kind, identifier), every time: a tensor and an
+        index may share a spelling in the expression but never in the generated code."""
+        key = (kind, identifier)
+        if key not in self.user_names:
+            self.user_names[key] = self._unique(identifier)
+        return self.user_names[key]
+
+    def fresh(self, base: str) -> str:
+        return self._unique(base)

@@ -1,0 +1,129 @@
+"""Declarations (`symmetric=`, `formats=`) checked against a parsed einsum -> einsum Program."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from ..ir.einsum import Einsum, Program, Symmetry, accesses
+
+FORMATS = ("dense", "coo", "csr")
+
+
+class DeclarationError(ValueError):
+    """The expression and its declarations disagree; the message names the operand."""
+
+
+def _where(text: str, tensor: str) -> str:
+    match = re.search(rf"\b{re.escape(tensor)}\s*\[", text)
+    return f" (position {match.start()})" if match else ""
+
+
+def _check_arity(einsum: Einsum, text: str) -> dict[str, int]:
+    arity: dict[str, int] = {}
+    for access in (einsum.output, *accesses(einsum.rhs)):
+        known = arity.setdefault(access.tensor, len(access.indices))
+        if known != len(access.indices):
+            raise DeclarationError(
+                f"tensor {access.tensor} is used with {known} and with {len(access.indices)} "
+                f"indices{_where(text, access.tensor)}: {access}"
+            )
+    return arity
+
+
+def _check_indices(einsum: Einsum, text: str) -> None:
+    inputs = {a.tensor for a in accesses(einsum.rhs)}
+    if einsum.output.tensor in inputs:
+        raise DeclarationError(
+            f"output {einsum.output.tensor} also appears on the right-hand side; "
+            "write the result to a new tensor"
+        )
+    rhs_indices = {i for a in accesses(einsum.rhs) for i in a.indices}
+    for index in einsum.output.indices:
+        if index not in rhs_indices:
+            raise DeclarationError(
+                f"output index {index} of {einsum.output} appears in no input{_where(text, einsum.output.tensor)}"
+            )
+    seen = set()
+    for index in einsum.output.indices:
+        if index in seen:
+            raise DeclarationError(f"output {einsum.output} repeats index {index}")
+        seen.add(index)
+
+
+def normalize_groups(tensor: str, spec, ndim: int) -> tuple[tuple[int, ...], ...]:
+    """`"full"` or a list of mode groups -> sorted disjoint groups of size >= 2."""
+    if spec in ("full", True):
+        if ndim < 2:
+            raise DeclarationError(f"symmetric {tensor!r}: 'full' needs at least 2 modes, {tensor} has {ndim}")
+        return (tuple(range(ndim)),)
+    if spec in (None, False, ()):
+        return ()
+    if isinstance(spec, str) or not isinstance(spec, Sequence):
+        raise DeclarationError(
+            f"symmetric {tensor!r}: expected 'full' or a list of mode groups like [(0, 1)], got {spec!r}"
+        )
+    if spec and all(isinstance(m, int) for m in spec):
+        spec = [spec]  # a single group written flat: (0, 1)
+    groups, used = [], set()
+    for group in spec:
+        modes = tuple(sorted(int(m) for m in group))
+        if len(modes) < 2:
+            raise DeclarationError(f"symmetric {tensor!r}: group {tuple(group)} needs at least 2 modes")
+        for mode in modes:
+            if not 0 <= mode < ndim:
+                raise DeclarationError(
+                    f"symmetric {tensor!r}: mode {mode} of group {tuple(group)} is out of range "
+                    f"({tensor} has {ndim} modes: 0..{ndim - 1})"
+                )
+            if mode in used:
+                raise DeclarationError(f"symmetric {tensor!r}: mode {mode} is in two groups")
+            used.add(mode)
+        groups.append(modes)
+    return tuple(sorted(groups))
+
+
+def build_program(
+    einsum: Einsum,
+    text: str = "",
+    symmetric: Mapping[str, object] | None = None,
+    formats: Mapping[str, str] | None = None,
+) -> Program:
+    """Check the declarations against the einsum and fold them into a Program."""
+    arity = _check_arity(einsum, text)
+    _check_indices(einsum, text)
+    symmetries = []
+    for tensor, spec in sorted((symmetric or {}).items()):
+        if tensor not in arity:
+            raise DeclarationError(
+                f"symmetric= names {tensor!r}, which the expression does not use "
+                f"(tensors: {', '.join(sorted(arity))})"
+            )
+        groups = normalize_groups(tensor, spec, arity[tensor])
+        for group in groups:
+            for access in (einsum.output, *accesses(einsum.rhs)):
+                if access.tensor == tensor and len({access.indices[m] for m in group}) < len(group):
+                    raise DeclarationError(
+                        f"symmetric {tensor!r}: access {access} repeats an index inside group {group}; "
+                        "diagonal extraction of a symmetric tensor is not supported"
+                    )
+        if groups:
+            symmetries.append(Symmetry(tensor, groups))
+    declared = {s.tensor for s in symmetries}
+    fmt: dict[str, str] = {}
+    for tensor, value in (formats or {}).items():
+        if tensor not in arity:
+            raise DeclarationError(f"formats= names {tensor!r}, which the expression does not use")
+        if value not in FORMATS:
+            raise DeclarationError(f"formats[{tensor!r}] = {value!r}: unknown format; known: {', '.join(FORMATS)}")
+        if tensor == einsum.output.tensor and value != "dense":
+            raise DeclarationError(f"formats[{tensor!r}]: the output is always dense")
+        if value == "csr" and arity[tensor] != 2:
+            raise DeclarationError(f"formats[{tensor!r}] = 'csr' needs a matrix, {tensor} has {arity[tensor]} modes")
+        fmt[tensor] = value
+    for tensor in arity:
+        if tensor not in fmt:
+            # Sparse and symmetric is the point of this library: symmetric inputs default to COO.
+            is_input = tensor != einsum.output.tensor
+            fmt[tensor] = "coo" if tensor in declared and is_input else "dense"
+    return Program(einsum, tuple(symmetries), tuple(sorted(fmt.items())))

@@ -1,0 +1,1 @@
+"""Intermediate representations: einsum level and loop level, plus one traversal toolkit."""

@@ -1,0 +1,95 @@
+"""Python interpreter of the loop level (backend "reference").
+
+Executes the symmetrized program point by point, so the symmetry passes are checked
+independently of any code generator. Slow by design: for small tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import algebra
+from .einsum import Access, Call, Literal
+from .loop import (
+    Block,
+    ClassOf,
+    DenseLoop,
+    DriverValue,
+    Factor,
+    Guard,
+    Let,
+    LoopProgram,
+    Ref,
+    SparseLoop,
+    Update,
+)
+
+
+def interpret_loops(program: LoopProgram, args) -> np.ndarray:
+    """Run `program` on `args` (a runtime.KernelArgs) and return its output array."""
+    out = args.out
+    env: dict = {}
+
+    def value(expr):
+        match expr:
+            case Access(tensor=t, indices=idx):
+                return args.dense[t][tuple(env[i] for i in idx)]
+            case DriverValue():
+                return env["<driver>"]
+            case Ref(name=name):
+                return env[name]
+            case Literal(value=v):
+                return v
+            case ClassOf(chains=chains):
+                row, bit = 0, 0
+                for chain in chains:
+                    for a, b in zip(chain, chain[1:], strict=False):
+                        row |= int(env[a] == env[b]) << bit
+                        bit += 1
+                return row
+            case Factor(table=t, row=row, column=column):
+                return int(args.tables[t][value(row), column])
+            case Call(op=op, args=operands):
+                ufunc = algebra.operator(op).numpy
+                result = value(operands[0])
+                for operand in operands[1:]:
+                    result = ufunc(result, value(operand))
+                return result
+        raise TypeError(f"not a loop expression: {expr!r}")
+
+    def run(stmt) -> None:
+        match stmt:
+            case Block(body=body):
+                for s in body:
+                    run(s)
+            case Let(name=name, value=v):
+                env[name] = value(v)
+            case Update(output=o, reduce=reduce, value=v, factor=factor):
+                count = 1 if factor is None else value(factor)
+                if count == 0:
+                    return  # a zero factor: the update does not happen (0 * inf is not 0)
+                where = tuple(env[i] for i in o.indices)
+                info = algebra.operator(reduce)
+                contribution = value(v) if info.idempotent else count * value(v)
+                out[where] = info.numpy(out[where], contribution)
+            case SparseLoop(indices=idx, body=body):
+                driver = args.driver
+                for p in range(driver.nnz):
+                    for mode, index in enumerate(idx):
+                        env[index] = int(driver.coords[mode][p])
+                    env["<driver>"] = driver.values[p]
+                    run(body)
+            case DenseLoop(index=i, extent=extent, lower=lo, upper=hi, body=body):
+                start = env[lo] if lo is not None else 0
+                stop = env[hi] if hi is not None else args.extent(extent) - 1
+                for v in range(start, stop + 1):
+                    env[i] = v
+                    run(body)
+            case Guard(lhs=a, rhs=b, body=body):
+                if env[a] <= env[b]:
+                    run(body)
+            case _:
+                raise TypeError(f"not a loop statement: {stmt!r}")
+
+    run(program.body)
+    return out

@@ -1,0 +1,234 @@
+"""Step 7: lower the symmetrized einsum to loops (the schedule: driver and loop order).
+
+The outer loop visits the stored nonzeros of one sparse operand (the driver) when every update
+has the driver's value as a factor of its combining operator (then skipping the entries it does
+not store is exact); the remaining indices become dense loops whose bounds keep each permutable
+set in canonical order. Schedules that cannot be applied are refused with a reason.
+"""
+
+from __future__ import annotations
+
+from .. import algebra
+from ..ir.einsum import Access, Call, Index, Literal, accesses, format_einsum, indices_of
+from ..ir.loop import (
+    Block,
+    ClassOf,
+    DenseLoop,
+    DriverValue,
+    Extent,
+    Factor,
+    Guard,
+    Let,
+    LoopProgram,
+    Ref,
+    SparseLoop,
+    Table,
+    Update,
+)
+from ..ir.symmetrized import Symmetrized, describe_class
+from .class_updates import index_order
+from .normalize import normalize
+
+
+class ScheduleError(ValueError):
+    """A schedule (loop order, driver) that cannot be applied; the message says why."""
+
+
+def _top_factors(expr, combine: str) -> tuple:
+    return expr.args if isinstance(expr, Call) and expr.op == combine else (expr,)
+
+
+def _with_driver(expr, driver_key: Access, sym: Symmetrized, order):
+    """Replace reads equal (up to symmetry) to the driver access by the driver's value."""
+    match expr:
+        case Access():
+            if normalize(expr, sym.program, order) == driver_key:
+                return DriverValue(expr.tensor)
+            return expr
+        case Call(op=op, args=args):
+            return Call(op, tuple(_with_driver(a, driver_key, sym, order) for a in args))
+    return expr
+
+
+def _driver_is_factor(update_rhs, driver: Access, sym: Symmetrized, combine: str, order) -> bool:
+    key = normalize(driver, sym.program, order)
+    return any(
+        isinstance(f, Access) and normalize(f, sym.program, order) == key
+        for f in _top_factors(update_rhs, combine)
+    )
+
+
+def choose_driver(sym: Symmetrized) -> tuple[Access | None, list[str]]:
+    """The first sparse access that is a factor of every update; notes for the ones refused."""
+    program = sym.program
+    _, combine = algebra.reduction_for(program.einsum.reduce)
+    order = index_order(sym)
+    notes = []
+    for access in accesses(program.einsum.rhs):
+        if program.format_of(access.tensor) == "dense":
+            continue
+        if all(_driver_is_factor(u.rhs, access, sym, combine.name, order) for u in sym.updates):
+            return access, notes
+        notes.append(
+            f"{access.tensor} is sparse but not a factor ({combine.symbol}) of every update: read densely"
+        )
+    return None, notes
+
+
+def _extents(sym: Symmetrized) -> dict[Index, Extent]:
+    einsum = sym.program.einsum
+    extents: dict[Index, Extent] = {}
+    for access in (*accesses(einsum.rhs), einsum.output):
+        for mode, index in enumerate(access.indices):
+            extents.setdefault(index, Extent(access.tensor, mode))
+    return extents
+
+
+def loop_order_for(sym: Symmetrized, driver: Access | None, requested) -> tuple[Index, ...]:
+    einsum = sym.program.einsum
+    every = indices_of(einsum)
+    bound = tuple(dict.fromkeys(driver.indices)) if driver else ()
+    if requested is not None:
+        order = tuple(Index(n) if isinstance(n, str) else n for n in requested)
+        if sorted(order) != sorted(every):
+            raise ScheduleError(
+                f"loop_order {tuple(i.name for i in order)} must list each index once: "
+                f"{', '.join(i.name for i in every)}"
+            )
+        head = order[: len(bound)]
+        if set(head) != set(bound):
+            raise ScheduleError(
+                f"loop_order {tuple(i.name for i in order)}: {driver.tensor} is sparse and iterated "
+                f"outermost, so its indices {', '.join(i.name for i in bound)} must come first"
+            )
+        return bound + order[len(bound):]
+    rest = [i for s in sym.sets for i in s.indices if i not in bound]
+    rest += [i for i in einsum.output.indices if i not in bound and i not in rest]
+    rest += [i for i in every if i not in bound and i not in rest]
+    return bound + tuple(rest)
+
+
+def _neighbours(sym: Symmetrized, index: Index, bound: list[Index]):
+    """Nearest already-bound indices before and after `index` in its canonical chain."""
+    for permutable in sym.sets:
+        chain = permutable.indices
+        if index in chain:
+            at = chain.index(index)
+            lower = next((c for c in reversed(chain[:at]) if c in bound), None)
+            upper = next((c for c in chain[at + 1:] if c in bound), None)
+            return lower, upper
+    return None, None
+
+
+def _implied_by_storage(sym: Symmetrized, driver: Access, expanded: bool, a: Index, b: Index) -> bool:
+    if expanded:
+        return False
+    for group in sym.program.groups_of(driver.tensor):
+        indices = [driver.indices[m] for m in group]
+        if a in indices and b in indices and indices.index(a) < indices.index(b):
+            return True
+    return False
+
+
+def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
+    program = sym.program
+    einsum = program.einsum
+    reduce, _ = algebra.reduction_for(einsum.reduce)
+    order = index_order(sym)
+    driver, notes = choose_driver(sym)
+    extents = _extents(sym)
+    loops = loop_order_for(sym, driver, loop_order)
+
+    driver_groups = program.groups_of(driver.tensor) if driver else ()
+    set_tuples = {s.indices for s in sym.sets}
+    expanded = bool(driver_groups) and not all(
+        tuple(driver.indices[m] for m in g) in set_tuples for g in driver_groups
+    )
+
+    # Innermost block: the class row, then one update per base update.
+    # One factor row for every class (e.g. SSYRK): no table, the factors are constants.
+    multi_class = len(set(sym.table)) > 1
+    body: list = []
+    if multi_class:
+        body.append(Let("cls", ClassOf(tuple(s.indices for s in sym.sets))))
+    driver_key = normalize(driver, program, order) if driver else None
+    for column, update in enumerate(sym.updates):
+        value = _with_driver(update.rhs, driver_key, sym, order) if driver else update.rhs
+        if multi_class:
+            factor = Factor("mult", Ref("cls"), column)
+        else:
+            count = sym.table[0][column]
+            if count == 0:
+                continue
+            factor = None if count == 1 else Literal(float(count))
+        body.append(Update(update.output, reduce.name, value, factor))
+    block = Block(tuple(body))
+
+    # Dense loops, innermost first, with canonical-order bounds.
+    bound: list[Index] = list(dict.fromkeys(driver.indices)) if driver else []
+    dense = [i for i in loops if i not in bound]
+    headers = []
+    for index in dense:
+        lower, upper = _neighbours(sym, index, bound)
+        headers.append((index, lower, upper))
+        bound.append(index)
+    for index, lower, upper in reversed(headers):
+        block = Block((DenseLoop(index, extents[index], lower, upper, block),))
+
+    if driver:
+        # Canonical-order constraints between two driver indices that storage does not imply.
+        for a, b in reversed(sym.constraints):
+            if a in driver.indices and b in driver.indices and not _implied_by_storage(
+                sym, driver, expanded, a, b
+            ):
+                block = Block((Guard(a, b, block),))
+        fmt = program.format_of(driver.tensor)
+        block = Block((SparseLoop(driver.tensor, driver.indices, expanded, fmt, block),))
+
+    dense_inputs = tuple(
+        dict.fromkeys(
+            a.tensor
+            for u in sym.updates
+            for a in accesses(_strip_driver(u.rhs, driver_key, sym, order))
+        )
+    )
+    rows = sym.table if multi_class else ()
+    tables = (
+        (Table("mult", tuple(rows), tuple(describe_class(sym, c) for c in sym.classes)),)
+        if multi_class
+        else ()
+    )
+    return LoopProgram(
+        source=format_einsum(einsum),
+        output=einsum.output,
+        output_shape=tuple(extents[i] for i in einsum.output.indices),
+        reduce=reduce.name,
+        output_groups=sym.output_groups,
+        tables=tables,
+        body=block,
+        dense_inputs=dense_inputs,
+        driver=driver.tensor if driver else None,
+        sets=tuple(s.indices for s in sym.sets),
+        symmetric_inputs=tuple((s.tensor, s.groups) for s in program.symmetries
+                               if s.tensor != einsum.output.tensor),
+        notes=sym.notes + tuple(notes),
+    )
+
+
+def _strip_driver(rhs, driver_key, sym, order):
+    """The right-hand side without the driver's reads (what remains is read densely)."""
+    if driver_key is None:
+        return rhs
+    stripped = _with_driver(rhs, driver_key, sym, order)
+    return substitute_driver_values(stripped)
+
+
+def substitute_driver_values(expr):
+    match expr:
+        case DriverValue():
+            return Literal(1.0)
+        case Call(op=op, args=args):
+            return Call(op, tuple(substitute_driver_values(a) for a in args))
+    return expr
+
+
