@@ -37,8 +37,12 @@ def symmetrize(program: Program, exploit: bool = True) -> Symmetrized:
     return sym
 
 
-def compile_loops(program: Program, exploit: bool = True, loop_order=None) -> LoopProgram:
-    loops = lower_to_loops(symmetrize(program, exploit), loop_order)  # 7. schedule
+def lower_and_optimize(sym: Symmetrized, loop_order=None) -> LoopProgram:
+    loops = lower_to_loops(sym, loop_order)  # schedule: sparse driver, loop order, bounds
     loops = read_once(loops)  # 7. read once, share partial products
     loops = concordize(loops)  # 8. contiguous innermost reads
     return verify_loops(loops)
+
+
+def compile_loops(program: Program, exploit: bool = True, loop_order=None) -> LoopProgram:
+    return lower_and_optimize(symmetrize(program, exploit), loop_order)

@@ -194,3 +194,13 @@ def numba_source(program: LoopProgram) -> str:
 def numba_kernel(program: LoopProgram):
     """The compiled kernel function (imported from its content-addressed file)."""
     return load_source(numba_source(program), "numba").kernel
+
+
+def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
+    import numba
+
+    from ..runtime import allocate
+    from .parameters import argument_values
+
+    allocate(args, program, chunks=threads or numba.get_num_threads())
+    numba_kernel(program)(*argument_values(kernel_parameters(program), args))

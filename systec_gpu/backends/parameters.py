@@ -43,3 +43,31 @@ def kernel_parameters(program: LoopProgram) -> tuple[Param, ...]:
     params += [Param("extent", e) for e in dense_extents(program)]
     params += [Param("bounds"), Param("chunks")]
     return tuple(params)
+
+
+def argument_values(params: tuple[Param, ...], args) -> list:
+    """The runtime values of `params`, from a runtime.KernelArgs."""
+    values = []
+    for param in params:
+        match param.kind:
+            case "partial":
+                values.append(args.partial)
+            case "pointers":
+                values.append(args.driver.pointers)
+            case "coords":
+                values.append(args.driver.coords[param.key])
+            case "values":
+                values.append(args.driver.values)
+            case "dense":
+                values.append(args.dense[param.key])
+            case "table":
+                values.append(args.tables[param.key])
+            case "extent":
+                values.append(args.extent(param.key))
+            case "bounds":
+                values.append(args.bounds)
+            case "chunks":
+                values.append(args.chunks)
+            case _:
+                raise ValueError(f"unknown kernel parameter {param}")
+    return values

@@ -1,0 +1,16 @@
+"""Backend "reference": the loop-IR interpreter, one chunk, in Python."""
+
+from __future__ import annotations
+
+from ..ir.loop import LoopProgram, format_loop_program
+from ..ir.loop_interpreter import interpret_loops
+from ..runtime import KernelArgs, allocate
+
+
+def run_reference(program: LoopProgram, args: KernelArgs) -> None:
+    allocate(args, program, chunks=1)
+    interpret_loops(program, args)
+
+
+def reference_source(program: LoopProgram) -> str:
+    return format_loop_program(program)

@@ -1,0 +1,290 @@
+"""Binding a call's tensors to a compiled loop program: checks, conversions, layouts, output.
+
+Everything here is shared by all backends: they receive `KernelArgs` (numpy arrays in the
+kernel's layouts) and fill `args.partial`; `finish` turns that into the user's result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import algebra
+from .dense_symmetry import check_symmetric, mirror_canonical
+from .ir.einsum import Program, accesses, tensors_of
+from .ir.loop import Extent, LoopProgram
+from .storage import SparseTensor, SymmetricTensor
+
+
+@dataclass
+class DriverArrays:
+    coords: tuple[np.ndarray, ...]  # one per mode of the driver access
+    values: np.ndarray
+    pointers: np.ndarray | None  # CSR row pointers over mode 0 (format "csr")
+    nnz: int
+    n_expanded: int  # nonzeros of the fully expanded tensor (for work statistics)
+
+
+@dataclass
+class KernelArgs:
+    dense: dict[str, np.ndarray]  # kernel layout; 0-d tensors as shape (1,)
+    driver: DriverArrays | None
+    shapes: dict[str, tuple[int, ...]]  # user-facing shapes of every tensor, the output included
+    sizes: dict[str, int]  # index name -> size
+    tables: dict[str, np.ndarray]
+    out_shape: tuple[int, ...]  # kernel layout; () as (1,)
+    dtype: np.dtype
+    partial: np.ndarray | None = None  # (chunks, *out_shape), filled with the reduction identity
+    bounds: np.ndarray | None = None
+    chunks: int = 1
+    torch_device: Any = None  # where the result goes
+    extras: dict = field(default_factory=dict)
+
+    def extent(self, extent: Extent) -> int:
+        return self.shapes[extent.tensor][extent.mode]
+
+    @property
+    def out(self) -> np.ndarray:
+        """The single accumulation buffer of a one-chunk run (the reference interpreter)."""
+        assert self.partial is not None and self.partial.shape[0] == 1
+        return self.partial[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Input kinds
+
+
+def _is_torch(obj) -> bool:
+    return type(obj).__module__.split(".")[0] == "torch"
+
+
+def _is_scipy_sparse(obj) -> bool:
+    return type(obj).__module__.startswith("scipy.sparse")
+
+
+def _is_pydata_sparse(obj) -> bool:
+    return type(obj).__module__.split(".")[0] == "sparse"
+
+
+def _is_cupy(obj) -> bool:
+    return type(obj).__module__.split(".")[0] == "cupy"
+
+
+def is_sparse_input(obj) -> bool:
+    if isinstance(obj, SparseTensor) or _is_scipy_sparse(obj) or _is_pydata_sparse(obj):
+        return True
+    return _is_torch(obj) and obj.layout != __import__("torch").strided
+
+
+def to_numpy(obj) -> np.ndarray:
+    if _is_torch(obj):
+        import torch
+
+        tensor = obj.detach()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.cpu().resolve_conj().numpy()
+    if _is_cupy(obj):
+        return obj.get()
+    return np.asarray(obj)
+
+
+def shape_of(obj) -> tuple[int, ...]:
+    return tuple(int(s) for s in obj.shape) if hasattr(obj, "shape") else np.shape(obj)
+
+
+def to_storage(name: str, obj, groups, check: bool) -> SparseTensor:
+    """A sparse input as storage: SymmetricTensor when `groups` is non-empty."""
+    if isinstance(obj, SymmetricTensor):
+        if groups and tuple(obj.groups) != tuple(groups):
+            raise ValueError(
+                f"{name} is a SymmetricTensor with groups {obj.groups}, but the kernel was compiled "
+                f"with {name} symmetric in {tuple(groups)}"
+            )
+        return obj if groups else obj.expanded()
+    if isinstance(obj, SparseTensor):
+        if not groups:
+            return obj
+        return SymmetricTensor.from_coo(obj.indices, obj.values, obj.shape, groups, check=check, name=name)
+    if is_sparse_input(obj):
+        from .io.convert import as_sparse_tensor
+
+        return as_sparse_tensor(obj, symmetric=list(groups) if groups else None, check=check)
+    dense = to_numpy(obj)
+    if groups:
+        return SymmetricTensor.from_dense(dense, groups, check=check, name=name)
+    return SparseTensor.from_dense(dense)
+
+
+def densify(name: str, obj, fill: float) -> np.ndarray:
+    """Dense numpy array of an input; entries a sparse input does not store hold `fill`."""
+    if not is_sparse_input(obj):
+        return to_numpy(obj)
+    storage = to_storage(name, obj, (), check=False)
+    dense = np.full(storage.shape, fill, dtype=np.result_type(to_numpy(storage.values).dtype, np.float32))
+    dense[tuple(storage.indices)] = to_numpy(storage.values)
+    return dense
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding
+
+
+def _sizes(program: Program, inputs: dict[str, Any]) -> dict[str, int]:
+    sizes: dict[str, tuple[int, str, int]] = {}
+    for access in accesses(program.einsum.rhs):
+        shape = shape_of(inputs[access.tensor])
+        if len(shape) != len(access.indices):
+            raise ValueError(
+                f"{access.tensor} has {len(shape)} modes (shape {shape}) but is used as {access}"
+            )
+        for mode, (index, size) in enumerate(zip(access.indices, shape, strict=True)):
+            if index.name in sizes and sizes[index.name][0] != size:
+                known, tensor, known_mode = sizes[index.name]
+                raise ValueError(
+                    f"size mismatch for index {index}: {tensor} has size {known} at mode {known_mode} "
+                    f"but {access.tensor} has size {size} at mode {mode} ({access})"
+                )
+            sizes.setdefault(index.name, (size, access.tensor, mode))
+    return {name: size for name, (size, _, _) in sizes.items()}
+
+
+def _result_dtype(inputs: dict[str, Any]) -> np.dtype:
+    dtypes = []
+    for obj in inputs.values():
+        dtype = to_numpy(obj.values).dtype if isinstance(obj, SparseTensor) else None
+        if dtype is None:
+            dtype = getattr(obj, "dtype", None)
+            if _is_torch(obj):
+                import torch
+
+                dtype = {torch.float64: np.float64, torch.float32: np.float32}.get(dtype, np.float32)
+        dtypes.append(np.dtype(dtype) if dtype is not None else np.dtype(np.float64))
+    result = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
+    if result.kind != "f" or result.itemsize < 4:
+        result = np.dtype(np.float64) if result.kind in "iub" else np.dtype(np.float32)
+    return result
+
+
+def _driver_arrays(loops: LoopProgram, storage: SparseTensor, expanded: bool, fmt: str, dtype) -> DriverArrays:
+    key = ("systec_kernel_arrays", expanded, fmt, np.dtype(dtype).str)
+    cache = getattr(storage, "_cache", None)
+    if cache is not None and key in cache:
+        return cache[key]
+    source = storage.expanded() if expanded and isinstance(storage, SymmetricTensor) else storage
+    index_dtype = np.int32 if max(source.shape, default=0) < 2**31 else np.int64
+    coords = tuple(np.ascontiguousarray(source.indices[m], dtype=index_dtype) for m in range(source.ndim))
+    values = np.ascontiguousarray(to_numpy(source.values), dtype=dtype)
+    pointers = None
+    if fmt == "csr":
+        pointers = np.zeros(source.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(source.indices[0], minlength=source.shape[0]), out=pointers[1:])
+    n_expanded = storage.n_expanded if isinstance(storage, SymmetricTensor) else storage.nnz
+    arrays = DriverArrays(coords, values, pointers, source.nnz, n_expanded)
+    if cache is not None and not _is_torch(storage.values):
+        cache[key] = arrays
+    return arrays
+
+
+def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check: bool = True) -> KernelArgs:
+    einsum = program.einsum
+    names = tensors_of(einsum)
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise TypeError(f"missing tensor(s) for {einsum.output.tensor}: {', '.join(missing)}")
+    unknown = [n for n in inputs if n not in names]
+    if unknown:
+        raise TypeError(f"unexpected tensor(s) {', '.join(unknown)}; the expression uses {', '.join(names)}")
+    sizes = _sizes(program, inputs)
+    for tensor, groups in loops.symmetric_inputs:
+        shape = shape_of(inputs[tensor])
+        for group in groups:
+            if len({shape[m] for m in group}) > 1:
+                raise ValueError(f"{tensor} is declared symmetric in modes {group} but has shape {shape}")
+    for chain in loops.sets:
+        if len({sizes[i.name] for i in chain}) > 1:
+            detail = ", ".join(f"{i} = {sizes[i.name]}" for i in chain)
+            raise ValueError(f"indices {', '.join(map(str, chain))} must have equal sizes to be permuted ({detail})")
+    dtype = _result_dtype(inputs)
+    reduce = algebra.operator(loops.reduce)
+    shapes = {n: shape_of(inputs[n]) for n in names}
+    out_shape = tuple(sizes[i.name] for i in einsum.output.indices)
+    shapes[einsum.output.tensor] = out_shape
+
+    driver = None
+    if loops.driver is not None:
+        from .backends.parameters import sparse_loop
+
+        loop = sparse_loop(loops)
+        storage = to_storage(loops.driver, inputs[loops.driver], program.groups_of(loops.driver), check)
+        driver = _driver_arrays(loops, storage, loop.expanded, loop.format, dtype)
+
+    dense = {}
+    declared = dict(loops.symmetric_inputs)
+    for name in loops.dense_inputs:
+        array = densify(name, inputs[name], algebra.fill_value(reduce))
+        if name in declared:
+            if check:
+                check_symmetric(name, array, declared[name])
+            array = mirror_canonical(array, declared[name])
+        perm = loops.layout_of(name)
+        if perm is not None:
+            array = array.transpose(perm)
+        dense[name] = np.ascontiguousarray(array.reshape(array.shape or (1,)), dtype=dtype)
+
+    perm = loops.layout_of(einsum.output.tensor)
+    kernel_shape = tuple(out_shape[m] for m in perm) if perm else out_shape
+    tables = {t.name: np.array(t.rows, dtype=np.int64) for t in loops.tables}
+    device = next((obj.device for obj in inputs.values() if _is_torch(obj)), None)
+    return KernelArgs(dense, driver, shapes, sizes, tables, kernel_shape or (1,), dtype, torch_device=device)
+
+
+def allocate(args: KernelArgs, loops: LoopProgram, chunks: int) -> None:
+    """The per-chunk accumulation buffers and the chunk boundaries of the outer loop."""
+    from .backends.parameters import sparse_loop
+
+    identity = algebra.operator(loops.reduce).identity
+    loop = sparse_loop(loops)
+    if loop is None and not _has_loops(loops):
+        chunks = 1
+    if args.driver is not None:
+        nnz = args.driver.nnz
+        targets = np.linspace(0, nnz, chunks + 1).round().astype(np.int64)
+        if args.driver.pointers is not None:
+            bounds = np.searchsorted(args.driver.pointers, targets, side="left").astype(np.int64)
+            bounds[0], bounds[-1] = 0, len(args.driver.pointers) - 1
+        else:
+            bounds = targets
+    else:
+        bounds = np.zeros(chunks + 1, dtype=np.int64)
+    args.chunks = chunks
+    args.bounds = bounds
+    args.partial = np.full((chunks, *args.out_shape), identity, dtype=args.dtype)
+
+
+def _has_loops(loops: LoopProgram) -> bool:
+    from .ir.loop import DenseLoop, SparseLoop
+    from .ir.traverse import walk
+
+    return any(isinstance(n, DenseLoop | SparseLoop) for n in walk(loops.body))
+
+
+def finish(args: KernelArgs, loops: LoopProgram, program: Program, *, canonical: bool = False):
+    """Reduce the chunks, restore the user's layout, mirror a symmetric output, return torch."""
+    import torch
+
+    reduce = algebra.operator(loops.reduce)
+    result = reduce.numpy.reduce(args.partial, axis=0) if args.partial.shape[0] > 1 else args.partial[0]
+    out_shape = args.shapes[program.einsum.output.tensor]
+    perm = loops.layout_of(program.einsum.output.tensor)
+    if perm is not None:
+        result = np.transpose(result, np.argsort(perm))
+    result = result.reshape(out_shape)
+    if loops.output_groups and not canonical:
+        result = mirror_canonical(result, loops.output_groups)
+    tensor = torch.from_numpy(np.ascontiguousarray(result))
+    if args.torch_device is not None and args.torch_device.type != "cpu":
+        tensor = tensor.to(args.torch_device)
+    return tensor
