@@ -91,6 +91,13 @@ class Kernel:
             }
         return dict(self._stats)
 
+    @property
+    def op(self):
+        """The kernel as a PyTorch custom op (torch.ops.systec.<name>): torch.compile and autograd."""
+        from .torch_ops import kernel_op
+
+        return kernel_op(self)
+
     def explain(self) -> str:
         """The symmetrized program: what symmetry was found, the loops, the factor table."""
         lines = ["einsum:", *(f"  {line}" for line in format_program(self.program).splitlines())]
@@ -98,7 +105,8 @@ class Kernel:
             lines.append("symmetry: not exploited (symmetry=False)")
         for permutable in self.symmetrized.sets:
             order = " <= ".join(i.name for i in permutable.indices)
-            lines.append(f"permutable ({', '.join(i.name for i in permutable.indices)}): {permutable.origin}; visit {order}")
+            names = ", ".join(i.name for i in permutable.indices)
+            lines.append(f"permutable ({names}): {permutable.origin}; visit {order}")
         lines.append(format_loop_program(self.loops))
         return "\n".join(lines) + "\n"
 

@@ -27,7 +27,7 @@ class ParseError(ValueError):
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<reduce>\+=|min=|max=)|(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?"
-    r"|\.\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[\[\](),*+]))"
+    r"|\.\d+(?:[eE][-+]?\d+)?)|(?P<assign>(?:[A-Za-z_][A-Za-z0-9_]*|[-*/])?=)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[\[\](),*+]))"
 )
 
 
@@ -82,6 +82,8 @@ class _Parser:
 
     def statement(self) -> Einsum:
         output = self.access(what="output")
+        if self.token.kind == "assign":
+            raise self.fail(f"unknown reduction: expected one of {', '.join(REDUCTIONS)}")
         if self.token.kind != "reduce":
             raise self.fail(f"expected one of {', '.join(REDUCTIONS)} after the output")
         reduce = self.token.text
