@@ -46,6 +46,8 @@ def _leave_one_out(updates: list[Update]) -> tuple[list[Let], list[Update]]:
     if len(updates) < 3:
         return [], updates
     factor_lists = [Counter(_factors(u.value)) for u in updates]
+    if not all(isinstance(f, Ref) for counts in factor_lists for f in counts):
+        return [], updates
     common = factor_lists[0].copy()
     for counts in factor_lists[1:]:
         common &= counts
