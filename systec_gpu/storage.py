@@ -99,7 +99,7 @@ def _canonicalize(indices: np.ndarray, groups: Groups) -> np.ndarray:
     """Sort the coordinates within each group (odd-even transposition network)."""
     out = indices.copy()
     for grp in groups:
-        rows = [out[p].copy() for p in grp]
+        rows = [out[p] for p in grp]  # views: the network below only allocates new arrays
         for r in range(len(grp)):
             for t in range(r % 2, len(grp) - 1, 2):
                 lo = np.minimum(rows[t], rows[t + 1])
@@ -211,8 +211,12 @@ class _Runs:
     def __init__(self, idx: np.ndarray, vals: np.ndarray, shape: tuple[int, ...], grp: Groups):
         canon = _canonicalize(idx, grp)
         kc, ko = _linear_key(canon, shape), _linear_key(idx, shape)
+        # sort by (canonical, original); the canonical arrangement is the lexicographic minimum
         if kc is not None:
-            order = np.lexsort((ko, kc))  # the canonical arrangement is the lexicographic minimum
+            order = np.arange(idx.shape[1])
+            if not (ko[1:] >= ko[:-1]).all():  # input files are often sorted already
+                order = np.argsort(ko, kind="stable")
+            order = order[np.argsort(kc[order], kind="stable")]
         else:
             order = np.lexsort(tuple(idx[::-1]) + tuple(canon[::-1]))
         self.n, self.order = idx.shape[1], order

@@ -1,0 +1,208 @@
+"""Matrix Market ``.mtx`` / ``.mtx.gz`` through fast_matrix_market (fmm).
+
+A ``symmetric`` file becomes a SymmetricTensor straight from its stored triangle: fmm reads the
+triangle without generalizing it, and the lower-triangle entries (i >= j) are flipped into the
+canonical upper form (i <= j). Skew-symmetric and Hermitian files load as general tensors.
+
+fmm is lenient with some malformed lines (it ignores extra fields and reads ``2 2.5`` as row 2,
+column 2, value .5), so the text is checked as it streams into fmm: every entry line must have
+exactly the header's number of fields, and only characters that can form numbers of the header's
+field may appear. fmm's own errors are re-raised with the file name.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from typing import IO
+
+import fast_matrix_market as fmm
+import numpy as np
+import scipy.sparse
+
+from ..storage import EntryError, SparseTensor, SymmetricTensor, normalize_groups
+from ._common import declare, entry_error, wanted_groups
+from ._text import Lines, open_binary
+from .errors import FormatError
+
+_DIGITS = b"0123456789"
+_WS = b" \t\r\n"
+_ALLOWED = {  # characters that may appear in the entry lines of each field
+    "pattern": _DIGITS + _WS,
+    "integer": _DIGITS + _WS + b"+-",
+    "unsigned-integer": _DIGITS + _WS + b"+",
+    "real": _DIGITS + _WS + b"+-.eEnaNAifIFtyTY",
+    "double": _DIGITS + _WS + b"+-.eEnaNAifIFtyTY",
+    "complex": _DIGITS + _WS + b"+-.eEnaNAifIFtyTY",
+}
+_VALUES_PER_FIELD = {"pattern": 0, "complex": 2}
+_BLOCK = 1 << 22
+
+
+class _CheckedStream(io.RawIOBase):
+    """Feeds fmm the header, then the body in blocks of whole lines after checking each block."""
+
+    def __init__(self, src: IO[bytes], header: bytes, first_line: int, fields: int | None,
+                 allowed: bytes | None):
+        self.src, self.header, self.line = src, header, first_line
+        self.fields, self.allowed = fields, allowed
+        self.pending = b""
+        self.error: tuple[int, str] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.header:
+            out, self.header = self.header, b""
+            return out
+        while True:
+            chunk = self.src.read(max(size, _BLOCK))
+            data = self.pending + chunk
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            if cut or not chunk:
+                out, self.pending = data[:cut], data[cut:]
+                self._check(out)
+                return out
+            self.pending = data
+
+    def _check(self, block: bytes) -> None:
+        if not block or self.error is not None or self.fields is None:
+            return
+        buf = np.frombuffer(block, dtype=np.uint8)
+        lines = Lines(buf)
+        bad = np.flatnonzero((lines.counts != 0) & (lines.counts != self.fields))
+        if self.allowed is not None and block.translate(None, self.allowed):
+            ok = np.zeros(256, dtype=bool)
+            ok[np.frombuffer(self.allowed, dtype=np.uint8)] = True
+            pos = int(np.argmax(~ok[buf]))
+            ln = int(np.searchsorted(lines.ends, pos))
+            if not bad.size or ln < bad[0]:
+                self.error = (self.line + ln, f"unexpected character {chr(buf[pos])!r}")
+        if bad.size and self.error is None:
+            self.error = (self.line + int(bad[0]), f"expected {self.fields} fields, found "
+                          f"{int(lines.counts[bad[0]])}")
+        self.line += lines.ends.size
+
+
+def _read_header(src: IO[bytes]) -> tuple[bytes, int]:
+    """The banner, comments and size line as bytes, and the number of lines they take."""
+    parts, n = [], 0
+    while True:
+        line = src.readline()
+        if not line:
+            break
+        parts.append(line)
+        n += 1
+        s = line.strip()
+        if n > 1 and s and not s.startswith(b"%"):
+            break
+        if n == 1 and not s.startswith(b"%%"):
+            break  # not a Matrix Market banner: fmm reports it
+    return b"".join(parts), n
+
+
+def _fmm_error(path: str | os.PathLike[str], err: Exception,
+               ours: tuple[int, str] | None) -> FormatError:
+    m = re.match(r"Line (\d+):\s*(.*)", str(err))
+    line, msg = (int(m.group(1)), m.group(2)) if m else (None, str(err))
+    if ours is not None and (line is None or ours[0] <= line):
+        return FormatError(path, ours[1], ours[0])
+    return FormatError(path, msg, line)
+
+
+def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: bool = True,
+             atol: float = 0.0, rtol: float = 0.0) -> SparseTensor:
+    """Read a Matrix Market file (``symmetric=None``: as its header says)."""
+    with open_binary(path) as src:
+        header, nhead = _read_header(src)
+        try:
+            h = fmm.read_header(io.BytesIO(header))
+        except (ValueError, RuntimeError) as e:
+            raise _fmm_error(path, e, None) from None
+        field, sym = h.field, h.symmetry
+        per_line = 1 if h.format == "array" else 2
+        fields = per_line + _VALUES_PER_FIELD.get(field, 1) if field in _ALLOWED else None
+        stream = _CheckedStream(src, header, nhead + 1, fields, _ALLOWED.get(field))
+        try:
+            if h.format == "array":
+                dense = fmm.read_array(stream)
+            else:
+                (vals, (r, c)), shape = fmm.read_coo(stream, generalize_symmetry=False)
+        except (ValueError, RuntimeError, OverflowError) as e:
+            raise _fmm_error(path, e, stream.error) from None
+        if stream.error is not None:
+            raise FormatError(path, stream.error[1], stream.error[0])
+    groups = wanted_groups(symmetric, 2)
+    if h.format == "array":
+        if groups is None:
+            groups = ((0, 1),) if sym == "symmetric" else ()
+        t = SparseTensor.from_dense(dense)
+        return declare(path, t.indices, t.values, t.shape, groups, check=check, atol=atol,
+                       rtol=rtol, line_of=lambda p: None)
+    shape = (int(shape[0]), int(shape[1]))
+
+    def line_of(pos: int) -> int | None:
+        return _entry_line(path, nhead, pos)
+
+    if groups is not None:
+        try:
+            groups = normalize_groups(groups, shape)
+        except ValueError as e:
+            raise FormatError(path, str(e)) from None
+    if sym == "symmetric" and groups in (None, ((0, 1),)):
+        idx = np.empty((2, r.size), dtype=np.int64)
+        np.minimum(r, c, out=idx[0])  # the stored triangle, flipped to the canonical i <= j
+        np.maximum(r, c, out=idx[1])
+        try:
+            return SymmetricTensor.from_canonical(idx, vals, shape, ((0, 1),))
+        except EntryError as e:
+            raise entry_error(path, e, line_of) from None
+    if sym != "general":  # expand the stored triangle: skew-symmetric negates, Hermitian conjugates
+        off = r != c
+        mirror = vals[off]
+        if sym == "skew-symmetric":
+            mirror = -mirror
+        elif sym == "hermitian":
+            mirror = np.conj(mirror)
+        r, c = np.concatenate([r, c[off]]), np.concatenate([c, r[off]])
+        vals = np.concatenate([vals, mirror])
+    if groups is None:
+        groups = ()
+    return declare(path, np.stack([r, c]).astype(np.int64), vals, shape, groups, check=check,
+                   atol=atol, rtol=rtol, line_of=line_of)
+
+
+def _entry_line(path: str | os.PathLike[str], nhead: int, pos: int) -> int | None:
+    """Line number of the pos-th entry (error path only: rereads the file)."""
+    with open_binary(path) as f:
+        for _ in range(nhead):
+            f.readline()
+        seen = -1
+        for n, line in enumerate(f, start=nhead + 1):
+            if line.strip():
+                seen += 1
+                if seen == pos:
+                    return n
+    return None
+
+
+def write_mtx(path: str | os.PathLike[str], t: SparseTensor) -> None:
+    """Write a matrix; a SymmetricTensor (groups (0, 1)) as ``symmetric`` with one triangle."""
+    if t.ndim != 2:
+        raise FormatError(path, f"Matrix Market stores matrices; this tensor has {t.ndim} modes "
+                          "(use .tns or binsparse)")
+    vals = np.asarray(t.values)
+    field = {"b": "integer", "i": "integer", "u": "integer", "f": "real", "c": "complex"}
+    if vals.dtype.kind not in field:
+        raise FormatError(path, f"cannot store values of dtype {vals.dtype}")
+    if vals.dtype.kind == "b":
+        vals = vals.astype(np.int64)
+    symmetric = isinstance(t, SymmetricTensor) and t.groups == ((0, 1),)
+    # canonical entries are the upper triangle; Matrix Market stores the lower one
+    rows, cols = (t.indices[1], t.indices[0]) if symmetric else (t.indices[0], t.indices[1])
+    m = scipy.sparse.coo_array((vals, (rows, cols)), shape=t.shape)
+    with open_binary(path, "wb") as f:
+        fmm.mmwrite(f, m, symmetry="symmetric" if symmetric else "general",
+                    field=field[vals.dtype.kind], comment="written by systec_gpu")
