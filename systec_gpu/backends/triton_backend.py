@@ -1,0 +1,531 @@
+"""Triton backend: a printer from tile IR (ir/tile.py) to readable Triton source, and its launch.
+
+Every value in a kernel is a 2-D tile (or a scalar): tile axis 0 holds the nonzeros of a sparse
+tile or the first grid axis of a dense one, axis 1 the second dense axis. A lane is a point of
+the loop nest; masks (bounds, canonical-order guards, the ragged last tile) switch lanes off,
+never branches. Multiplicities come from the class table, indexed per lane.
+
+Each mask term is its own variable with the tile axes it spans; a load uses only the terms
+whose axes it spans, so loads stay as narrow as their addresses (all lanes' coordinates are in
+bounds: masked-off nonzero lanes read coordinate 0).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import __version__, algebra
+from ..ir.einsum import Access, Call, Index, Literal
+from ..ir.loop import ClassOf, DriverValue, Factor, Let, LoopProgram, Ref, Update, format_loop_program
+from ..ir.tile import BlockAxis, Mask, NonzeroTile, ScalarLoop, TileProgram, format_tile_program
+from ..passes.lower_loops import ScheduleError
+from ..schedule import DenseTriangleSchedule, Schedule, SparseTileSchedule, apply_schedule, default_schedule
+from .cache import load_source
+from .writer import CodeWriter, Namer
+
+_ATOMIC = {"add": "tl.atomic_add", "min": "tl.atomic_min", "max": "tl.atomic_max"}
+_COMBINE = {"min": "tl.minimum", "max": "tl.maximum"}
+
+
+@dataclass(frozen=True)
+class TParam:
+    """One kernel argument: kind in out, coords, values, nnz, dense, stride, table, extent,
+    tiles, block (a constexpr tile size); key says which."""
+
+    kind: str
+    key: object = None
+
+
+def _literal(value: float) -> str:
+    if value == float("inf"):
+        return 'float("inf")'
+    if value == float("-inf"):
+        return 'float("-inf")'
+    return repr(float(value))
+
+
+class _Emitter:
+    def __init__(self, tiles: TileProgram):
+        self.tiles = tiles
+        self.loops = tiles.loops
+        self.names = Namer(reserved=("triton", "tl", "kernel", "_scatter_add", "_scatter_min", "_scatter_max"))
+        self.w = CodeWriter()
+        self.params: list[TParam] = []
+        self.pnames: dict[TParam, str] = {}
+        self.dims: dict[Index, frozenset[int]] = {}  # tile axes each bound index spans
+        self.let_dims: dict[str, frozenset[int]] = {}
+        self.terms: list[tuple[str, frozenset[int]]] = []  # mask terms in force
+        self.vector_bounded: set[Index] = set()
+        self.helpers: set[str] = set()
+        self.acc: str | None = None
+        self.store_terms: list[str] = []
+        self.position: str | None = None
+
+    # -- names -------------------------------------------------------------------------------
+
+    def param(self, kind: str, key: object = None) -> str:
+        p = TParam(kind, key)
+        if p not in self.pnames:
+            self.params.append(p)
+            self.pnames[p] = self._param_name(p)
+        return self.pnames[p]
+
+    def _param_name(self, p: TParam) -> str:
+        driver = self.loops.driver
+        match p.kind:
+            case "out":
+                return self.names.fresh("out")
+            case "coords":
+                return self.names.fresh(f"{driver}_crd{p.key}")
+            case "values":
+                return self.names.fresh(f"{driver}_vals")
+            case "nnz":
+                return self.names.fresh("nnz")
+            case "dense" | "table":
+                return self.names.user("tensor", p.key)
+            case "stride":
+                tensor, mode = p.key
+                return self.names.fresh(f"{'out' if tensor == '<out>' else tensor}_stride{mode}")
+            case "extent":
+                return self.names.fresh(f"{p.key.tensor}_size{p.key.mode}")
+            case "tiles":
+                return self.names.fresh("tile_starts")
+            case "block":
+                return self.names.fresh(f"BLOCK_{p.key}")
+        raise ValueError(p)
+
+    def index(self, index: Index) -> str:
+        return self.names.user("index", index.name)
+
+    def let(self, name: str) -> str:
+        return self.names.user("let", name)
+
+    def term(self, base: str, code: str, dims: frozenset[int]) -> None:
+        name = self.names.fresh(base)
+        self.w.line(f"{name} = {code}")
+        self.terms.append((name, dims))
+
+    def mask_for(self, dims: frozenset[int]) -> str | None:
+        parts = [n for n, d in self.terms if d and d <= dims]
+        return " & ".join(parts) if parts else None
+
+    def full_mask(self) -> str:
+        parts = [n for n, _ in self.terms]
+        return " & ".join(parts) if parts else "True"
+
+    # -- expressions -------------------------------------------------------------------------
+
+    def expr_dims(self, expr) -> frozenset[int]:
+        match expr:
+            case Access(indices=idx):
+                return frozenset().union(*(self.dims[i] for i in idx)) if idx else frozenset()
+            case DriverValue():
+                return frozenset({0})
+            case Ref(name=name):
+                return self.let_dims[name]
+            case ClassOf(chains=chains):
+                return frozenset().union(*(self.dims[i] for c in chains for i in c))
+            case Factor(row=row):
+                return self.expr_dims(row)
+            case Call(args=args):
+                return frozenset().union(*(self.expr_dims(a) for a in args))
+        return frozenset()
+
+    def offset(self, tensor: str, indices: tuple[Index, ...], output: bool) -> str:
+        if not indices:
+            return "0"
+        terms = []
+        for mode, i in enumerate(indices):
+            stride = self.param("stride", ("<out>" if output else tensor, mode))
+            terms.append(f"{self.index(i)} * {stride}")
+        return " + ".join(terms)
+
+    def expr(self, expr) -> str:
+        match expr:
+            case Access(tensor=t, indices=idx):
+                pointer = f"{self.param('dense', t)} + {self.offset(t, idx, False)}"
+                mask = self.mask_for(self.expr_dims(expr))
+                return f"tl.load({pointer}, mask={mask}, other=0.0)" if mask else f"tl.load({pointer})"
+            case DriverValue():
+                mask = self.mask_for(frozenset({0}))
+                return f"tl.load({self.param('values')} + {self.position}, mask={mask}, other=0.0)"
+            case Ref(name=name):
+                return self.let(name)
+            case Literal(value=v):
+                return _literal(v)
+            case ClassOf(chains=chains):
+                terms, bit = [], 0
+                for chain in chains:
+                    for a, b in zip(chain, chain[1:], strict=False):
+                        terms.append(f"({self.index(a)} == {self.index(b)}).to(tl.int64) * {1 << bit}")
+                        bit += 1
+                return "(" + " + ".join(terms) + ")" if terms else "0"
+            case Factor(table=t, row=row, column=column):
+                width = len(next(tb for tb in self.loops.tables if tb.name == t).rows[0])
+                dtype = f"{self.param('out')}.dtype.element_ty"
+                # Rows are valid for every lane (masked lanes have class 0): no mask needed.
+                return f"tl.load({self.param('table', t)} + {self.expr(row)} * {width} + {column}).to({dtype})"
+            case Call(op=op, args=args):
+                info = algebra.operator(op)
+                parts = [self.expr(a) for a in args]
+                if info.infix:
+                    return "(" + f" {info.symbol} ".join(parts) + ")"
+                text = parts[0]
+                for part in parts[1:]:
+                    text = f"{_COMBINE[op]}({text}, {part})"
+                return text
+        raise TypeError(f"not a loop expression: {expr!r}")
+
+    # -- statements --------------------------------------------------------------------------
+
+    def stmts(self, stmts) -> None:
+        for s in stmts:
+            if isinstance(s, Let):
+                self.w.line(f"{self.let(s.name)} = {self.expr(s.value)}")
+                self.let_dims[s.name] = self.expr_dims(s.value)
+            elif isinstance(s, Update):
+                self.update(s)
+            else:
+                raise ScheduleError(f"cannot emit {type(s).__name__} inside a tile")
+
+    def update(self, u: Update) -> None:
+        w, info = self.w, algebra.operator(u.reduce)
+        value = self.expr(u.value)
+        mask = self.full_mask()
+        if u.factor is not None:
+            f = self.expr(u.factor)
+            mask = f"{mask} & ({f} != 0)"
+            if not info.idempotent:
+                # where(): a zero factor must not turn an inf or nan value into nan.
+                value = f"tl.where({f} != 0, {f} * {value}, 0.0)"
+        if self.tiles.write == "owned":
+            if info.name == "add":
+                w.line(f"{self.acc} += tl.where({mask}, {value}, 0.0)")
+            else:
+                w.line(f"{self.acc} = tl.where({mask}, {_COMBINE[info.name]}({self.acc}, {value}), {self.acc})")
+            return
+        if info.name not in _ATOMIC:
+            raise ScheduleError(f"no atomic for reduction {info.name!r}")
+        self.helpers.add(info.name)
+        pointer = f"{self.param('out')} + {self.offset('', u.output.indices, True)}"
+        w.line(f"_scatter_{info.name}({pointer}, {value}, {mask})")
+
+    def level(self, k: int) -> None:
+        levels = self.tiles.levels
+        if k == len(levels):
+            return
+        level, w = levels[k], self.w
+        saved = len(self.terms)
+        match level.header:
+            case None:
+                self.stmts(level.stmts)
+                self.level(k + 1)
+            case NonzeroTile(indices=idx):
+                block = self.param("block", "NNZ")
+                pid = self.names.fresh("pid")
+                w.line(f"{pid} = tl.program_id(0).to(tl.int64)")
+                self.position = self.names.fresh("nz")
+                w.line(f"{self.position} = {pid} * {block} + tl.arange(0, {block})[:, None]")
+                self.term("in_tile", f"{self.position} < {self.param('nnz')}", frozenset({0}))
+                for mode, i in enumerate(idx):
+                    self.dims[i] = frozenset({0})
+                    crd = self.param("coords", mode)
+                    mask = self.mask_for(frozenset({0}))
+                    w.line(f"{self.index(i)} = tl.load({crd} + {self.position}, mask={mask}, other=0).to(tl.int64)")
+                self.stmts(level.stmts)
+                self.level(k + 1)
+            case BlockAxis(gridded=True) as axis:
+                self.grid_axis(axis)
+                self.stmts(level.stmts)
+                if self.tiles.write == "owned" and self.acc is None and not any(
+                    isinstance(lv.header, BlockAxis) and lv.header.gridded for lv in levels[k + 1:]
+                ):
+                    self.open_accumulator()
+                self.level(k + 1)
+            case BlockAxis(gridded=False) as axis:
+                start = self.names.fresh(f"{axis.index.name}_start")
+                block = self.param("block", axis.axis)
+                extent = self.param("extent", axis.extent)
+                with w.block(f"for {start} in range(0, {extent}, {block}):"):
+                    self.bind_axis(axis, f"{start} + tl.arange(0, {block})", extent)
+                    self.stmts(level.stmts)
+                    self.level(k + 1)
+            case ScalarLoop(index=i, extent=e, lower=lo, upper=hi):
+                scalar_lo = lo is None or not self.dims[lo]
+                scalar_hi = hi is None or not self.dims[hi]
+                start = self.index(lo) if lo is not None and scalar_lo else "0"
+                stop = f"{self.index(hi)} + 1" if hi is not None and scalar_hi else self.param("extent", e)
+                self.dims[i] = frozenset()
+                with w.block(f"for {self.index(i)} in range({start}, {stop}):"):
+                    # Bounds that vary across lanes cannot bound a scalar loop: they mask.
+                    if lo is not None and not scalar_lo:
+                        self.term(f"{i.name}_from", f"{self.index(lo)} <= {self.index(i)}", self.dims[lo])
+                    if hi is not None and not scalar_hi:
+                        self.term(f"{i.name}_to", f"{self.index(i)} <= {self.index(hi)}", self.dims[hi])
+                    self.stmts(level.stmts)
+                    self.level(k + 1)
+            case Mask(lhs=a, rhs=b):
+                self.term("canonical", f"{self.index(a)} <= {self.index(b)}", self.dims[a] | self.dims[b])
+                self.stmts(level.stmts)
+                self.level(k + 1)
+        del self.terms[saved:]
+
+    def bind_axis(self, axis: BlockAxis, lanes: str, extent: str) -> None:
+        i = axis.index
+        shape = "[:, None]" if axis.axis == 0 else "[None, :]"
+        self.dims[i] = frozenset({axis.axis})
+        self.w.line(f"{self.index(i)} = ({lanes}){shape}")
+        self.term(f"in_{i.name}", f"{self.index(i)} < {extent}", self.dims[i])
+        if axis.gridded:
+            self.store_terms.append(self.terms[-1][0])
+        for bound, code in ((axis.lower, "{b} <= {i}"), (axis.upper, "{i} <= {b}")):
+            if bound is not None:
+                text = code.format(b=self.index(bound), i=self.index(i))
+                self.term(f"{i.name}_bound", text, self.dims[bound] | self.dims[i])
+
+    def grid_axis(self, axis: BlockAxis) -> None:
+        tiles = self.param("tiles")
+        naxes = len(self.tiles.grid_axes)
+        if not hasattr(self, "tile_id"):
+            self.tile_id = self.names.fresh("tile")
+            self.w.line(f"{self.tile_id} = tl.program_id(0).to(tl.int64)")
+        block = self.param("block", axis.axis)
+        start = self.names.fresh(f"{axis.index.name}_start")
+        self.w.line(f"{start} = tl.load({tiles} + {self.tile_id} * {naxes} + {axis.axis}).to(tl.int64)")
+        self.bind_axis(axis, f"{start} + tl.arange(0, {block})", self.param("extent", axis.extent))
+
+    def open_accumulator(self) -> None:
+        axes = self.tiles.grid_axes
+        shape = ", ".join(self.param("block", a.axis) for a in axes)
+        if len(axes) == 1:
+            shape += ", 1"
+        identity = _literal(algebra.operator(self.loops.reduce).identity)
+        self.acc = self.names.fresh("acc")
+        self.w.line(f"{self.acc} = tl.full([{shape}], {identity}, {self.param('out')}.dtype.element_ty)")
+
+    def emit(self) -> str:
+        body = CodeWriter()
+        self.w = body
+        body.depth = 1
+        self.param("out")
+        self.level(0)
+        if self.acc is not None:
+            (update,) = {s for lv in self.tiles.levels for s in lv.stmts if isinstance(s, Update)}
+            pointer = f"{self.param('out')} + {self.offset('', update.output.indices, True)}"
+            mask = " & ".join(self.store_terms)
+            # Each lane owns its element: a plain store; lanes outside the triangle store the identity.
+            body.line(f"tl.store({pointer}, {self.acc}, mask={mask})")
+
+        w = CodeWriter()
+        w.line(f"# Generated by systec_gpu {__version__} (triton backend). Do not edit.")
+        w.line("#")
+        for line in format_loop_program(self.loops).splitlines():
+            w.line(f"# {line}")
+        w.line("#")
+        for line in format_tile_program(self.tiles).splitlines():
+            w.line(f"# {line}")
+        w.line("import triton")
+        w.line("import triton.language as tl")
+        for op in sorted(self.helpers):
+            w.line()
+            w.line()
+            w.line("@triton.jit")
+            with w.block(f"def _scatter_{op}(pointer, value, mask):"):
+                w.line("# Bring pointer, value and mask to one tile shape; lanes hitting one element all land.")
+                w.line("pointer, value = tl.broadcast(pointer, value)")
+                w.line("pointer, mask = tl.broadcast(pointer, mask)")
+                w.line("pointer, value = tl.broadcast(pointer, value)")
+                w.line(f"{_ATOMIC[op]}(pointer, value, mask=mask)")
+        w.line()
+        w.line()
+        w.line("@triton.jit")
+        # Tile sizes are constexprs, last; everything is passed by keyword.
+        self.params.sort(key=lambda p: p.kind == "block")
+        args = ", ".join(
+            f"{self.pnames[p]}: tl.constexpr" if p.kind == "block" else self.pnames[p] for p in self.params
+        )
+        w.line(f"def kernel({args}):")
+        w.lines += body.lines
+        return w.text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def _emit(tiles: TileProgram) -> tuple[str, tuple[TParam, ...], dict[TParam, str]]:
+    emitter = _Emitter(tiles)
+    source = emitter.emit()
+    return source, tuple(emitter.params), dict(emitter.pnames)
+
+
+def triton_source(program: LoopProgram, schedule: Schedule | None = None) -> str:
+    """The generated Triton source (tile sizes are constexpr arguments, so one source serves
+    every size of the same schedule kind)."""
+    return _emit(apply_schedule(program, schedule))[0]
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def choose_schedule(program: LoopProgram, args) -> Schedule:
+    """The heuristic schedule for these arguments; SYSTEC_TRITON_NNZ_PER_TILE,
+    SYSTEC_TRITON_DENSE_BLOCK and SYSTEC_TRITON_BLOCK override its sizes."""
+    from .parameters import dense_extents
+
+    extents = [args.extent(e) for e in dense_extents(program)]
+    nnz = args.driver.nnz if args.driver is not None else 0
+    inner = extents[0] if program.driver is not None and extents else max(extents, default=1)
+    schedule = default_schedule(program, nnz=nnz, dense_extent=inner, itemsize=np.dtype(args.dtype).itemsize)
+    if isinstance(schedule, SparseTileSchedule):
+        return SparseTileSchedule(
+            nnz_per_tile=_env_int("SYSTEC_TRITON_NNZ_PER_TILE") or schedule.nnz_per_tile,
+            dense_block=_env_int("SYSTEC_TRITON_DENSE_BLOCK") or schedule.dense_block,
+        )
+    return DenseTriangleSchedule(block=_env_int("SYSTEC_TRITON_BLOCK") or schedule.block)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _device(args):
+    import torch
+
+    if args.torch_device is not None and args.torch_device.type == "cuda":
+        return args.torch_device
+    if interpreting():
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    raise RuntimeError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter)")
+
+
+# Device copies of driver arrays, which bind() caches per storage object: upload them once.
+_uploads: dict[int, tuple[weakref.ref, object]] = {}
+
+
+def _to_device(array: np.ndarray, device, cache: bool = False):
+    import torch
+
+    if device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(array))
+    if cache:
+        hit = _uploads.get(id(array))
+        if hit is not None and hit[0]() is array:
+            return hit[1]
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    if cache:
+        key = id(array)
+        _uploads[key] = (weakref.ref(array, lambda _: _uploads.pop(key, None)), tensor)
+    return tensor
+
+
+def _tile_starts(tiles: TileProgram, args) -> np.ndarray:
+    """Block-start tuples of the grid axes that meet the canonical triangle (the only ones launched)."""
+    axes = tiles.grid_axes
+    grids = [np.arange(0, args.extent(a.extent), a.block, dtype=np.int64) for a in axes]
+    if any(len(g) == 0 for g in grids):
+        return np.zeros((0, len(axes)), dtype=np.int32)
+    starts = np.stack([g.ravel() for g in np.meshgrid(*grids, indexing="ij")], axis=1)
+    keep = np.ones(len(starts), dtype=bool)
+    position = {a.index: k for k, a in enumerate(axes)}
+    for k, a in enumerate(axes):
+        if a.lower in position:  # some lane needs index >= lower: last of this block >= first of lower's
+            keep &= starts[:, k] + a.block - 1 >= starts[:, position[a.lower]]
+        if a.upper in position:
+            j = position[a.upper]
+            keep &= starts[:, k] <= starts[:, j] + axes[j].block - 1
+    return np.ascontiguousarray(starts[keep], dtype=np.int32)
+
+
+def _strides(shape: tuple[int, ...]) -> list[int]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return strides[::-1]
+
+
+def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, poison: float | None = None) -> None:
+    """Run `program` on `args` (runtime.KernelArgs); leaves the result in `args.partial` (one chunk).
+
+    `poison` (tests): fill the output with this value instead of the identity before launch,
+    for kernels that store rather than accumulate, so that an unwritten element shows.
+    """
+    from ..runtime import allocate
+
+    tiles = apply_schedule(program, schedule or choose_schedule(program, args))
+    source, params, pnames = _emit(tiles)
+    kernel = load_source(source, "triton").kernel
+    allocate(args, program, 1)
+    if poison is not None:
+        args.partial.fill(poison)
+    device = _device(args)
+    out_host = args.partial[0]
+    out = _to_device(out_host, device)
+
+    sparse = tiles.sparse
+    coords = None
+    if sparse is not None:
+        driver = args.driver
+        coords = list(driver.coords)
+        if driver.pointers is not None:
+            # CSR drivers: the tiles walk nonzeros, so each needs its row; expand the pointers.
+            rows = np.repeat(np.arange(len(driver.pointers) - 1), np.diff(driver.pointers))
+            coords = [rows.astype(driver.coords[-1].dtype), *coords[-(len(sparse.indices) - 1):]]
+        grid = (-(-driver.nnz // sparse.size),)
+        n_work = driver.nnz
+    else:
+        starts = _tile_starts(tiles, args)
+        grid = (len(starts),)
+        n_work = len(starts)
+
+    values: dict[str, object] = {}
+    for p in params:
+        match p.kind:
+            case "out":
+                value = out
+            case "coords":
+                value = _to_device(coords[p.key], device, cache=args.driver.pointers is None)
+            case "values":
+                value = _to_device(args.driver.values, device, cache=True)
+            case "nnz":
+                value = int(args.driver.nnz)
+            case "dense":
+                value = _to_device(args.dense[p.key], device)
+            case "table":
+                value = _to_device(args.tables[p.key], device)
+            case "stride":
+                tensor, mode = p.key
+                shape = out_host.shape if tensor == "<out>" else args.dense[tensor].shape
+                value = int(_strides(tuple(shape))[mode])
+            case "extent":
+                value = int(args.extent(p.key))
+            case "tiles":
+                value = _to_device(starts, device)
+            case "block":
+                value = _block_size(tiles, p.key)
+        values[pnames[p]] = value
+    if n_work == 0:
+        return  # nothing to visit: the output stays the identity
+    kernel[grid](**values)
+    if device.type != "cpu":
+        out_host[...] = out.cpu().numpy()
+    elif not np.shares_memory(out.numpy(), out_host):
+        out_host[...] = out.numpy()
+
+
+def _block_size(tiles: TileProgram, key) -> int:
+    if key == "NNZ":
+        return tiles.sparse.size
+    return next(a.block for a in (*tiles.grid_axes, *tiles.inner_axes) if a.axis == key)
+
+
+__all__ = ["choose_schedule", "run_triton", "triton_source"]

@@ -1,0 +1,119 @@
+"""Tile-level IR: the loop program cut into GPU programs (tiles) with lanes, masks and writes.
+
+A `TileProgram` is a chain of levels, outermost first, like the loop chain it comes from:
+
+- `NonzeroTile`: one program per `size` consecutive canonical nonzeros of the driver; the
+  nonzeros are the lanes of tile axis 0.
+- `BlockAxis`: a dense loop as a tile axis (0 or 1) of `block` lanes. `gridded` axes are cut
+  into blocks across programs (the launch enumerates the block tuples, canonical ones only);
+  the others loop over blocks inside the program.
+- `ScalarLoop`: a dense loop kept as a scalar `for` inside the program.
+- `Mask`: a canonical-order filter (`lhs <= rhs`); it narrows the lanes, never branches.
+
+Loop bounds that refer to lane indices become masks too. Every update carries how it writes:
+`atomic` (lanes of several programs may hit one element) or `owned` (the program's lanes own
+their output elements: accumulate in registers, one store at the end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from ..ir.einsum import Index
+from ..ir.loop import Extent, Let, LoopProgram, Update, format_lexpr
+
+
+@dataclass(frozen=True)
+class NonzeroTile:
+    tensor: str
+    indices: tuple[Index, ...]
+    format: str  # the driver's format in the loop IR; the launch always passes COO rows
+    size: int  # nonzeros per program (a power of two)
+
+
+@dataclass(frozen=True)
+class BlockAxis:
+    index: Index
+    extent: Extent
+    lower: Index | None
+    upper: Index | None
+    axis: int  # 0 or 1: the tile dimension the lanes lie along
+    block: int  # lanes per block (a power of two)
+    gridded: bool  # True: blocks across programs; False: a loop over blocks inside one program
+
+
+@dataclass(frozen=True)
+class ScalarLoop:
+    index: Index
+    extent: Extent
+    lower: Index | None
+    upper: Index | None
+
+
+@dataclass(frozen=True)
+class Mask:
+    lhs: Index
+    rhs: Index
+
+
+TileHeader = Union[NonzeroTile, BlockAxis, ScalarLoop, Mask]  # noqa: UP007
+
+
+@dataclass(frozen=True)
+class TileLevel:
+    header: TileHeader | None  # None: the top level
+    stmts: tuple  # loop-IR Let / Update statements evaluated at this level
+
+
+@dataclass(frozen=True)
+class TileProgram:
+    loops: LoopProgram
+    levels: tuple[TileLevel, ...]
+    write: str  # "atomic" or "owned"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def sparse(self) -> NonzeroTile | None:
+        return next((lv.header for lv in self.levels if isinstance(lv.header, NonzeroTile)), None)
+
+    @property
+    def grid_axes(self) -> tuple[BlockAxis, ...]:
+        return tuple(lv.header for lv in self.levels if isinstance(lv.header, BlockAxis) and lv.header.gridded)
+
+    @property
+    def inner_axes(self) -> tuple[BlockAxis, ...]:
+        return tuple(lv.header for lv in self.levels if isinstance(lv.header, BlockAxis) and not lv.header.gridded)
+
+
+def format_tile_program(program: TileProgram) -> str:
+    lines = [f"tiles for {program.loops.source} (writes: {program.write})"]
+    lines += [f"  note: {note}" for note in program.notes]
+    depth = 1
+    for level in program.levels:
+        pad = "  " * depth
+        match level.header:
+            case NonzeroTile(tensor=t, indices=idx, size=size):
+                lines.append(f"{pad}program per {size} canonical nonzeros of {t}: lanes ({', '.join(map(str, idx))})")
+            case BlockAxis(index=i, extent=e, lower=lo, upper=hi, axis=axis, block=block, gridded=gridded):
+                how = "programs over" if gridded else "loop over"
+                bounds = f" in {lo or 0}..{hi or str(e) + ' - 1'}"
+                lines.append(f"{pad}{how} blocks of {block} {i}{bounds} (tile axis {axis})")
+            case ScalarLoop(index=i, extent=e, lower=lo, upper=hi):
+                lines.append(f"{pad}for {i} in {lo or 0}..{hi or str(e) + ' - 1'}")
+            case Mask(lhs=a, rhs=b):
+                lines.append(f"{pad}mask {a} <= {b}")
+        if level.header is not None:
+            depth += 1
+        for stmt in level.stmts:
+            lines.append(f"{'  ' * depth}{_format_stmt(stmt)}")
+    return "\n".join(lines)
+
+
+def _format_stmt(stmt) -> str:
+    if isinstance(stmt, Let):
+        return f"{stmt.name} = {format_lexpr(stmt.value)}"
+    if isinstance(stmt, Update):
+        factor = "" if stmt.factor is None else f"  by {format_lexpr(stmt.factor)}"
+        return f"{stmt.output} {stmt.reduce}= {format_lexpr(stmt.value)}{factor}"
+    return repr(stmt)
