@@ -1,0 +1,36 @@
+"""`systec-gpu bench`: locate the benchmark harness (perf/bench.py of the source checkout) and run it.
+
+The harness lives outside the package (it imports plotting and peer libraries the package does not
+need), so it is found relative to the package source: an editable install or a repo checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def find_harness() -> Path | None:
+    """perf/bench.py next to the package source, or None when the package is installed without it."""
+    import systec_gpu
+
+    candidate = Path(systec_gpu.__file__).resolve().parents[1] / "perf" / "bench.py"
+    return candidate if candidate.is_file() else None
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    """Run the harness with `argv` (the arguments after `bench`); returns its exit status."""
+    path = find_harness()
+    if path is None:
+        import systec_gpu
+
+        print("systec-gpu bench: the harness perf/bench.py was not found next to the package source "
+              f"({Path(systec_gpu.__file__).resolve().parents[1]}); run it from a repository checkout "
+              "installed with `pip install -e .[bench]`", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("systec_perf_bench", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(list(argv) if argv is not None else sys.argv[1:]))
