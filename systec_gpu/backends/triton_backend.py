@@ -240,11 +240,11 @@ class _Emitter:
                 self.level(k + 1)
             case BlockAxis(gridded=True) as axis:
                 self.grid_axis(axis)
-                self.stmts(level.stmts)
                 if self.tiles.write == "owned" and self.acc is None and not any(
                     isinstance(lv.header, BlockAxis) and lv.header.gridded for lv in levels[k + 1:]
                 ):
                     self.open_accumulator()
+                self.stmts(level.stmts)
                 self.level(k + 1)
             case BlockAxis(gridded=False) as axis:
                 start = self.names.fresh(f"{axis.index.name}_start")
