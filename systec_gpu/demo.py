@@ -40,7 +40,7 @@ def demo_inputs(rng: np.random.Generator) -> dict[str, dict]:
     def random_symmetric(order: int, size: int, nnz: int) -> SymmetricTensor:
         # Generated (no real 4-D/5-D data ships with the package): random canonical entries.
         dense = np.zeros((size,) * order)
-        coords = rng.integers(0, size, (nnz, order))
+        coords = np.sort(rng.integers(0, size, (nnz, order)), axis=1)  # canonical: sorted
         dense[tuple(coords.T)] = rng.random(nnz)
         return SymmetricTensor.from_dense(mirror_canonical(dense, [tuple(range(order))]), "full")
 

@@ -84,3 +84,13 @@ def test_dense_inputs_declared_symmetric_are_checked_and_read_canonically():
     upper = np.triu(a)
     full = upper + np.triu(a, 1).T
     np.testing.assert_allclose(kernel(A=a, x=x, check=False).numpy(), full @ x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(CATALOG))
+def test_parallel_chunks_lose_no_update(name, monkeypatch):
+    # Small inputs run on one thread; force the multi-chunk path (per-chunk partial outputs).
+    from systec_gpu.backends import numba_backend
+
+    monkeypatch.setattr(numba_backend, "SERIAL_BELOW", 0)
+    rng = np.random.default_rng(11)
+    check_against_numpy(compile_catalog(name, backend="numba"), catalog_inputs(name, "classes", rng))

@@ -7,6 +7,8 @@ No two threads write the same memory, so no update is lost.
 
 from __future__ import annotations
 
+import functools
+
 from .. import __version__, algebra
 from ..ir.einsum import Access, Call, Literal
 from ..ir.loop import (
@@ -24,7 +26,7 @@ from ..ir.loop import (
     format_loop_program,
 )
 from .cache import load_source
-from .parameters import Param, kernel_parameters
+from .parameters import Param, kernel_parameters, sparse_loop
 from .writer import CodeWriter, Namer
 
 
@@ -177,23 +179,42 @@ class _Emitter:
         w.line("import numpy as np  # noqa: F401")
         w.line()
         w.line()
-        w.line("@numba.njit(parallel=True, cache=True, nogil=True)")
         args = ", ".join(self.param_names[p] for p in self.params)
-        with w.block(f"def kernel({args}):"):
+        with w.block(f"def kernel_body({args}):"):
             chunks = self.param_names[Param("chunks")]
             with w.block(f"for {self.chunk} in numba.prange({chunks}):"):
                 w.line(f"{self.acc} = {self.param_names[Param('partial')]}[{self.chunk}]")
                 self.stmt(program.body)
+        w.line()
+        w.line()
+        w.line("kernel = numba.njit(parallel=True, cache=True, nogil=True)(kernel_body)")
+        w.line("# Small inputs: starting the thread pool costs more than the work.")
+        w.line("kernel_serial = numba.njit(cache=True, nogil=True)(kernel_body)")
         return w.text()
 
 
+SERIAL_BELOW = 200_000  # iteration points under which one thread beats starting the thread pool
+
+
+def estimated_points(program: LoopProgram, args) -> int:
+    """Stored nonzeros times the sizes of the dense loops (an upper bound of the work)."""
+    loop = sparse_loop(program)
+    driven = {i.name for i in loop.indices} if loop is not None else set()
+    points = args.driver.nnz if args.driver is not None else 1
+    for name, size in args.sizes.items():
+        if name not in driven:
+            points *= size
+    return points
+
+
+@functools.lru_cache(maxsize=256)
 def numba_source(program: LoopProgram) -> str:
     return _Emitter(program).emit()
 
 
-def numba_kernel(program: LoopProgram):
-    """The compiled kernel function (imported from its content-addressed file)."""
-    return load_source(numba_source(program), "numba").kernel
+def numba_module(program: LoopProgram):
+    """The generated module (imported once from its content-addressed file)."""
+    return load_source(numba_source(program), "numba")
 
 
 def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
@@ -202,5 +223,8 @@ def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
     from ..runtime import allocate
     from .parameters import argument_values
 
-    allocate(args, program, chunks=threads or numba.get_num_threads())
-    numba_kernel(program)(*argument_values(kernel_parameters(program), args))
+    module = numba_module(program)
+    serial = threads == 1 or (threads is None and estimated_points(program, args) < SERIAL_BELOW)
+    allocate(args, program, chunks=1 if serial else threads or numba.get_num_threads())
+    kernel = module.kernel_serial if serial else module.kernel
+    kernel(*argument_values(kernel_parameters(program), args))
