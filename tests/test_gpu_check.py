@@ -1,0 +1,23 @@
+"""perf/gpu_check.py --tiny runs end to end on CPU under the Triton interpreter."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_tiny_writes_a_passing_row_per_kernel(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, str(ROOT / "perf" / "gpu_check.py"), "--tiny", "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (path,) = tmp_path.glob("gpu-*.json")
+    report = json.loads(path.read_text())
+    assert {r["kernel"] for r in report["checks"]} == {"ssymv", "ssyrk", "mttkrp3", "bellman"}
+    assert all(r["ok"] is True for r in report["checks"])
+    assert {r["kernel"] for r in report["timings"]} == {"ssymv", "syprd", "ssymm", "mttkrp3"}
+    assert all(r["ok"] is True and r["sym_ms"] > 0 for r in report["timings"])
+    assert report["ok"] is True
