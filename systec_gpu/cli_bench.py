@@ -32,5 +32,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     spec = importlib.util.spec_from_file_location("systec_perf_bench", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class body executes.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return int(module.main(list(argv) if argv is not None else sys.argv[1:]))
