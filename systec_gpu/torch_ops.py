@@ -1,0 +1,347 @@
+"""Kernels as PyTorch custom operators: `torch.ops.systec.<kernel.name>`.
+
+Registering each kernel with `torch.library` (schema, fake implementation, CPU/CUDA
+implementations, autograd formula) lets `torch.compile(fullgraph=True)` trace through it without a
+graph break and lets autograd differentiate it. Schema: one `Tensor` per dense operand; a sparse
+(or symmetric sparse) operand crosses the boundary as `<name>_indices` (int64 [ndim, nnz], its
+canonical coordinates), `<name>_values` and `<name>_shape` (`SymInt[]`, since the output sizes
+cannot be inferred from the coordinates). Gradients are computed by derivative kernels compiled
+with this same compiler (see `autodiff.py`), themselves custom ops, so backward traces too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .autodiff import GRAD_PREFIX, derivative_terms, permutations_of
+from .ir.einsum import accesses
+from .storage import SparseTensor, SymmetricTensor
+
+NAMESPACE = "systec"
+_LIB = torch.library.Library(NAMESPACE, "FRAGMENT")
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class _Operand:
+    name: str
+    sparse: bool
+    ndim: int
+    groups: tuple[tuple[int, ...], ...]
+    first: int  # position of its first flat argument
+
+
+class KernelOp:
+    """A kernel registered as `torch.ops.systec.<name>`; call it like the kernel (by tensor name)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        program = kernel.program
+        einsum = program.einsum
+        order: list[str] = []
+        ndims: dict[str, int] = {}
+        for access in accesses(einsum.rhs):
+            if access.tensor not in ndims:
+                order.append(access.tensor)
+                ndims[access.tensor] = len(access.indices)
+        self.operands: list[_Operand] = []
+        args: list[str] = []
+        for name in order:
+            sparse = program.format_of(name) != "dense"
+            self.operands.append(_Operand(name, sparse, ndims[name], program.groups_of(name), len(args)))
+            if sparse:
+                args += [f"Tensor {name}_indices", f"Tensor {name}_values", f"SymInt[] {name}_shape"]
+            else:
+                args.append(f"Tensor {name}")
+        self.n_args = len(args)
+        self.by_name = {o.name: o for o in self.operands}
+        # where each output index gets its size: the first (operand, mode) that carries it
+        where: dict[str, tuple[_Operand, int]] = {}
+        for access in accesses(einsum.rhs):
+            for mode, index in enumerate(access.indices):
+                where.setdefault(index.name, (self.by_name[access.tensor], mode))
+        missing = [i.name for i in einsum.output.indices if i.name not in where]
+        if missing:
+            raise ValueError(f"output index {missing[0]} of {kernel.expression!r} appears in no operand")
+        self.out_sources = [where[i.name] for i in einsum.output.indices]
+        self.name = kernel.name
+        self.qualname = f"{NAMESPACE}::{self.name}"
+        if not hasattr(getattr(torch.ops, NAMESPACE), self.name):
+            _LIB.define(f"{self.name}({', '.join(args)}) -> Tensor")
+            torch.library.register_fake(self.qualname, self._fake, lib=_LIB)
+            torch.library.impl(self.qualname, "cpu", self._impl_cpu, lib=_LIB)
+            torch.library.impl(self.qualname, "cuda", self._impl_cuda, lib=_LIB)
+            torch.library.register_autograd(self.qualname, self._backward, setup_context=self._setup_context,
+                                            lib=_LIB)
+        self.op = getattr(getattr(torch.ops, NAMESPACE), self.name).default
+        self._cuda_kernel = None
+        self._terms: dict[str, list] = {}
+
+    # ------------------------------------------------------------------ checks shared by all paths
+    def _value_tensors(self, args) -> list[tuple[str, torch.Tensor]]:
+        out = []
+        for o in self.operands:
+            out.append((f"{o.name}_values" if o.sparse else o.name, args[o.first + 1 if o.sparse else o.first]))
+        return out
+
+    def _shape(self, o: _Operand, args) -> tuple:
+        return tuple(args[o.first + 2]) if o.sparse else tuple(args[o.first].shape)
+
+    def _check(self, args) -> tuple[torch.dtype, torch.device, list]:
+        """Device, dtype and size checks with torch-style messages; returns (dtype, device, out shape)."""
+        values = self._value_tensors(args)
+        name0, t0 = values[0]
+        for name, t in values:
+            if t.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"{self.name}: expected a floating point tensor for {name}, got {t.dtype}")
+            if t.dtype != t0.dtype:
+                raise RuntimeError(f"{self.name}: expected all operands to have the same dtype, but {name0} "
+                                   f"is {t0.dtype} and {name} is {t.dtype}")
+        tensors = [(n, t) for n, t in values]
+        for o in self.operands:
+            if o.sparse:
+                idx, vals = args[o.first], args[o.first + 1]
+                tensors.append((f"{o.name}_indices", idx))
+                if idx.dtype != torch.int64:
+                    raise TypeError(f"{self.name}: {o.name}_indices must be int64, got {idx.dtype}")
+                if idx.dim() != 2 or idx.shape[0] != o.ndim or vals.dim() != 1 or idx.shape[1] != vals.shape[0]:
+                    raise ValueError(f"{self.name}: {o.name}_indices must have shape [{o.ndim}, nnz] and "
+                                     f"{o.name}_values shape [nnz]; got {tuple(idx.shape)} and {tuple(vals.shape)}")
+                if len(args[o.first + 2]) != o.ndim:
+                    raise ValueError(f"{self.name}: {o.name}_shape must have {o.ndim} entries, "
+                                     f"got {list(args[o.first + 2])}")
+            elif args[o.first].dim() != o.ndim:
+                raise ValueError(f"{self.name}: {o.name} has {args[o.first].dim()} modes (shape "
+                                 f"{tuple(args[o.first].shape)}) but the expression uses {o.ndim}")
+        for name, t in tensors:
+            if t.device != t0.device:
+                raise RuntimeError(f"{self.name}: expected all tensors to be on the same device, but found at "
+                                   f"least two devices, {t0.device} ({name0}) and {t.device} ({name})")
+        # size conflicts, named like the runtime's (and torch.einsum's) message
+        sizes: dict[str, tuple[Any, str, int]] = {}
+        for access in accesses(self.kernel.program.einsum.rhs):
+            shape = self._shape(self.by_name[access.tensor], args)
+            for mode, index in enumerate(access.indices):
+                if index.name in sizes:
+                    known, tensor, known_mode = sizes[index.name]
+                    if known != shape[mode]:
+                        raise ValueError(
+                            f"size mismatch for index {index}: {tensor} has size {known} at mode {known_mode} "
+                            f"but {access.tensor} has size {shape[mode]} at mode {mode} ({access})")
+                else:
+                    sizes[index.name] = (shape[mode], access.tensor, mode)
+        out_shape = [self._shape(o, args)[mode] for o, mode in self.out_sources]
+        return t0.dtype, t0.device, out_shape
+
+    # ------------------------------------------------------------------ implementations
+    def _fake(self, *args):
+        dtype, device, out_shape = self._check(args)
+        return torch.empty(out_shape, dtype=dtype, device=device)
+
+    def _tensors(self, args) -> dict[str, Any]:
+        tensors: dict[str, Any] = {}
+        for o in self.operands:
+            if not o.sparse:
+                tensors[o.name] = args[o.first]
+                continue
+            idx, vals, shape = args[o.first], args[o.first + 1], [int(s) for s in args[o.first + 2]]
+            # the coordinates are trusted canonical (they come from a SymmetricTensor): no re-check
+            if o.groups:
+                tensors[o.name] = SymmetricTensor(idx, vals, shape, o.groups, check=False)
+            else:
+                tensors[o.name] = SparseTensor(idx, vals, shape, check=False)
+        return tensors
+
+    def _run(self, kernel, args) -> torch.Tensor:
+        dtype, device, out_shape = self._check(args)
+        result = kernel(check=True, **self._tensors(args))
+        # runtime.finish returns a 0-d output as shape (1,) (np.ascontiguousarray promotes 0-d)
+        return result.reshape(out_shape).to(device=device, dtype=dtype)
+
+    def _impl_cpu(self, *args):
+        kernel = self.kernel
+        if kernel.backend not in ("numba", "reference"):
+            kernel = self._with_backend("numba")
+        return self._run(kernel, args)
+
+    def _impl_cuda(self, *args):
+        if self._cuda_kernel is None:
+            self._cuda_kernel = self._with_backend("triton")
+        return self._run(self._cuda_kernel, args)
+
+    def _with_backend(self, backend: str):
+        import copy
+
+        kernel = copy.copy(self.kernel)
+        kernel.backend = backend
+        return kernel
+
+    # ------------------------------------------------------------------ autograd
+    def _setup_context(self, ctx, inputs, output) -> None:
+        tensors = [(i, t) for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
+        ctx.positions = [i for i, _ in tensors]
+        ctx.others = {i: t for i, t in enumerate(inputs) if not isinstance(t, torch.Tensor)}
+        ctx.save_for_backward(*(t for _, t in tensors))
+
+    def _backward(self, ctx, grad):
+        args: list[Any] = [None] * self.n_args
+        for i, t in zip(ctx.positions, ctx.saved_tensors, strict=True):
+            args[i] = t
+        for i, v in ctx.others.items():
+            args[i] = v
+        grads: list[Any] = [None] * self.n_args
+        for o in self.operands:
+            pos = o.first + 1 if o.sparse else o.first
+            if not ctx.needs_input_grad[pos]:
+                continue
+            grads[pos] = self.gradient(o.name, grad, args)
+        return tuple(grads)
+
+    def terms(self, target: str) -> list:
+        """(weight, derivative KernelOp) pairs whose weighted sum is the dense gradient of `target`."""
+        if target not in self._terms:
+            from .api import compile as compile_kernel
+
+            compiled = []
+            for term in derivative_terms(self.kernel.program, target):
+                deriv = compile_kernel(term.expression, symmetric=term.symmetric or None,
+                                       formats=term.formats or None, backend=self.kernel.backend)
+                compiled.append((term.weight, kernel_op(deriv)))
+            self._terms[target] = compiled
+        return self._terms[target]
+
+    def gradient(self, target: str, grad: torch.Tensor, args) -> torch.Tensor:
+        """d(loss)/d(target) from the output gradient: dense operand -> dense; sparse -> its values."""
+        o = self.by_name[target]
+        if o.groups and not o.sparse:
+            raise NotImplementedError(f"autograd w.r.t. the dense symmetric operand {target} is not implemented; "
+                                      "pass it as a SymmetricTensor to differentiate its values")
+        dense = None
+        grad_name = GRAD_PREFIX + self.kernel.program.einsum.output.tensor
+        for weight, deriv in self.terms(target):
+            inputs: dict[str, Any] = {}
+            for d in deriv.operands:
+                if d.name == grad_name:
+                    inputs[d.name] = grad
+                    continue
+                src = self.by_name[d.name]
+                inputs[d.name] = (tuple(args[src.first:src.first + 3]) if src.sparse else args[src.first])
+            part = deriv.call_flat(inputs)
+            part = part * weight if weight != 1.0 else part
+            dense = part if dense is None else dense + part
+        if not o.sparse:
+            return dense
+        return gather_canonical(dense, args[o.first], o.groups)
+
+    # ------------------------------------------------------------------ calling
+    def call_flat(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """Call the op with dense tensors and (indices, values, shape) triples by operand name."""
+        flat: list[Any] = []
+        for o in self.operands:
+            if o.sparse:
+                idx, vals, shape = inputs[o.name]
+                flat += [idx, vals, list(shape)]
+            else:
+                flat.append(inputs[o.name])
+        return self.op(*flat)
+
+    def __call__(self, **tensors: Any):
+        return apply(self.kernel, **tensors)
+
+
+def gather_canonical(dense: torch.Tensor, indices: torch.Tensor, groups) -> torch.Tensor:
+    """Gradient of canonical values from the gradient of the dense tensor they expand to.
+
+    A canonical value v_p appears at every distinct permutation of its coordinates, so
+    dL/dv_p = sum of the dense gradient over those positions. Summing over all g! permutations
+    counts each distinct position |stabilizer| times; dividing by that count keeps this in pure
+    torch ops (traceable by torch.compile).
+    """
+    total = None
+    count = None
+    for perm in permutations_of(tuple(groups), indices.shape[0]):
+        coords = indices[list(perm)]
+        part = dense[tuple(coords)]
+        same = (coords == indices).all(dim=0)
+        total = part if total is None else total + part
+        count = same.to(dense.dtype) if count is None else count + same.to(dense.dtype)
+    return total / count
+
+
+_OPS: dict[str, KernelOp] = {}
+
+
+def kernel_op(kernel) -> KernelOp:
+    """The custom op of `kernel` (registered once per kernel name); `.op` is `torch.ops.systec.<name>`."""
+    found = _OPS.get(kernel.name)
+    if found is None:
+        found = _OPS[kernel.name] = KernelOp(kernel)
+    elif found.kernel.program != kernel.program:
+        raise ValueError(f"kernel name {kernel.name!r} is already registered for a different expression "
+                         f"({found.kernel.expression!r})")
+    return found
+
+
+def _is_cupy(obj) -> bool:
+    return type(obj).__module__.split(".")[0] == "cupy"
+
+
+def _as_torch(obj) -> torch.Tensor:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if _is_cupy(obj):
+        # DLPack shares the device buffer: no copy
+        return torch.from_dlpack(obj)
+    import numpy as np
+
+    return torch.from_numpy(np.ascontiguousarray(obj))
+
+
+def apply(kernel, **tensors: Any):
+    """Run `kernel` through its custom op (differentiable, torch.compile-able).
+
+    Dense operands: torch tensors, numpy or CuPy arrays. Sparse operands: SymmetricTensor /
+    SparseTensor (torch values requiring grad get gradients), or a dense tensor, whose canonical
+    nonzeros are gathered differentiably. CuPy in -> CuPy out (DLPack, no copies).
+    """
+    op = kernel_op(kernel)
+    names = [o.name for o in op.operands]
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise TypeError(f"missing tensor(s) for {kernel.program.einsum.output.tensor}: {', '.join(missing)}")
+    unknown = [n for n in tensors if n not in names]
+    if unknown:
+        raise TypeError(f"unexpected tensor(s) {', '.join(unknown)}; the expression uses {', '.join(names)}")
+    cupy_out = any(_is_cupy(t) or (isinstance(t, SparseTensor) and _is_cupy(t.values)) for t in tensors.values())
+    inputs: dict[str, Any] = {}
+    for o in op.operands:
+        obj = tensors[o.name]
+        if not o.sparse:
+            if isinstance(obj, SparseTensor):
+                obj = torch.from_numpy(obj.to_dense())
+            inputs[o.name] = _as_torch(obj)
+            continue
+        inputs[o.name] = _sparse_triple(o, obj)
+    result = op.call_flat(inputs)
+    if cupy_out:
+        import cupy
+
+        return cupy.from_dlpack(result)
+    return result
+
+
+def _sparse_triple(o: _Operand, obj) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    from .runtime import to_storage
+
+    if isinstance(obj, torch.Tensor) and obj.layout == torch.strided:
+        # canonical coordinates from the data, values gathered with torch so gradients reach `obj`
+        storage = to_storage(o.name, obj, o.groups, check=True)
+        idx = torch.from_numpy(storage.indices).to(obj.device)
+        return idx, obj[tuple(idx)], list(storage.shape)
+    storage = to_storage(o.name, obj, o.groups, check=True)
+    values = _as_torch(storage.values)
+    idx = torch.from_numpy(storage.indices).to(values.device)
+    return idx, values, list(storage.shape)
