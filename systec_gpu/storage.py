@@ -243,9 +243,8 @@ class SparseTensor:
     def __init__(self, indices: Any, values: Any, shape: Sequence[int], *, check: bool = True):
         """Trusted constructor: ``indices`` must be sorted and unique (verified if ``check``)."""
         self.shape = tuple(int(s) for s in shape)
-        self.indices = np.ascontiguousarray(_to_numpy(indices), dtype=np.int64).reshape(
-            len(self.shape), -1
-        )
+        idx = np.ascontiguousarray(_to_numpy(indices), dtype=np.int64)
+        self.indices = idx if idx.ndim == 2 else idx.reshape(len(self.shape), -1)
         self.values = values if _is_torch(values) else np.asarray(values)
         self._cache: dict[str, Any] = {}
         if check:
@@ -282,7 +281,7 @@ class SparseTensor:
                         (int(order[k]), int(order[k + 1])),
                     )
                 starts = np.flatnonzero(np.concatenate([[True], ~equal]))
-                idx, vals = idx[:, starts], np.add.reduceat(vals, starts)
+                idx, vals = idx[:, starts], np.add.reduceat(vals, starts, dtype=vals.dtype)
         return SparseTensor(idx, vals, shape, check=False)
 
     @classmethod

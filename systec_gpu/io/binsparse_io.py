@@ -101,7 +101,7 @@ def from_binsparse(bt: Any, symmetric: Any = None, *, header: dict[str, Any] | N
     bs = _bs()
     header = header or {}
     if bt.fill is True and bt.fill_value not in (0, False):
-        raise FormatError(path, f"fill value {bt.fill_value!r} is not zero")
+        raise FormatError(path, f"fill value {np.asarray(bt.fill_value).item()!r} is not zero")
     if not isinstance(bt, bs.CustomTensor):  # predefined formats as their level trees
         c = bs.InMemoryBinsparseContainer()
         bt.serialize(c, alias=False)

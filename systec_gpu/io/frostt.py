@@ -129,6 +129,8 @@ def _parse_numbers(raw: bytes, buf: np.ndarray, lines: Lines, skip: np.ndarray,
                    path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates [n, k-1] (int64) and values [n] of the entry lines."""
     n = entry_lines.size
+    if n == 0:
+        return np.zeros((0, k - 1), dtype=np.int64), np.zeros(0, dtype=np.float64)
     blank_lines = np.concatenate([np.flatnonzero(skip), data[:head]])
     work = buf
     if blank_lines.size:  # blank out comments and the header so that only entries remain

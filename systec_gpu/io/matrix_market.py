@@ -122,8 +122,8 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
         except (ValueError, RuntimeError) as e:
             raise _fmm_error(path, e, None) from None
         field, sym = h.field, h.symmetry
-        per_line = 1 if h.format == "array" else 2
-        fields = per_line + _VALUES_PER_FIELD.get(field, 1) if field in _ALLOWED else None
+        coords = 0 if h.format == "array" else 2
+        fields = coords + _VALUES_PER_FIELD.get(field, 1) if field in _ALLOWED else None
         stream = _CheckedStream(src, header, nhead + 1, fields, _ALLOWED.get(field))
         try:
             if h.format == "array":
