@@ -94,11 +94,12 @@ def run_demo(show: str = "mttkrp3") -> int:
         inputs = {k: {n: torch.as_tensor(v, device="cuda") if isinstance(v, np.ndarray) else v
                       for n, v in d.items()} for k, d in inputs.items()}
     print(f"systec_gpu demo on {device} ({'Triton' if device == 'cuda' else 'Numba'} backend)")
-    header = f"{'kernel':<9} {'data':<34} {'max rel err':>11} {'symmetric':>11} {'no symmetry':>12} {'speedup':>8} {'work':>6}"
+    header = (f"{'kernel':<9} {'data':<34} {'max rel err':>11} {'symmetric':>11} {'no symmetry':>12} "
+              f"{'speedup':>8} {'work':>6}")
     print(header)
     print("-" * len(header))
     failures = 0
-    for name, entry in CATALOG.items():
+    for name in CATALOG:
         data = inputs[name]
         symmetric = compile_catalog(name)
         baseline = compile_catalog(name, symmetry=False)

@@ -15,7 +15,8 @@ ORDER = {"ssymv": 2, "syprd": 2, "ssymm": 2, "bellman": 2, "ttm": 3, "mttkrp3": 
 
 def symmetric_input(order: int, size: int, case: str, rng) -> SymmetricTensor:
     if case == "empty":
-        return SymmetricTensor.from_canonical(np.zeros((order, 0), dtype=np.int64), np.zeros(0), (size,) * order, "full")
+        empty = np.zeros((order, 0), dtype=np.int64)
+        return SymmetricTensor.from_canonical(empty, np.zeros(0), (size,) * order, "full")
     if case == "single":
         coords = np.array([[0] + [1] * (order - 1)]).T  # one entry on a diagonal class
         return SymmetricTensor.from_canonical(coords, np.array([1.5]), (size,) * order, "full")

@@ -120,7 +120,8 @@ class _Emitter:
                 if self.first_loop:
                     # Cyclic shares balance triangular loops across chunks.
                     self.first_loop = False
-                    header = f"for {self.index(i)} in range({start} + {self.chunk}, {stop}, {self.param_names[Param('chunks')]}):"
+                    chunks = self.param_names[Param("chunks")]
+                    header = f"for {self.index(i)} in range({start} + {self.chunk}, {stop}, {chunks}):"
                 else:
                     header = f"for {self.index(i)} in range({start}, {stop}):"
                 with w.block(header):
@@ -138,11 +139,11 @@ class _Emitter:
         if loop.format == "csr":
             row = self.index(loop.indices[0])
             ptr = self.param_names[Param("pointers")]
-            with w.block(f"for {row} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"):
-                with w.block(f"for {p} in range({ptr}[{row}], {ptr}[{row} + 1]):"):
-                    for mode in range(1, len(loop.indices)):
-                        w.line(f"{self.index(loop.indices[mode])} = {self.param_names[Param('coords', mode)]}[{p}]")
-                    self.stmt(loop.body)
+            rows = f"for {row} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"
+            with w.block(rows), w.block(f"for {p} in range({ptr}[{row}], {ptr}[{row} + 1]):"):
+                for mode in range(1, len(loop.indices)):
+                    w.line(f"{self.index(loop.indices[mode])} = {self.param_names[Param('coords', mode)]}[{p}]")
+                self.stmt(loop.body)
             return
         with w.block(f"for {p} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"):
             for mode, index in enumerate(loop.indices):

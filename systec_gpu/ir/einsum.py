@@ -156,10 +156,9 @@ def format_expr(expr: Expr) -> str:
 
 def _parenthesized(expr: Expr, parent_op: str) -> str:
     text = format_expr(expr)
-    if isinstance(expr, Call) and algebra.operator(expr.op).infix and expr.op != parent_op:
-        # `*` binds tighter than `+`: only a sum inside a product needs parentheses.
-        if parent_op == "mul" and expr.op == "add":
-            return f"({text})"
+    # `*` binds tighter than `+`: only a sum inside a product needs parentheses.
+    if isinstance(expr, Call) and parent_op == "mul" and expr.op == "add":
+        return f"({text})"
     return text
 
 
