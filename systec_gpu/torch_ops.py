@@ -11,6 +11,7 @@ with this same compiler (see `autodiff.py`), themselves custom ops, so backward 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,7 +210,8 @@ class KernelOp:
             for term in derivative_terms(self.kernel.program, target):
                 deriv = compile_kernel(term.expression, symmetric=term.symmetric or None,
                                        formats=term.formats or None, backend=self.kernel.backend)
-                compiled.append((term.weight, kernel_op(deriv)))
+                # only first derivatives are registered eagerly: each order is a new kernel
+                compiled.append((term.weight, kernel_op(deriv, derivatives=False)))
             self._terms[target] = compiled
         return self._terms[target]
 
@@ -274,11 +276,20 @@ def gather_canonical(dense: torch.Tensor, indices: torch.Tensor, groups) -> torc
 _OPS: dict[str, KernelOp] = {}
 
 
-def kernel_op(kernel) -> KernelOp:
-    """The custom op of `kernel` (registered once per kernel name); `.op` is `torch.ops.systec.<name>`."""
+def kernel_op(kernel, *, derivatives: bool = True) -> KernelOp:
+    """The custom op of `kernel` (registered once per kernel name); `.op` is `torch.ops.systec.<name>`.
+
+    With `derivatives` the ops of its first derivatives are registered now too: a graph that
+    torch.compile loads from its on-disk cache calls them before any backward has been traced.
+    """
     found = _OPS.get(kernel.name)
     if found is None:
         found = _OPS[kernel.name] = KernelOp(kernel)
+        if derivatives and kernel.program.einsum.reduce == "+=":
+            for o in found.operands:
+                # an unsupported gradient raises its message in backward, if it is ever requested
+                with contextlib.suppress(NotImplementedError):
+                    found.terms(o.name)
     elif found.kernel.program != kernel.program:
         raise ValueError(f"kernel name {kernel.name!r} is already registered for a different expression "
                          f"({found.kernel.expression!r})")
