@@ -123,13 +123,15 @@ def to_torch(t: SparseTensor, layout: Any = "coo", *, device: Any = None) -> Any
         e = _expanded(t)
         vals = torch.as_tensor(_to_numpy(e.values))
         if kind == "coo":
+            # our COO is sorted and unique: valid and coalesced by construction
             out = torch.sparse_coo_tensor(torch.from_numpy(e.indices), vals, e.shape,
-                                          is_coalesced=True)
+                                          is_coalesced=True, check_invariants=False)
         elif kind == "csr":
             if e.ndim != 2:
                 raise ValueError(f"to_torch: CSR needs a matrix, this tensor has {e.ndim} modes")
             out = torch.sparse_csr_tensor(torch.from_numpy(e.csr_pointers()),
-                                          torch.from_numpy(e.indices[1].copy()), vals, e.shape)
+                                          torch.from_numpy(e.indices[1].copy()), vals, e.shape,
+                                          check_invariants=False)
         else:
             raise ValueError(f"to_torch: unsupported layout {layout!r}")
     return out if device is None else out.to(device)

@@ -140,7 +140,9 @@ def _parse_numbers(raw: bytes, buf: np.ndarray, lines: Lines, skip: np.ndarray,
         body = work.tobytes() if work is not buf else raw
         if not has_any(body, b".eEnNiI"):
             arr = np.fromstring(body, dtype=np.int64, sep=" ")
-            if arr.size == n * k and not (arr == _I64.max).any() and not (arr == _I64.min).any():
+            if arr.size == n * k:
+                if (arr == _I64.max).any() or (arr == _I64.min).any():  # clamped on overflow?
+                    _locate_bad_field(raw, lines, entry_lines, k, path)
                 arr = arr.reshape(n, k)
                 return arr[:, :-1], arr[:, -1].copy()
         else:
@@ -173,7 +175,7 @@ def _locate_bad_field(raw: bytes, lines: Lines, entry_lines: np.ndarray, k: int,
                 kind = "coordinate" if coord else "value"
                 raise FormatError(path, f"{kind} field {text!r} is not "
                                   f"{'an integer' if coord else 'a number'}", int(ln) + 1)
-            if isinstance(v, int) and not _I64.min < v < _I64.max:
+            if isinstance(v, int) and not _I64.min <= v <= _I64.max:
                 raise FormatError(path, f"integer field {text} is outside the int64 range",
                                   int(ln) + 1)
 

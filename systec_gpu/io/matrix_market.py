@@ -204,5 +204,10 @@ def write_mtx(path: str | os.PathLike[str], t: SparseTensor) -> None:
     rows, cols = (t.indices[1], t.indices[0]) if symmetric else (t.indices[0], t.indices[1])
     m = scipy.sparse.coo_array((vals, (rows, cols)), shape=t.shape)
     with open_binary(path, "wb") as f:
+        if t.nnz == 0:  # fmm writes an empty matrix as "real" whatever the field: keep the type
+            f.write(f"%%MatrixMarket matrix coordinate {field[vals.dtype.kind]} "
+                    f"{'symmetric' if symmetric else 'general'}\n%written by systec_gpu\n"
+                    f"{t.shape[0]} {t.shape[1]} 0\n".encode())
+            return
         fmm.mmwrite(f, m, symmetry="symmetric" if symmetric else "general",
                     field=field[vals.dtype.kind], comment="written by systec_gpu")
