@@ -96,7 +96,7 @@ class Kernel:
         """The kernel as a PyTorch custom op (torch.ops.systec.<name>): torch.compile and autograd."""
         from .torch_ops import kernel_op
 
-        return kernel_op(self)
+        return kernel_op(self).op
 
     def explain(self) -> str:
         """The symmetrized program: what symmetry was found, the loops, the factor table."""

@@ -284,7 +284,7 @@ def finish(args: KernelArgs, loops: LoopProgram, program: Program, *, canonical:
     result = result.reshape(out_shape)
     if loops.output_groups and not canonical:
         result = mirror_canonical(result, loops.output_groups)
-    tensor = torch.from_numpy(np.ascontiguousarray(result))
+    tensor = torch.from_numpy(np.array(result, order="C"))  # np.ascontiguousarray makes 0-d arrays 1-d
     if args.torch_device is not None and args.torch_device.type != "cpu":
         tensor = tensor.to(args.torch_device)
     return tensor

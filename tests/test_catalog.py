@@ -95,3 +95,9 @@ def test_parallel_chunks_lose_no_update(name, monkeypatch):
     monkeypatch.setattr(numba_backend, "SERIAL_BELOW", 0)
     rng = np.random.default_rng(11)
     check_against_numpy(compile_catalog(name, backend="numba"), catalog_inputs(name, "classes", rng))
+
+
+def test_scalar_output_is_zero_dimensional():
+    rng = np.random.default_rng(2)
+    result = compile_catalog("syprd", backend="numba")(**catalog_inputs("syprd", "classes", rng))
+    assert result.shape == ()

@@ -62,4 +62,4 @@ def interpret_einsum(einsum: Einsum, arrays: dict[str, np.ndarray], dtype=np.flo
     result = reduce.numpy.reduce(values, axis=reduced_axes, initial=reduce.identity) if reduced_axes \
         else np.array(values)
     kept = [a for a in range(len(order)) if a not in reduced_axes]
-    return np.ascontiguousarray(np.transpose(result, [kept.index(a) for a in out_axes]))
+    return np.array(np.transpose(result, [kept.index(a) for a in out_axes]), order="C")  # keeps 0-d as 0-d
