@@ -70,16 +70,16 @@ def _lex_argsort(indices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _adjacent_cmp(indices: np.ndarray, shape: tuple[int, ...] | None = None):
-    """For consecutive columns: (equal, less) masks of the lexicographic comparison."""
-    key = None if shape is None else _linear_key(indices, shape)
-    if key is not None:
-        kd = key[1:] - key[:-1]
-        return kd == 0, kd > 0
-    d = indices[:, 1:] - indices[:, :-1]
-    nz = d != 0
-    first = nz.argmax(axis=0)
-    equal = ~nz.any(axis=0)
-    less = ~equal & (d[first, np.arange(d.shape[1])] > 0)
+    """For consecutive columns: (equal, less) masks of the lexicographic comparison.
+
+    Built from per-mode boolean comparisons only: no int64 temporaries (peak memory of loads).
+    """
+    n = max(indices.shape[1] - 1, 0)
+    equal, less = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    for row in indices[::-1]:  # from the minor mode to the major one
+        a, b = row[:-1], row[1:]
+        less = np.where(a == b, less, a < b)
+        equal &= a == b
     return equal, less
 
 

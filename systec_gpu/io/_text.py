@@ -33,30 +33,41 @@ class Lines:
     """
 
     def __init__(self, buf: np.ndarray):
-        n = buf.size
-        self._ws = ws = buf <= 32
-        newline = buf == 10
-        start = ~ws
-        start[1:] &= ws[:-1]
-        # events (token starts and newlines) in file order: tokens per line = gaps between newlines
-        pos = np.flatnonzero(start | newline)
-        is_nl = newline[pos]
-        nl = np.flatnonzero(is_nl)
-        ends = pos[nl]
-        if n and buf[-1] != 10:  # last line without a trailing newline
-            nl = np.append(nl, pos.size)
-            ends = np.append(ends, n)
-        self.ends = ends  # position of each line's newline (or n)
+        self._buf = buf
+        self.counts, self._pos, self._is_nl = line_counts(buf)
+        nl = np.flatnonzero(self._is_nl)
+        ends = self._pos[nl]
+        if ends.size < self.counts.size:  # last line without a trailing newline
+            ends = np.append(ends, buf.size)
+        self.ends = ends  # position of each line's newline (or the buffer's end)
         self.starts_of_line = np.concatenate([[0], ends[:-1] + 1]) if ends.size else ends
-        self.counts = np.diff(nl, prepend=-1) - 1
         self.first_tok = np.cumsum(self.counts) - self.counts  # valid where counts > 0
-        self.tok_start = pos[~is_nl]
+
+    @functools.cached_property
+    def tok_start(self) -> np.ndarray:
+        return self._pos[~self._is_nl]
 
     @functools.cached_property
     def tok_end(self) -> np.ndarray:
-        end = ~self._ws
-        end[:-1] &= self._ws[1:]
+        ws = self._buf <= 32
+        end = ~ws
+        end[:-1] &= ws[1:]
         return np.flatnonzero(end) + 1  # exclusive
+
+
+def line_counts(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens per line, plus the positions of all events (token starts and newlines) and which
+    of them are newlines. Lines end at a newline or at the end of the buffer."""
+    ws = buf <= 32
+    start = ~ws
+    start[1:] &= ws[:-1]
+    start |= buf == 10
+    pos = np.flatnonzero(start)  # events in file order: gaps between newlines = tokens per line
+    is_nl = buf[pos] == 10
+    nl = np.flatnonzero(is_nl)
+    if buf.size and buf[-1] != 10:
+        nl = np.append(nl, pos.size)
+    return np.diff(nl, prepend=-1) - 1, pos, is_nl
 
 
 def span_mask(n: int, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
 import fast_matrix_market as fmm
@@ -23,7 +25,7 @@ import scipy.sparse
 
 from ..storage import EntryError, SparseTensor, SymmetricTensor, normalize_groups
 from ._common import declare, entry_error, wanted_groups
-from ._text import Lines, open_binary
+from ._text import line_counts, open_binary
 from .errors import FormatError
 
 _DIGITS = b"0123456789"
@@ -41,13 +43,16 @@ _BLOCK = 1 << 22
 
 
 class _CheckedStream(io.RawIOBase):
-    """Feeds fmm the header, then the body in blocks of whole lines after checking each block."""
+    """Feeds fmm the header, then the body in blocks of whole lines, each checked on a worker
+    thread (numpy releases the GIL) while the file is decompressed and fmm parses."""
 
     def __init__(self, src: IO[bytes], header: bytes, first_line: int, fields: int | None,
                  allowed: bytes | None):
         self.src, self.header, self.line = src, header, first_line
         self.fields, self.allowed = fields, allowed
         self.pending = b""
+        self.pool = ThreadPoolExecutor(max_workers=1) if fields is not None else None
+        self.checks: deque[Future] = deque()
         self.error: tuple[int, str] | None = None
 
     def readable(self) -> bool:
@@ -63,27 +68,42 @@ class _CheckedStream(io.RawIOBase):
             cut = data.rfind(b"\n") + 1 if chunk else len(data)
             if cut or not chunk:
                 out, self.pending = data[:cut], data[cut:]
-                self._check(out)
+                if out and self.pool is not None:
+                    while len(self.checks) >= 4:  # bounded memory if the checks fall behind
+                        self._collect(self.checks.popleft())
+                    self.checks.append(self.pool.submit(self._check, out, self.line))
+                    self.line += out.count(b"\n") + (not out.endswith(b"\n"))
                 return out
             self.pending = data
 
-    def _check(self, block: bytes) -> None:
-        if not block or self.error is not None or self.fields is None:
-            return
+    def finish(self) -> tuple[int, str] | None:
+        """Wait for the checks; the first problem in file order (line, message), if any."""
+        while self.checks:
+            self._collect(self.checks.popleft())
+        if self.pool is not None:
+            self.pool.shutdown()
+        return self.error
+
+    def _collect(self, fut: Future) -> None:
+        err = fut.result()
+        if err is not None and self.error is None:
+            self.error = err
+
+    def _check(self, block: bytes, first_line: int) -> tuple[int, str] | None:
         buf = np.frombuffer(block, dtype=np.uint8)
-        lines = Lines(buf)
-        bad = np.flatnonzero((lines.counts != 0) & (lines.counts != self.fields))
+        counts = line_counts(buf)[0]
+        bad = np.flatnonzero((counts != 0) & (counts != self.fields))
         if self.allowed is not None and block.translate(None, self.allowed):
             ok = np.zeros(256, dtype=bool)
             ok[np.frombuffer(self.allowed, dtype=np.uint8)] = True
             pos = int(np.argmax(~ok[buf]))
-            ln = int(np.searchsorted(lines.ends, pos))
+            ln = block.count(b"\n", 0, pos)
             if not bad.size or ln < bad[0]:
-                self.error = (self.line + ln, f"unexpected character {chr(buf[pos])!r}")
-        if bad.size and self.error is None:
-            self.error = (self.line + int(bad[0]), f"expected {self.fields} fields, found "
-                          f"{int(lines.counts[bad[0]])}")
-        self.line += lines.ends.size
+                return first_line + ln, f"unexpected character {chr(buf[pos])!r}"
+        if bad.size:
+            return first_line + int(bad[0]), f"expected {self.fields} fields, found " \
+                                             f"{int(counts[bad[0]])}"
+        return None
 
 
 def _read_header(src: IO[bytes]) -> tuple[bytes, int]:
@@ -131,9 +151,10 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
             else:
                 (vals, (r, c)), shape = fmm.read_coo(stream, generalize_symmetry=False)
         except (ValueError, RuntimeError, OverflowError) as e:
-            raise _fmm_error(path, e, stream.error) from None
-        if stream.error is not None:
-            raise FormatError(path, stream.error[1], stream.error[0])
+            raise _fmm_error(path, e, stream.finish()) from None
+        err = stream.finish()
+        if err is not None:
+            raise FormatError(path, err[1], err[0])
     groups = wanted_groups(symmetric, 2)
     if h.format == "array":
         if groups is None:
@@ -152,9 +173,16 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
         except ValueError as e:
             raise FormatError(path, str(e)) from None
     if sym == "symmetric" and groups in (None, ((0, 1),)):
-        idx = np.empty((2, r.size), dtype=np.int64)
-        np.minimum(r, c, out=idx[0])  # the stored triangle, flipped to the canonical i <= j
-        np.maximum(r, c, out=idx[1])
+        lo, hi = np.minimum(r, c), np.maximum(r, c)  # the triangle flipped to canonical i <= j
+        del r, c  # lower the peak memory: only the canonical copy is kept
+        # files are usually sorted by column: then the flipped entries are sorted and unique,
+        # fmm has checked the bounds, and no validation is left to do
+        ordered = bool(((lo[1:] > lo[:-1]) | ((lo[1:] == lo[:-1]) & (hi[1:] > hi[:-1]))).all())
+        idx = np.empty((2, lo.size), dtype=np.int64)
+        idx[0], idx[1] = lo, hi
+        del lo, hi
+        if ordered:
+            return SymmetricTensor(idx, vals, shape, ((0, 1),), check=False)
         try:
             return SymmetricTensor.from_canonical(idx, vals, shape, ((0, 1),))
         except EntryError as e:
