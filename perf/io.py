@@ -3,9 +3,10 @@
 Every (file, method) measurement runs in a fresh subprocess, so peak memory is that method's
 alone: ``rss`` = peak resident set size minus the resident size just before the load (after
 imports), ``traced`` = tracemalloc's peak (numpy buffers and Python objects, not fmm's C++
-buffers) in a separate run. Timings are taken round-robin over the methods (one load per
-subprocess per round, after a warm-up round) so that a noisy machine hurts all methods alike;
-the table shows the median.
+buffers) in a separate run. Timings are taken round-robin over the methods so that a noisy
+machine hurts all methods alike: each round starts one subprocess per method that loads the file
+three times; the first load is "cold" (a fresh process), the others "warm". The table shows
+medians over the rounds (after one discarded round that warms the page cache).
 
     /work/venv/bin/python perf/io.py [--rounds 5] [--data ../shared/data]
 
@@ -131,10 +132,15 @@ def worker(method: str, path: str, mode: str) -> None:
 
     import systec_gpu.io  # noqa: F401
 
-    if mode == "time":
-        t0 = time.perf_counter()
-        out = fn(path)
-        result = {"seconds": time.perf_counter() - t0, "result": _describe(out)}
+    if mode.startswith("time"):
+        times, described = [], ""
+        for _ in range(int(mode[4:] or 1)):
+            t0 = time.perf_counter()
+            out = fn(path)
+            times.append(time.perf_counter() - t0)
+            described = described or _describe(out)
+            del out  # not held across loads: each load starts from the same memory state
+        result = {"seconds": times, "result": described}
     elif mode == "rss":
         before = _current_rss_kb()
         fn(path)
@@ -171,21 +177,26 @@ def main() -> None:
             print(f"skip {name}: not found in {args.data}")
             continue
         methods = list(METHODS[_kind(name)])
-        times: dict[str, list[float]] = {m: [] for m in methods}
+        cold: dict[str, list[float]] = {m: [] for m in methods}
+        warm: dict[str, list[float]] = {m: [] for m in methods}
         described: dict[str, str] = {}
         for r in range(args.rounds + 1):  # round 0 warms the page cache and is discarded
             for m in methods:
-                if m == "np.loadtxt" and r > 2:
-                    continue  # ~10x slower than the rest: a few rounds are enough
-                res = run_worker(m, path, "time")
+                slow = m == "np.loadtxt"  # ~10x slower than the rest: fewer loads suffice
+                if slow and r > 2:
+                    continue
+                res = run_worker(m, path, "time1" if slow else "time3")
                 described[m] = res["result"]
                 if r:
-                    times[m].append(res["seconds"])
+                    cold[m].append(res["seconds"][0])
+                    warm[m] += res["seconds"][1:]
         rows = {}
         for m in methods:
             mem = run_worker(m, path, "rss") | run_worker(m, path, "traced")
-            rows[m] = {"median_s": statistics.median(times[m]), "min_s": min(times[m]),
-                       "times_s": times[m], "result": described[m], **mem}
+            rows[m] = {"cold_median_s": statistics.median(cold[m]),
+                       "warm_median_s": statistics.median(warm[m] or cold[m]),
+                       "min_s": min(cold[m] + warm[m]), "cold_s": cold[m], "warm_s": warm[m],
+                       "result": described[m], **mem}
         results[name] = rows
         _print_table(name, rows)
     meta = {
@@ -198,8 +209,10 @@ def main() -> None:
         "git_commit": _git_commit(),
         "rounds": args.rounds,
         "elapsed_s": time.time() - started,
-        "method": "subprocess per measurement; round-robin timing, median; rss = peak RSS minus "
-                  "RSS before the load; traced = tracemalloc peak (excludes fmm C++ buffers)",
+        "method": "round-robin over methods, one subprocess per method per round loading 3 "
+                  "times (cold = first load in the process, warm = the others), medians; rss = "
+                  "peak RSS minus RSS before the load; traced = tracemalloc peak (numpy and "
+                  "Python allocations; excludes fmm's C++ buffers)",
     }
     out = ROOT / "perf" / "results" / f"io-{meta['host']}-{meta['date']}.json"
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
@@ -208,11 +221,12 @@ def main() -> None:
 
 def _print_table(name: str, rows: dict[str, dict]) -> None:
     print(f"\n{name}")
-    head = f"{'method':38s} {'median s':>9s} {'min s':>7s} {'rss MB':>8s} {'traced MB':>10s}"
+    head = (f"{'method':36s} {'cold s':>7s} {'warm s':>7s} {'min s':>7s} {'rss MB':>7s} "
+            f"{'traced MB':>9s}")
     print(f"  {head}  result")
     for m, r in rows.items():
-        print(f"  {m:38s} {r['median_s']:9.3f} {r['min_s']:7.3f} {r['rss_peak_mb']:8.1f} "
-              f"{r['traced_peak_mb']:10.1f}  {r['result']}")
+        print(f"  {m:36s} {r['cold_median_s']:7.3f} {r['warm_median_s']:7.3f} {r['min_s']:7.3f} "
+              f"{r['rss_peak_mb']:7.1f} {r['traced_peak_mb']:9.1f}  {r['result']}")
 
 
 def _cpu_model() -> str:

@@ -206,30 +206,42 @@ def _coo_arrays(indices: Any, values: Any, shape: Sequence[int], name: str):
 
 
 class _Runs:
-    """Entries sorted by (canonical coordinates, original coordinates), grouped into runs."""
+    """Entries sorted by (canonical coordinates, original coordinates), grouped into runs.
+
+    With int64 linear keys only the keys are sorted: the canonical coordinates are rebuilt for
+    the run starts alone (peak memory of large loads).
+    """
 
     def __init__(self, idx: np.ndarray, vals: np.ndarray, shape: tuple[int, ...], grp: Groups):
+        self.n, self._idx, self._grp = idx.shape[1], idx, grp
         canon = _canonicalize(idx, grp)
         kc, ko = _linear_key(canon, shape), _linear_key(idx, shape)
         # sort by (canonical, original); the canonical arrangement is the lexicographic minimum
         if kc is not None:
-            order = np.arange(idx.shape[1])
+            del canon
+            order = np.arange(self.n)
             if not (ko[1:] >= ko[:-1]).all():  # input files are often sorted already
                 order = np.argsort(ko, kind="stable")
             order = order[np.argsort(kc[order], kind="stable")]
+            sk, so = kc[order], ko[order]
+            del kc, ko
+            same_canon, self.same_orig = sk[1:] == sk[:-1], so[1:] == so[:-1]
         else:
             order = np.lexsort(tuple(idx[::-1]) + tuple(canon[::-1]))
-        self.n, self.order = idx.shape[1], order
-        self.canon, self.osort, self.vals = canon[:, order], idx[:, order], vals[order]
-        if self.n == 0:
-            return
-        same_canon, _ = _adjacent_cmp(self.canon, shape)
-        start = np.concatenate([[True], ~same_canon])
+            same_canon = _adjacent_cmp(canon[:, order])[0]
+            self.same_orig = _adjacent_cmp(idx[:, order])[0]
+        self.order, self.vals = order, vals[order]
+        start = np.concatenate([[True], ~same_canon]) if self.n else np.zeros(0, dtype=bool)
         self.starts = np.flatnonzero(start)
-        self.run_id = np.cumsum(start) - 1
-        self.first = self.starts[self.run_id]
-        self.same_orig = _adjacent_cmp(self.osort, shape)[0]
+        self.first = self.starts[np.cumsum(start) - 1]
 
+    def canon_starts(self) -> np.ndarray:
+        """Canonical coordinates of each run (sorted, unique)."""
+        return _canonicalize(self._idx[:, self.order[self.starts]], self._grp)
+
+    def orig(self, k: int) -> np.ndarray:
+        """Original coordinates of the k-th sorted entry."""
+        return self._idx[:, self.order[k]]
 
 
 def _first_true(mask: np.ndarray) -> int | None:
@@ -396,24 +408,25 @@ class SymmetricTensor(SparseTensor):
         grp = normalize_groups(groups, shape, name)
         r = _Runs(idx, vals, shape, grp)
         if r.n == 0:
-            return cls(r.canon, r.vals, shape, grp, check=False)
-        vals, osort, order, first = r.vals, r.osort, r.order, r.first
+            return cls(idx, vals, shape, grp, check=False)
+        vals, order, first = r.vals, r.order, r.first
         dup = np.concatenate([[False], r.same_orig & ~_agree(vals[1:], vals[:-1], atol, rtol)])
         k = _first_true(dup)
         if k is not None:
             raise EntryError(
-                f"{name} has duplicate entries at {_fmt(name, osort[:, k])} with different values "
+                f"{name} has duplicate entries at {_fmt(name, r.orig(k))} with different values "
                 f"{_val(vals[k - 1])} and {_val(vals[k])}", (int(order[k - 1]), int(order[k])))
         if check:
             k = _first_true(~_agree(vals, vals[first], atol, rtol))
             if k is not None:
                 f = first[k]
-                modes = [g for g in grp if (osort[list(g), f] != osort[list(g), k]).any()]
+                a, b = r.orig(f), r.orig(k)
+                modes = [g for g in grp if (a[list(g)] != b[list(g)]).any()]
                 raise EntryError(
                     f"{name} is not symmetric in modes {', '.join(map(str, modes))}: "
-                    f"{_fmt(name, osort[:, f])} = {_val(vals[f])} but "
-                    f"{_fmt(name, osort[:, k])} = {_val(vals[k])}", (int(order[f]), int(order[k])))
-        return cls(r.canon[:, r.starts], vals[r.starts], shape, grp, check=False)
+                    f"{_fmt(name, a)} = {_val(vals[f])} but "
+                    f"{_fmt(name, b)} = {_val(vals[k])}", (int(order[f]), int(order[k])))
+        return cls(r.canon_starts(), vals[r.starts], shape, grp, check=False)
 
     @classmethod
     def from_dense(cls, t: Any, groups: Any = "full", *, check: bool = True, atol: float = 0.0,

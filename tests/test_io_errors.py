@@ -220,3 +220,33 @@ def test_binsparse_errors_and_structures(tmp_path):
 def test_unknown_suffix(tmp_path):
     with pytest.raises(FormatError, match=r"x.csv: unknown file type"):
         sio.load(tmp_path / "x.csv")
+
+
+# ----------------------------------------------------------------------------- block boundaries
+def test_tns_many_blocks(tmp_path, monkeypatch):
+    from systec_gpu.io import frostt
+
+    monkeypatch.setattr(frostt, "_BLOCK", 64)  # many blocks: state must carry across them
+    lines = [f"{i} {i % 7 + 1} {0.25 * i!r}" for i in range(1, 60)]
+    lines.insert(20, "# a comment in the middle")
+    lines.insert(30, "")
+    t = sio.load(write(tmp_path, "m.tns", "\n".join(lines) + "\n"))
+    assert t.nnz == 59 and t.shape == (59, 7)
+    assert t.values.tolist() == [0.25 * i for i in range(1, 60)]
+    bad = lines + ["60 1 x"]
+    raises_at(write(tmp_path, "b.tns", "\n".join(bad) + "\n"), 62, "value field 'x'")
+    short = lines + ["60 1"]
+    raises_at(write(tmp_path, "s.tns", "\n".join(short) + "\n"), 62, "expected 3 fields")
+    ints = [f"{i} {i} 1" for i in range(1, 40)] + ["40 0 1"]
+    raises_at(write(tmp_path, "z.tns", "\n".join(ints)), 40, "1-based")
+
+
+def test_mtx_many_blocks(tmp_path, monkeypatch):
+    from systec_gpu.io import matrix_market
+
+    monkeypatch.setattr(matrix_market, "_BLOCK", 32)
+    body = "".join(f"{i} {i} {i}.5\n" for i in range(1, 50))
+    head = MM.format(field="real", sym="symmetric") + "60 60 50\n"
+    t = sio.load(write(tmp_path, "m.mtx", head + body + "60 1 1e300\n"))
+    assert t.nnz == 50 and t.indices[:, 1].tolist() == [0, 59] and t.values[1] == 1e300
+    raises_at(write(tmp_path, "b.mtx", head + body + "60 1.5\n"), 53, "expected 3 fields")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import numpy as np
 
@@ -34,83 +35,120 @@ from ..storage import (
     normalize_groups,
 )
 from ._common import declare, logger, wanted_groups
-from ._text import Lines, has_any, open_binary, read_bytes, span_mask
+from ._text import has_any, line_counts, open_binary, read_bytes, span_mask
 from .errors import FormatError
 
 _I64 = np.iinfo(np.int64)
+
+
+_BLOCK = 1 << 22
+
+
+def _lines_from(raw: bytes, off: int):
+    """Yield (line number, start, end) of the lines from byte offset ``off`` (short scans)."""
+    n = raw.count(b"\n", 0, off)
+    while off < len(raw):
+        e = raw.find(b"\n", off)
+        e = len(raw) if e < 0 else e
+        n += 1
+        yield n, off, e
+        off = e + 1
+
+
+def _is_entry(line: bytes) -> bool:
+    s = line.lstrip()
+    return bool(s) and s[:1] not in (b"#", b"%")
+
+
+def _header(raw: bytes, path: str | os.PathLike[str]) -> tuple[int, list[int] | None, int, str]:
+    """(byte offset where entries start, dimensions or None, the field count and its origin)."""
+    first: list[tuple[int, int, list[bytes]]] = []  # (line number, end offset, fields)
+    for n, a, b in _lines_from(raw, 0):
+        if _is_entry(raw[a:b]):
+            first.append((n, b, raw[a:b].split()))
+            if len(first) == 3:
+                break
+    counts = [len(f[2]) for f in first]
+
+    def ints(j: int, what: str) -> list[int]:
+        try:
+            out = [int(t) for t in first[j][2]]
+        except ValueError:
+            raise FormatError(path, f"{what} must be integers", first[j][0]) from None
+        if any(v < 1 for v in out):
+            raise FormatError(path, f"{what} must be positive", first[j][0])
+        return out
+
+    head, dims = 0, None
+    if len(counts) >= 2 and counts[0] == 1 and (len(counts) == 2 or counts[2] == counts[1] + 1) \
+            and ints(0, "the order line")[0] == counts[1]:
+        head, dims = 2, ints(1, "dimensions")  # ParTI: order, then the dimensions
+    elif len(counts) >= 2 and counts[0] == counts[1] - 1:
+        head, dims = 1, ints(0, "dimensions")  # a dimensions line above the entries
+    if len(counts) > head:
+        k = counts[head]
+    elif dims is not None:
+        k = len(dims) + 1
+    else:
+        raise FormatError(path, "no entries and no dimensions line")
+    if k < 2:
+        raise FormatError(path, "an entry needs at least one coordinate and a value",
+                          first[head][0])
+    if dims is not None and len(dims) != k - 1:
+        raise FormatError(path, f"{len(dims)} dimensions but {k - 1} coordinates per entry",
+                          first[head][0] if len(first) > head else None)
+    body = first[head - 1][1] + 1 if head else 0
+    origin = f"as on line {first[head][0]}" if len(first) > head else "for the dimensions"
+    return body, dims, k, origin
 
 
 def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: bool = True,
              atol: float = 0.0, rtol: float = 0.0) -> SparseTensor:
     """Read a FROSTT file; ``symmetric=None`` detects full symmetry (logged on systec_gpu.io)."""
     raw = read_bytes(path)
-    buf = np.frombuffer(raw, dtype=np.uint8)
-    lines = Lines(buf)
-    blank = lines.counts == 0
-    skip = blank
-    if has_any(raw, b"#%"):
-        first_char = np.zeros(lines.counts.size, dtype=np.uint8)
-        first_char[~blank] = buf[lines.tok_start[lines.first_tok[~blank]]]
-        skip = blank | (first_char == ord("#")) | (first_char == ord("%"))
-    data = np.flatnonzero(~skip)  # 0-based line numbers of header and entry lines
-    counts = lines.counts[data]
-
-    def tokens(j: int) -> list[bytes]:
-        ln = data[j]
-        return raw[lines.starts_of_line[ln]:lines.ends[ln]].split()
-
-    def int_fields(j: int, what: str) -> list[int]:
-        try:
-            out = [int(t) for t in tokens(j)]
-        except ValueError:
-            raise FormatError(path, f"{what} must be integers", int(data[j]) + 1) from None
-        if any(v < 1 for v in out):
-            raise FormatError(path, f"{what} must be positive", int(data[j]) + 1)
-        return out
-
-    head, dims = 0, None
-    parti = counts.size >= 2 and counts[0] == 1 and (counts.size == 2 or counts[2] == counts[1] + 1)
-    if parti and int_fields(0, "the order line")[0] == counts[1]:
-        head, dims = 2, int_fields(1, "dimensions")
-    if head == 0 and counts.size >= 2 and counts[0] == counts[1] - 1:
-        head, dims = 1, int_fields(0, "dimensions")
-    if counts.size <= head:
-        if dims is None:
-            raise FormatError(path, "no entries and no dimensions line")
-        k = len(dims) + 1
-    else:
-        k = int(counts[head])
-    if k < 2:
-        raise FormatError(path, "an entry needs at least one coordinate and a value",
-                          int(data[head]) + 1)
-    bad = np.flatnonzero(counts[head:] != k)
-    if bad.size:
-        j = head + int(bad[0])
-        raise FormatError(path, f"expected {k} fields ({k - 1} coordinates and a value) as on "
-                          f"line {int(data[head]) + 1}, found {int(counts[j])}", int(data[j]) + 1)
-    entry_lines = data[head:]
-    coords, vals = _parse_numbers(raw, buf, lines, skip, entry_lines, k, head, data, path)
-
+    body, dims, k, origin = _header(raw, path)
+    # integer values load as int64; comment lines do not count (header lines hold integers)
+    text = re.sub(rb"(?m)^[ \t]*[#%].*$", b"", raw) if has_any(raw, b"#%") else raw
+    is_int = not has_any(text, b".eEnNiI")
+    del text
     ndim = k - 1
-    if coords.size and coords.min() < 1:
-        j = int(np.argmax((coords < 1).any(axis=1)))
-        raise FormatError(path, "coordinates are 1-based: found an index below 1",
-                          int(entry_lines[j]) + 1)
+    # the entries are written straight into [ndim, nnz] arrays sized by the line count
+    cap = raw.count(b"\n", body) + 1
+    idx = np.empty((ndim, cap), dtype=np.int64)
+    vals = np.empty(cap, dtype=np.int64 if is_int else np.float64)
+    n, line0, pos = 0, raw.count(b"\n", 0, body), body
+    while pos < len(raw):  # blocks of whole lines keep the temporaries small
+        stop = raw.rfind(b"\n", pos, pos + _BLOCK) + 1 or raw.find(b"\n", pos) + 1 or len(raw)
+        block = raw[pos:stop]
+        c, v = _parse_block(block, k, origin, is_int, line0, path)
+        idx[:, n:n + v.size] = c.T
+        vals[n:n + v.size] = v
+        n += v.size
+        line0 += block.count(b"\n")
+        pos = stop
+    if n < cap:  # blank or comment lines: trim (one copy)
+        idx, vals = np.ascontiguousarray(idx[:, :n]), vals[:n].copy()
+
+    def line_of(p: int) -> int | None:  # error path only: rescans the file
+        seen = -1
+        for n, a, b in _lines_from(raw, body):
+            seen += _is_entry(raw[a:b])
+            if seen == p:
+                return n
+        return None
+
+    if n and idx.min() < 1:
+        j = int(np.argmax((idx < 1).any(axis=0)))
+        raise FormatError(path, "coordinates are 1-based: found an index below 1", line_of(j))
     if dims is not None:
-        if len(dims) != ndim:
-            raise FormatError(path, f"{len(dims)} dimensions but {ndim} coordinates per entry")
-        over = coords > np.array(dims, dtype=np.int64)
+        over = idx > np.array(dims, dtype=np.int64)[:, None]
         if over.any():
-            j = int(np.argmax(over.any(axis=1)))
+            j = int(np.argmax(over.any(axis=0)))
             raise FormatError(path, f"index past the declared dimensions {tuple(dims)}",
-                              int(entry_lines[j]) + 1)
-    idx = np.ascontiguousarray(coords.T) - 1
+                              line_of(j))
+    idx -= 1
     groups = wanted_groups(symmetric, ndim)
     shape = _shape(idx, dims, groups, path)
-
-    def line_of(pos: int) -> int:
-        return int(entry_lines[pos]) + 1
-
     if groups is not None:
         return declare(path, idx, vals, shape, groups, check=check, atol=atol, rtol=rtol,
                        line_of=line_of)
@@ -124,47 +162,65 @@ def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: b
                    line_of=line_of)
 
 
-def _parse_numbers(raw: bytes, buf: np.ndarray, lines: Lines, skip: np.ndarray,
-                   entry_lines: np.ndarray, k: int, head: int, data: np.ndarray,
-                   path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Coordinates [n, k-1] (int64) and values [n] of the entry lines."""
-    n = entry_lines.size
-    if n == 0:
-        return np.zeros((0, k - 1), dtype=np.int64), np.zeros(0, dtype=np.float64)
-    blank_lines = np.concatenate([np.flatnonzero(skip), data[:head]])
+def _parse_block(block: bytes, k: int, origin: str, is_int: bool, line0: int,
+                 path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates [n, k-1] (int64) and values [n] of the entry lines in a block of lines."""
+    buf = np.frombuffer(block, dtype=np.uint8)
+    counts, pos, is_nl = line_counts(buf)
+    ntok = counts  # tokens per line, comments included (to index the token arrays)
     work = buf
-    if blank_lines.size:  # blank out comments and the header so that only entries remain
-        work = buf.copy()
-        work[span_mask(buf.size, lines.starts_of_line[blank_lines], lines.ends[blank_lines])] = 32
+    if has_any(block, b"#%"):  # comment lines: skipped, and blanked for the number parser
+        tok_start = pos[~is_nl]
+        first = tok_start[(np.cumsum(counts) - counts)[counts > 0]]
+        comment = np.zeros(counts.size, dtype=bool)
+        comment[counts > 0] = (buf[first] == ord("#")) | (buf[first] == ord("%"))
+        if comment.any():
+            ends = np.append(pos[is_nl], buf.size)[:counts.size]
+            starts = np.concatenate([[0], ends[:-1] + 1])
+            work = buf.copy()
+            work[span_mask(buf.size, starts[comment], ends[comment])] = 32
+            counts = np.where(comment, 0, counts)
+    bad = np.flatnonzero((counts != 0) & (counts != k))
+    if bad.size:
+        j = int(bad[0])
+        raise FormatError(path, f"expected {k} fields ({k - 1} coordinates and a value) {origin}, "
+                          f"found {int(counts[j])}", line0 + j + 1)
+    n = int(np.count_nonzero(counts))
+    if n == 0:
+        return np.zeros((0, k - 1), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    text = work.tobytes() if work is not buf else block
     try:
-        body = work.tobytes() if work is not buf else raw
-        if not has_any(body, b".eEnNiI"):
-            arr = np.fromstring(body, dtype=np.int64, sep=" ")
+        if is_int:
+            arr = np.fromstring(text, dtype=np.int64, sep=" ")
             if arr.size == n * k:
                 if (arr == _I64.max).any() or (arr == _I64.min).any():  # clamped on overflow?
-                    _locate_bad_field(raw, lines, entry_lines, k, path)
+                    _locate_bad_field(block, k, line0, path)
                 arr = arr.reshape(n, k)
                 return arr[:, :-1], arr[:, -1].copy()
         else:
-            vt = lines.first_tok[entry_lines] + (k - 1)
-            vmask = span_mask(buf.size, lines.tok_start[vt], lines.tok_end[vt])
-            coords = np.fromstring(np.where(vmask, np.uint8(32), work).tobytes(), dtype=np.int64,
-                                   sep=" ")
-            vals = np.fromstring(np.where(vmask, buf, np.uint8(32)).tobytes(), dtype=np.float64,
-                                 sep=" ")
+            ws = buf <= 32
+            end = ~ws
+            end[:-1] &= ws[1:]
+            last = (np.cumsum(ntok) - 1)[counts > 0]  # the value: each entry line's last token
+            vmask = span_mask(buf.size, pos[~is_nl][last], np.flatnonzero(end)[last] + 1)
+            coords = np.fromstring(np.where(vmask, np.uint8(32), work).tobytes(),
+                                   dtype=np.int64, sep=" ")
+            vals = np.fromstring(np.where(vmask, buf, np.uint8(32)).tobytes(),
+                                 dtype=np.float64, sep=" ")
             if coords.size == n * (k - 1) and vals.size == n and coords.max(initial=0) < _I64.max:
                 return coords.reshape(n, k - 1), vals
     except ValueError:
         pass
-    _locate_bad_field(raw, lines, entry_lines, k, path)
+    _locate_bad_field(block, k, line0, path)
     raise FormatError(path, "could not parse the entries")
 
 
-def _locate_bad_field(raw: bytes, lines: Lines, entry_lines: np.ndarray, k: int,
-                      path: str | os.PathLike[str]) -> None:
+def _locate_bad_field(block: bytes, k: int, line0: int, path: str | os.PathLike[str]) -> None:
     """Slow path, on errors only: find the first field that is not a number."""
-    for ln in entry_lines:
-        for t, tok in enumerate(raw[lines.starts_of_line[ln]:lines.ends[ln]].split()):
+    for ln, line in enumerate(block.split(b"\n"), start=line0 + 1):
+        if not _is_entry(line):
+            continue
+        for t, tok in enumerate(line.split()):
             coord = t < k - 1
             text = tok.decode(errors="replace")
             try:
@@ -174,10 +230,9 @@ def _locate_bad_field(raw: bytes, lines: Lines, entry_lines: np.ndarray, k: int,
             if v is None or b"_" in tok:
                 kind = "coordinate" if coord else "value"
                 raise FormatError(path, f"{kind} field {text!r} is not "
-                                  f"{'an integer' if coord else 'a number'}", int(ln) + 1)
+                                  f"{'an integer' if coord else 'a number'}", ln)
             if isinstance(v, int) and not _I64.min <= v <= _I64.max:
-                raise FormatError(path, f"integer field {text} is outside the int64 range",
-                                  int(ln) + 1)
+                raise FormatError(path, f"integer field {text} is outside the int64 range", ln)
 
 
 def _shape(idx: np.ndarray, dims: list[int] | None, groups: object,
@@ -211,9 +266,9 @@ def _detect_full(idx: np.ndarray, vals: np.ndarray, shape: tuple[int, ...], atol
     r = _Runs(idx, vals, shape, grp)
     if r.same_orig.any():
         j = int(np.argmax(r.same_orig))
-        return None, f"duplicate entries at {tuple(int(c) + 1 for c in r.osort[:, j])}"
+        return None, f"duplicate entries at {tuple(int(c) + 1 for c in r.orig(j))}"
     run_len = np.diff(np.append(r.starts, r.n))
-    canon = r.canon[:, r.starts]
+    canon = r.canon_starts()
     expected = math.factorial(ndim) // _stabilizer(canon, grp)
     missing = np.flatnonzero(run_len != expected)
     if missing.size:
@@ -223,7 +278,7 @@ def _detect_full(idx: np.ndarray, vals: np.ndarray, shape: tuple[int, ...], atol
     differ = ~_agree(r.vals, r.vals[r.first], atol, rtol)
     if differ.any():
         j = int(np.argmax(differ))
-        a, b = r.osort[:, r.first[j]] + 1, r.osort[:, j] + 1
+        a, b = r.orig(r.first[j]) + 1, r.orig(j) + 1
         return None, f"{tuple(a.tolist())} and {tuple(b.tolist())} have different values"
     return SymmetricTensor(canon, r.vals[r.starts], shape, grp, check=False), ""
 
