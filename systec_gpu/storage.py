@@ -69,7 +69,7 @@ def _lex_argsort(indices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.lexsort(indices[::-1])
 
 
-def _adjacent_cmp(indices: np.ndarray, shape: tuple[int, ...] | None = None):
+def _adjacent_cmp(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For consecutive columns: (equal, less) masks of the lexicographic comparison.
 
     Built from per-mode boolean comparisons only: no int64 temporaries (peak memory of loads).
@@ -262,7 +262,7 @@ class SparseTensor:
         if check:
             _coo_arrays(self.indices, self.values, self.shape, type(self).__name__)
             if self.nnz > 1:
-                _, less = _adjacent_cmp(self.indices, self.shape)
+                _, less = _adjacent_cmp(self.indices)
                 k = _first_true(~less)
                 if k is not None:
                     raise ValueError(
@@ -284,7 +284,7 @@ class SparseTensor:
         order = _lex_argsort(idx, shape)
         idx, vals = idx[:, order], vals[order]
         if idx.shape[1] > 1:
-            equal, _ = _adjacent_cmp(idx, shape)
+            equal, _ = _adjacent_cmp(idx)
             if equal.any():
                 if not sum_duplicates:
                     k = int(np.argmax(equal))
@@ -378,11 +378,11 @@ class SymmetricTensor(SparseTensor):
                              f"{grp} (coordinates must be nondecreasing within a group)", (k,))
         order = None
         if idx.shape[1] > 1:
-            equal, less = _adjacent_cmp(idx, shape)
+            equal, less = _adjacent_cmp(idx)
             if not less.all():
                 order = _lex_argsort(idx, shape)
                 idx, vals = idx[:, order], vals[order]
-                equal, _ = _adjacent_cmp(idx, shape)
+                equal, _ = _adjacent_cmp(idx)
             if equal.any():
                 bad = equal & ~_agree(vals[1:], vals[:-1], 0.0, 0.0)
                 k = _first_true(bad)

@@ -64,17 +64,17 @@ class _CheckedStream(io.RawIOBase):
             return out
         while True:
             chunk = self.src.read(max(size, _BLOCK))
-            data = self.pending + chunk
-            cut = data.rfind(b"\n") + 1 if chunk else len(data)
-            if cut or not chunk:
-                out, self.pending = data[:cut], data[cut:]
+            cut = chunk.rfind(b"\n") + 1 if chunk else 0
+            if cut or not chunk:  # whole lines out, the partial last line kept (one copy)
+                out = b"".join((self.pending, memoryview(chunk)[:cut])) if chunk else self.pending
+                self.pending = chunk[cut:]
                 if out and self.pool is not None:
                     while len(self.checks) >= 4:  # bounded memory if the checks fall behind
                         self._collect(self.checks.popleft())
                     self.checks.append(self.pool.submit(self._check, out, self.line))
                     self.line += out.count(b"\n") + (not out.endswith(b"\n"))
                 return out
-            self.pending = data
+            self.pending += chunk
 
     def finish(self) -> tuple[int, str] | None:
         """Wait for the checks; the first problem in file order (line, message), if any."""
@@ -173,14 +173,18 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
         except ValueError as e:
             raise FormatError(path, str(e)) from None
     if sym == "symmetric" and groups in (None, ((0, 1),)):
-        lo, hi = np.minimum(r, c), np.maximum(r, c)  # the triangle flipped to canonical i <= j
-        del r, c  # lower the peak memory: only the canonical copy is kept
-        # files are usually sorted by column: then the flipped entries are sorted and unique,
-        # fmm has checked the bounds, and no validation is left to do
-        ordered = bool(((lo[1:] > lo[:-1]) | ((lo[1:] == lo[:-1]) & (hi[1:] > hi[:-1]))).all())
+        # the stored (lower) triangle, flipped to the canonical i <= j
+        if (r >= c).all():
+            lo, hi = c, r
+        else:  # entries above the diagonal in a symmetric file: they mean the same
+            lo, hi = np.minimum(r, c), np.maximum(r, c)
         idx = np.empty((2, lo.size), dtype=np.int64)
         idx[0], idx[1] = lo, hi
-        del lo, hi
+        del r, c, lo, hi  # lower the peak memory: only the int64 copy is kept
+        # files are usually sorted by column: then the flipped entries are sorted and unique,
+        # fmm has checked the bounds, and no validation is left to do
+        a, b = idx[:, :-1], idx[:, 1:]
+        ordered = bool(((b[0] > a[0]) | ((b[0] == a[0]) & (b[1] > a[1]))).all())
         if ordered:
             return SymmetricTensor(idx, vals, shape, ((0, 1),), check=False)
         try:
