@@ -250,3 +250,19 @@ def test_mtx_many_blocks(tmp_path, monkeypatch):
     t = sio.load(write(tmp_path, "m.mtx", head + body + "60 1 1e300\n"))
     assert t.nnz == 50 and t.indices[:, 1].tolist() == [0, 59] and t.values[1] == 1e300
     raises_at(write(tmp_path, "b.mtx", head + body + "60 1.5\n"), 53, "expected 3 fields")
+
+
+def test_mtx_public_fmm_fallback(tmp_path, monkeypatch):
+    from systec_gpu.io import matrix_market
+
+    text = MM.format(field="real", sym="symmetric") + "3 3 3\n2 1 1.5\n3 3 2.0\n1 1 -1\n"
+    p = write(tmp_path, "f.mtx", text)
+    fast = sio.load(p)
+    monkeypatch.setattr(matrix_market, "_CORE", None)  # as if fmm lacked its core API
+    slow = sio.load(p)
+    assert slow.indices.tolist() == fast.indices.tolist() == [[0, 0, 2], [0, 1, 2]]
+    assert slow.values.tolist() == fast.values.tolist() == [-1.0, 1.5, 2.0]
+    gen = MM.format(field="integer", sym="general")
+    g = write(tmp_path, "g.mtx", gen + "3 3 2\n2 1 4\n1 3 5\n")
+    t = sio.load(g)
+    assert t.dtype == np.int64 and t.indices.tolist() == [[0, 1], [2, 0]]

@@ -141,7 +141,15 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
             h = fmm.read_header(io.BytesIO(header))
         except (ValueError, RuntimeError) as e:
             raise _fmm_error(path, e, None) from None
-        field, sym = h.field, h.symmetry
+        field, sym, shape = h.field, h.symmetry, (int(h.nrows), int(h.ncols))
+        groups = wanted_groups(symmetric, 2)
+        if groups is not None:
+            try:
+                groups = normalize_groups(groups, shape)
+            except ValueError as e:
+                raise FormatError(path, str(e)) from None
+        # a symmetric file read as symmetric: its triangle becomes the canonical entries
+        canonical = h.format != "array" and sym == "symmetric" and groups in (None, ((0, 1),))
         coords = 0 if h.format == "array" else 2
         fields = coords + _VALUES_PER_FIELD.get(field, 1) if field in _ALLOWED else None
         stream = _CheckedStream(src, header, nhead + 1, fields, _ALLOWED.get(field))
@@ -149,61 +157,74 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
             if h.format == "array":
                 dense = fmm.read_array(stream)
             else:
-                (vals, (r, c)), shape = fmm.read_coo(stream, generalize_symmetry=False)
+                idx, vals = _read_coo(stream, flip=canonical)
         except (ValueError, RuntimeError, OverflowError) as e:
             raise _fmm_error(path, e, stream.finish()) from None
         err = stream.finish()
         if err is not None:
             raise FormatError(path, err[1], err[0])
-    groups = wanted_groups(symmetric, 2)
     if h.format == "array":
         if groups is None:
             groups = ((0, 1),) if sym == "symmetric" else ()
         t = SparseTensor.from_dense(dense)
         return declare(path, t.indices, t.values, t.shape, groups, check=check, atol=atol,
                        rtol=rtol, line_of=lambda p: None)
-    shape = (int(shape[0]), int(shape[1]))
 
     def line_of(pos: int) -> int | None:
         return _entry_line(path, nhead, pos)
 
-    if groups is not None:
-        try:
-            groups = normalize_groups(groups, shape)
-        except ValueError as e:
-            raise FormatError(path, str(e)) from None
-    if sym == "symmetric" and groups in (None, ((0, 1),)):
-        # the stored (lower) triangle, flipped to the canonical i <= j
-        if (r >= c).all():
-            lo, hi = c, r
-        else:  # entries above the diagonal in a symmetric file: they mean the same
-            lo, hi = np.minimum(r, c), np.maximum(r, c)
-        idx = np.empty((2, lo.size), dtype=np.int64)
-        idx[0], idx[1] = lo, hi
-        del r, c, lo, hi  # lower the peak memory: only the int64 copy is kept
+    if canonical:
+        if not (idx[0] <= idx[1]).all():  # entries above the diagonal: they mean the same
+            lo = np.minimum(idx[0], idx[1])
+            np.maximum(idx[0], idx[1], out=idx[1])
+            idx[0] = lo
         # files are usually sorted by column: then the flipped entries are sorted and unique,
         # fmm has checked the bounds, and no validation is left to do
         a, b = idx[:, :-1], idx[:, 1:]
-        ordered = bool(((b[0] > a[0]) | ((b[0] == a[0]) & (b[1] > a[1]))).all())
-        if ordered:
+        if ((b[0] > a[0]) | ((b[0] == a[0]) & (b[1] > a[1]))).all():
             return SymmetricTensor(idx, vals, shape, ((0, 1),), check=False)
         try:
             return SymmetricTensor.from_canonical(idx, vals, shape, ((0, 1),))
         except EntryError as e:
             raise entry_error(path, e, line_of) from None
     if sym != "general":  # expand the stored triangle: skew-symmetric negates, Hermitian conjugates
-        off = r != c
+        off = idx[0] != idx[1]
         mirror = vals[off]
         if sym == "skew-symmetric":
             mirror = -mirror
         elif sym == "hermitian":
             mirror = np.conj(mirror)
-        r, c = np.concatenate([r, c[off]]), np.concatenate([c, r[off]])
+        idx = np.concatenate([idx, idx[::-1, off]], axis=1)
         vals = np.concatenate([vals, mirror])
-    if groups is None:
-        groups = ()
-    return declare(path, np.stack([r, c]).astype(np.int64), vals, shape, groups, check=check,
+    return declare(path, idx, vals, shape, () if groups is None else groups, check=check,
                    atol=atol, rtol=rtol, line_of=line_of)
+
+
+_CORE = getattr(fmm, "_fmm_core", None)  # fmm's parser core (an internal module)
+_DTYPES = {"integer": np.int64, "unsigned-integer": np.uint64, "real": np.float64,
+           "double": np.float64, "complex": np.complex128, "pattern": np.float64}
+
+
+def _read_coo(stream: _CheckedStream, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Entries as an int64 [2, nnz] array (rows second if ``flip``) and their values.
+
+    fmm's core parser writes straight into our arrays: no int32 copy and no int64 conversion
+    (the peak memory and first-touch page faults of large loads). If that internal entry point
+    is missing (another fmm version), the public reader is used.
+    """
+    core = _CORE
+    try:
+        cursor = core.open_read_stream(stream, getattr(fmm, "PARALLELISM", 0))
+    except (AttributeError, TypeError):
+        (vals, (r, c)), _ = fmm.read_coo(stream, generalize_symmetry=False)
+        idx = np.stack([c, r] if flip else [r, c]).astype(np.int64)
+        return idx, vals
+    n = int(cursor.header.nnz)
+    idx = np.empty((2, n), dtype=np.int64)
+    vals = np.empty(n, dtype=_DTYPES[cursor.header.field])
+    rows, cols = (idx[1], idx[0]) if flip else (idx[0], idx[1])
+    core.read_body_coo(cursor, rows, cols, vals)
+    return idx, vals
 
 
 def _entry_line(path: str | os.PathLike[str], nhead: int, pos: int) -> int | None:
