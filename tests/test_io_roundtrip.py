@@ -94,3 +94,14 @@ def test_large_coordinates_roundtrip(tmp_path):
         sio.save(tmp_path / f"b{suffix}", t)
         back = sio.load(tmp_path / f"b{suffix}", symmetric=True)
         assert back.shape == (n, n) and back.indices.tolist() == t.indices.tolist()
+
+
+def test_save_torch_valued_tensor(tmp_path):
+    import torch
+
+    s = SymmetricTensor.from_dense(np.array([[1.0, 2.0], [2.0, 0.0]]))
+    t = s.with_values(torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=True))
+    for suffix in (".mtx", ".tns", ".npz"):
+        sio.save(tmp_path / f"w{suffix}", t)
+        back = sio.load(tmp_path / f"w{suffix}", symmetric=True)
+        assert back.values.tolist() == [3.0, 4.0] and back.indices.tolist() == [[0, 0], [0, 1]]

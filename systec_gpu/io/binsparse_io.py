@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..storage import EntryError, SparseTensor, SymmetricTensor, normalize_groups
+from ..storage import EntryError, SparseTensor, SymmetricTensor, _to_numpy, normalize_groups
 from ._common import declare, entry_error, wanted_groups
 from .errors import FormatError
 
@@ -154,7 +154,7 @@ def from_binsparse(bt: Any, symmetric: Any = None, *, header: dict[str, Any] | N
 def to_binsparse(t: SparseTensor) -> tuple[Any, dict[str, Any]]:
     """A ``binsparse.BinsparseTensor`` and the extra descriptor keys that carry symmetry."""
     bs = _bs()
-    vals = np.asarray(t.values)
+    vals = _to_numpy(t.values)  # numpy, or torch values (e.g. from with_values)
     rows = tuple(t.indices)
     extra: dict[str, Any] = {}
     groups = getattr(t, "groups", ())

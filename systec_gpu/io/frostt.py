@@ -32,6 +32,7 @@ from ..storage import (
     _agree,
     _Runs,
     _stabilizer,
+    _to_numpy,
     normalize_groups,
 )
 from ._common import declare, logger, wanted_groups
@@ -285,7 +286,7 @@ def _detect_full(idx: np.ndarray, vals: np.ndarray, shape: tuple[int, ...], atol
 
 def write_tns(path: str | os.PathLike[str], t: SparseTensor) -> None:
     """Write entries (canonical ones for a SymmetricTensor), values in exact text form."""
-    vals = np.asarray(t.values)
+    vals = _to_numpy(t.values)  # numpy, or torch values (e.g. from with_values)
     if vals.dtype.kind == "c":
         raise FormatError(path, "FROSTT .tns cannot store complex values")
     if vals.dtype.kind == "b":

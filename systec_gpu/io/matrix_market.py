@@ -23,7 +23,7 @@ import fast_matrix_market as fmm
 import numpy as np
 import scipy.sparse
 
-from ..storage import EntryError, SparseTensor, SymmetricTensor, normalize_groups
+from ..storage import EntryError, SparseTensor, SymmetricTensor, _to_numpy, normalize_groups
 from ._common import declare, entry_error, wanted_groups
 from ._text import line_counts, open_binary
 from .errors import FormatError
@@ -246,7 +246,7 @@ def write_mtx(path: str | os.PathLike[str], t: SparseTensor) -> None:
     if t.ndim != 2:
         raise FormatError(path, f"Matrix Market stores matrices; this tensor has {t.ndim} modes "
                           "(use .tns or binsparse)")
-    vals = np.asarray(t.values)
+    vals = _to_numpy(t.values)  # numpy, or torch values (e.g. from with_values)
     field = {"b": "integer", "i": "integer", "u": "integer", "f": "real", "c": "complex"}
     if vals.dtype.kind not in field:
         raise FormatError(path, f"cannot store values of dtype {vals.dtype}")
