@@ -73,3 +73,24 @@ def test_mtx_parse_matches_python(tmp_path_factory, entries, block, eol):
     want = {(i - 1, j - 1): v for i, j, v in entries}
     got = dict(zip(map(tuple, t.indices.T.tolist()), t.values.tolist(), strict=True))
     assert got == want
+
+
+def test_regular_lines_fast_path_is_exact():
+    from systec_gpu.io._text import regular_lines
+
+    assert regular_lines(b"1 2 3\n4 5 6\n", 3) == 2
+    assert regular_lines(b"1 2 3\n4 5 6", 3) == 2  # no final newline
+    assert regular_lines(b"", 3) == 0
+    for irregular in [
+        b" 1 2\n",  # leading space hides a missing field
+        b"1 2 \n",  # trailing space hides a missing field
+        b"1  2\n",  # doubled space hides a missing field
+        b"1 2 3\n\n4 5 6\n",  # blank line
+        b"1 2 3\r\n",  # CRLF
+        b"1\t2 3\n",  # tab
+        b"1 2 3 4\n",  # a field too many
+        b"1 2\n",  # a field too few
+    ]:
+        assert regular_lines(irregular, 3) is None, irregular
+    assert regular_lines(b"1 2 x\n", 3, keep=b"0123456789") is None  # foreign byte
+    assert regular_lines(b"1 2 3\n", 3, keep=b"0123456789") == 1

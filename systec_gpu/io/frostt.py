@@ -36,7 +36,7 @@ from ..storage import (
     normalize_groups,
 )
 from ._common import declare, logger, wanted_groups
-from ._text import has_any, line_counts, open_binary, read_bytes, span_mask
+from ._text import has_any, line_counts, open_binary, read_bytes, regular_lines, span_mask
 from .errors import FormatError
 
 _I64 = np.iinfo(np.int64)
@@ -166,11 +166,14 @@ def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: b
 def _parse_block(block: bytes, k: int, origin: str, is_int: bool, line0: int,
                  path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates [n, k-1] (int64) and values [n] of the entry lines in a block of lines."""
+    comments = has_any(block, b"#%")
+    if is_int and not comments and (n := regular_lines(block, k)) is not None:
+        return _parse_ints(block, n, k, line0, path)  # the usual layout: the cheap check
     buf = np.frombuffer(block, dtype=np.uint8)
     counts, pos, is_nl = line_counts(buf)
     ntok = counts  # tokens per line, comments included (to index the token arrays)
     work = buf
-    if has_any(block, b"#%"):  # comment lines: skipped, and blanked for the number parser
+    if comments:  # comment lines: skipped, and blanked for the number parser
         tok_start = pos[~is_nl]
         first = tok_start[(np.cumsum(counts) - counts)[counts > 0]]
         comment = np.zeros(counts.size, dtype=bool)
@@ -189,31 +192,40 @@ def _parse_block(block: bytes, k: int, origin: str, is_int: bool, line0: int,
     n = int(np.count_nonzero(counts))
     if n == 0:
         return np.zeros((0, k - 1), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    text = work.tobytes() if work is not buf else block
+    if is_int:
+        return _parse_ints(work.tobytes() if work is not buf else block, n, k, line0, path, block)
+    ws = buf <= 32
+    end = ~ws
+    end[:-1] &= ws[1:]
+    last = (np.cumsum(ntok) - 1)[counts > 0]  # the value: each entry line's last token
+    vmask = span_mask(buf.size, pos[~is_nl][last], np.flatnonzero(end)[last] + 1)
     try:
-        if is_int:
-            arr = np.fromstring(text, dtype=np.int64, sep=" ")
-            if arr.size == n * k:
-                if (arr == _I64.max).any() or (arr == _I64.min).any():  # clamped on overflow?
-                    _locate_bad_field(block, k, line0, path)
-                arr = arr.reshape(n, k)
-                return arr[:, :-1], arr[:, -1].copy()
-        else:
-            ws = buf <= 32
-            end = ~ws
-            end[:-1] &= ws[1:]
-            last = (np.cumsum(ntok) - 1)[counts > 0]  # the value: each entry line's last token
-            vmask = span_mask(buf.size, pos[~is_nl][last], np.flatnonzero(end)[last] + 1)
-            coords = np.fromstring(np.where(vmask, np.uint8(32), work).tobytes(),
-                                   dtype=np.int64, sep=" ")
-            vals = np.fromstring(np.where(vmask, buf, np.uint8(32)).tobytes(),
-                                 dtype=np.float64, sep=" ")
-            if coords.size == n * (k - 1) and vals.size == n and coords.max(initial=0) < _I64.max:
-                return coords.reshape(n, k - 1), vals
+        coords = np.fromstring(np.where(vmask, np.uint8(32), work).tobytes(), dtype=np.int64,
+                               sep=" ")
+        vals = np.fromstring(np.where(vmask, buf, np.uint8(32)).tobytes(), dtype=np.float64,
+                             sep=" ")
+        if coords.size == n * (k - 1) and vals.size == n and coords.max(initial=0) < _I64.max:
+            return coords.reshape(n, k - 1), vals
     except ValueError:
         pass
     _locate_bad_field(block, k, line0, path)
     raise FormatError(path, "could not parse the entries")
+
+
+def _parse_ints(text: bytes, n: int, k: int, line0: int, path: str | os.PathLike[str],
+                block: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer entries (coordinates and values) of a block of n entry lines."""
+    try:
+        arr = np.fromstring(text, dtype=np.int64, sep=" ")
+    except ValueError:
+        arr = None
+    if arr is None or arr.size != n * k:
+        _locate_bad_field(block or text, k, line0, path)
+        raise FormatError(path, "could not parse the entries")
+    if (arr == _I64.max).any() or (arr == _I64.min).any():  # clamped on overflow?
+        _locate_bad_field(block or text, k, line0, path)
+    arr = arr.reshape(n, k)
+    return arr[:, :-1], arr[:, -1].copy()
 
 
 def _locate_bad_field(block: bytes, k: int, line0: int, path: str | os.PathLike[str]) -> None:

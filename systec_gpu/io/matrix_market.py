@@ -25,7 +25,7 @@ import scipy.sparse
 
 from ..storage import EntryError, SparseTensor, SymmetricTensor, _to_numpy, normalize_groups
 from ._common import declare, entry_error, wanted_groups
-from ._text import line_counts, open_binary
+from ._text import line_counts, open_binary, regular_lines
 from .errors import FormatError
 
 _DIGITS = b"0123456789"
@@ -43,16 +43,18 @@ _BLOCK = 1 << 22
 
 
 class _CheckedStream(io.RawIOBase):
-    """Feeds fmm the header, then the body in blocks of whole lines, each checked on a worker
-    thread (numpy releases the GIL) while the file is decompressed and fmm parses."""
+    """Feeds fmm the header, then the decompressed data as it comes; a worker thread (numpy and
+    bytes methods release the GIL) checks it in blocks of whole lines, in order, meanwhile."""
 
     def __init__(self, src: IO[bytes], header: bytes, first_line: int, fields: int | None,
                  allowed: bytes | None):
-        self.src, self.header, self.line = src, header, first_line
+        self.src, self.header = src, header
         self.fields, self.allowed = fields, allowed
-        self.pending = b""
+        self.keep = allowed.translate(None, _WS) if allowed is not None else None
         self.pool = ThreadPoolExecutor(max_workers=1) if fields is not None else None
         self.checks: deque[Future] = deque()
+        # worker state: the partial last line, the line number of the next block, the result
+        self.tail, self.line = b"", first_line
         self.error: tuple[int, str] | None = None
 
     def readable(self) -> bool:
@@ -62,34 +64,40 @@ class _CheckedStream(io.RawIOBase):
         if self.header:
             out, self.header = self.header, b""
             return out
-        while True:
-            chunk = self.src.read(max(size, _BLOCK))
-            cut = chunk.rfind(b"\n") + 1 if chunk else 0
-            if cut or not chunk:  # whole lines out, the partial last line kept (one copy)
-                out = b"".join((self.pending, memoryview(chunk)[:cut])) if chunk else self.pending
-                self.pending = chunk[cut:]
-                if out and self.pool is not None:
-                    while len(self.checks) >= 4:  # bounded memory if the checks fall behind
-                        self._collect(self.checks.popleft())
-                    self.checks.append(self.pool.submit(self._check, out, self.line))
-                    self.line += out.count(b"\n") + (not out.endswith(b"\n"))
-                return out
-            self.pending += chunk
+        chunk = self.src.read(max(size, _BLOCK))
+        if self.pool is not None:
+            while len(self.checks) >= 4:  # bounded memory if the checks fall behind
+                self.checks.popleft().result()
+            self.checks.append(self.pool.submit(self._feed, chunk))
+        return chunk
 
     def finish(self) -> tuple[int, str] | None:
-        """Wait for the checks; the first problem in file order (line, message), if any."""
-        while self.checks:
-            self._collect(self.checks.popleft())
+        """Check what is left; the first problem in file order (line, message), if any."""
         if self.pool is not None:
+            self.checks.append(self.pool.submit(self._feed, b""))
+            while self.checks:
+                self.checks.popleft().result()
             self.pool.shutdown()
+            self.pool = None
         return self.error
 
-    def _collect(self, fut: Future) -> None:
-        err = fut.result()
-        if err is not None and self.error is None:
-            self.error = err
+    def _feed(self, chunk: bytes) -> None:
+        """Worker thread, in submission order: check the whole lines received so far."""
+        if self.error is not None:
+            return
+        if chunk:
+            data = self.tail + chunk
+            cut = data.rfind(b"\n") + 1
+            block, self.tail = data[:cut], data[cut:]
+        else:
+            block, self.tail = self.tail, b""
+        if block:
+            self.error = self._check(block, self.line)
+            self.line += block.count(b"\n") + (not block.endswith(b"\n"))
 
     def _check(self, block: bytes, first_line: int) -> tuple[int, str] | None:
+        if self.keep is not None and regular_lines(block, self.fields, self.keep) is not None:
+            return None  # the common layout: exact and cheap
         buf = np.frombuffer(block, dtype=np.uint8)
         counts = line_counts(buf)[0]
         bad = np.flatnonzero((counts != 0) & (counts != self.fields))
