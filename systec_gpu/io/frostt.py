@@ -42,7 +42,7 @@ from .errors import FormatError
 _I64 = np.iinfo(np.int64)
 
 
-_BLOCK = 1 << 22
+_BLOCK = 1 << 20  # blocks of lines: small temporaries, recycled heap memory
 
 
 def _lines_from(raw: bytes, off: int):

@@ -39,7 +39,7 @@ _ALLOWED = {  # characters that may appear in the entry lines of each field
     "complex": _DIGITS + _WS + b"+-.eEnaNAifIFtyTY",
 }
 _VALUES_PER_FIELD = {"pattern": 0, "complex": 2}
-_BLOCK = 1 << 22
+_BLOCK = 1 << 18  # small blocks: the temporaries stay in recycled heap memory
 
 
 class _CheckedStream(io.RawIOBase):
