@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import os
 from typing import IO
@@ -24,35 +23,6 @@ def open_binary(path: str | os.PathLike[str], mode: str = "rb") -> IO[bytes]:
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     with open_binary(path) as f:
         return f.read()
-
-
-class Lines:
-    """Line and token structure of a text buffer, computed with a few vectorized passes.
-
-    Whitespace is any byte <= 32 (control characters are rejected separately by the readers).
-    """
-
-    def __init__(self, buf: np.ndarray):
-        self._buf = buf
-        self.counts, self._pos, self._is_nl = line_counts(buf)
-        nl = np.flatnonzero(self._is_nl)
-        ends = self._pos[nl]
-        if ends.size < self.counts.size:  # last line without a trailing newline
-            ends = np.append(ends, buf.size)
-        self.ends = ends  # position of each line's newline (or the buffer's end)
-        self.starts_of_line = np.concatenate([[0], ends[:-1] + 1]) if ends.size else ends
-        self.first_tok = np.cumsum(self.counts) - self.counts  # valid where counts > 0
-
-    @functools.cached_property
-    def tok_start(self) -> np.ndarray:
-        return self._pos[~self._is_nl]
-
-    @functools.cached_property
-    def tok_end(self) -> np.ndarray:
-        ws = self._buf <= 32
-        end = ~ws
-        end[:-1] &= ws[1:]
-        return np.flatnonzero(end) + 1  # exclusive
 
 
 def line_counts(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
