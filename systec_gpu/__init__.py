@@ -14,8 +14,10 @@ from .storage import SparseTensor, SymmetricTensor  # noqa: E402
 def __getattr__(name: str):
     # I/O pulls in optional readers: import it on first use.
     if name in ("load", "save", "io"):
-        from . import io
+        import importlib
 
+        # import_module, not `from . import io`: the latter asks this __getattr__ for "io" again.
+        io = importlib.import_module(f"{__name__}.io")
         return io if name == "io" else getattr(io, name)
     raise AttributeError(f"module 'systec_gpu' has no attribute {name!r}")
 

@@ -101,3 +101,13 @@ def test_scalar_output_is_zero_dimensional():
     rng = np.random.default_rng(2)
     result = compile_catalog("syprd", backend="numba")(**catalog_inputs("syprd", "classes", rng))
     assert result.shape == ()
+
+
+def test_package_level_load_and_save(tmp_path):
+    import systec_gpu as sg
+
+    tensor = symmetric_sparse(2, 5, np.random.default_rng(4))
+    sg.save(tmp_path / "a.mtx", tensor)
+    loaded = sg.load(tmp_path / "a.mtx")
+    assert isinstance(loaded, sg.SymmetricTensor)
+    np.testing.assert_array_equal(loaded.to_dense(), tensor.to_dense())
