@@ -236,7 +236,8 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
 
     perm = loops.layout_of(einsum.output.tensor)
     kernel_shape = tuple(out_shape[m] for m in perm) if perm else out_shape
-    tables = {t.name: np.array(t.rows, dtype=np.int64) for t in loops.tables}
+    # Factors in the value dtype: no integer-to-float conversion per update.
+    tables = {t.name: np.array(t.rows, dtype=dtype) for t in loops.tables}
     device = next((obj.device for obj in inputs.values() if _is_torch(obj)), None)
     return KernelArgs(dense, driver, shapes, sizes, tables, kernel_shape or (1,), dtype, torch_device=device)
 

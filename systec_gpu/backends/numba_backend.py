@@ -8,6 +8,7 @@ No two threads write the same memory, so no update is lost.
 from __future__ import annotations
 
 import functools
+import math
 
 from .. import __version__, algebra
 from ..ir.einsum import Access, Call, Literal
@@ -25,9 +26,16 @@ from ..ir.loop import (
     Update,
     format_loop_program,
 )
+from ..passes.loop_nest import unnest
 from .cache import load_source
 from .parameters import Param, kernel_parameters, sparse_loop
 from .writer import CodeWriter, Namer
+
+
+def _literal(value: float) -> str:
+    if math.isinf(value):
+        return "np.inf" if value > 0 else "-np.inf"
+    return repr(float(value))
 
 
 class _Emitter:
@@ -41,6 +49,50 @@ class _Emitter:
         self.acc = self.names.fresh("acc")
         self.position = self.names.fresh("p")
         self.first_loop = True
+        self.registers = self._plan_registers()
+
+    def _plan_registers(self) -> dict[tuple, list[tuple[Update, str]]]:
+        """Updates whose output location is fixed across a loop accumulate in a local variable
+        over that loop and write memory once after it (y[i] over a CSR row, C[i,j] over k,
+        a scalar over the whole chunk). Keyed by the binding point they span."""
+        positions: list[tuple[tuple, frozenset]] = []
+        for level in unnest(self.program.body):
+            header = level.header
+            if isinstance(header, SparseLoop):
+                if header.format == "csr":
+                    positions.append((("rows", header), frozenset(header.indices[:1])))
+                    positions.append((("nonzeros", header), frozenset(header.indices[1:])))
+                else:
+                    positions.append((("nonzeros", header), frozenset(header.indices)))
+            elif isinstance(header, DenseLoop):
+                positions.append((("loop", header), frozenset((header.index,))))
+            elif isinstance(header, Guard):
+                positions.append((("guard", header), frozenset()))
+        plan: dict[tuple, list[tuple[Update, str]]] = {}
+        innermost = unnest(self.program.body)[-1].stmts
+        for update in (s for s in innermost if isinstance(s, Update)):
+            output = set(update.output.indices)
+            last = max((n for n, (_, bound) in enumerate(positions) if bound & output), default=-1)
+            if last + 1 < len(positions):
+                local = self.names.fresh(f"{update.output.tensor}_register")
+                plan.setdefault(positions[last + 1][0], []).append((update, local))
+        return plan
+
+    def open_registers(self, key: tuple) -> None:
+        for update, local in self.registers.get(key, ()):
+            self.w.line(f"{local} = {_literal(algebra.operator(update.reduce).identity)}")
+
+    def flush_registers(self, key: tuple) -> None:
+        for update, local in self.registers.get(key, ()):
+            target = f"{self.acc}[{self.subscript(update.output.indices)}]"
+            self.accumulate(algebra.operator(update.reduce), target, local)
+
+    def register_of(self, update: Update) -> str | None:
+        for entries in self.registers.values():
+            for planned, local in entries:
+                if planned is update:
+                    return local
+        return None
 
     def _param_name(self, param: Param) -> str:
         driver = self.program.driver
@@ -81,7 +133,7 @@ class _Emitter:
             case Ref(name=name):
                 return self.let(name)
             case Literal(value=v):
-                return repr(float(v))
+                return _literal(v)
             case ClassOf(chains=chains):
                 terms, bit = [], 0
                 for chain in chains:
@@ -124,11 +176,15 @@ class _Emitter:
                     header = f"for {self.index(i)} in range({start} + {self.chunk}, {stop}, {chunks}):"
                 else:
                     header = f"for {self.index(i)} in range({start}, {stop}):"
+                self.open_registers(("loop", stmt))
                 with w.block(header):
                     self.stmt(body)
+                self.flush_registers(("loop", stmt))
             case Guard(lhs=a, rhs=b, body=body):
+                self.open_registers(("guard", stmt))
                 with w.block(f"if {self.index(a)} <= {self.index(b)}:"):
                     self.stmt(body)
+                self.flush_registers(("guard", stmt))
             case _:
                 raise TypeError(f"not a loop statement: {stmt!r}")
 
@@ -140,20 +196,27 @@ class _Emitter:
             row = self.index(loop.indices[0])
             ptr = self.param_names[Param("pointers")]
             rows = f"for {row} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"
-            with w.block(rows), w.block(f"for {p} in range({ptr}[{row}], {ptr}[{row} + 1]):"):
-                for mode in range(1, len(loop.indices)):
-                    w.line(f"{self.index(loop.indices[mode])} = {self.param_names[Param('coords', mode)]}[{p}]")
-                self.stmt(loop.body)
+            self.open_registers(("rows", loop))
+            with w.block(rows):
+                self.open_registers(("nonzeros", loop))
+                with w.block(f"for {p} in range({ptr}[{row}], {ptr}[{row} + 1]):"):
+                    for mode in range(1, len(loop.indices)):
+                        w.line(f"{self.index(loop.indices[mode])} = {self.param_names[Param('coords', mode)]}[{p}]")
+                    self.stmt(loop.body)
+                self.flush_registers(("nonzeros", loop))
+            self.flush_registers(("rows", loop))
             return
+        self.open_registers(("nonzeros", loop))
         with w.block(f"for {p} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"):
             for mode, index in enumerate(loop.indices):
                 w.line(f"{self.index(index)} = {self.param_names[Param('coords', mode)]}[{p}]")
             self.stmt(loop.body)
+        self.flush_registers(("nonzeros", loop))
 
     def update(self, update: Update) -> None:
         w = self.w
         info = algebra.operator(update.reduce)
-        target = f"{self.acc}[{self.subscript(update.output.indices)}]"
+        target = self.register_of(update) or f"{self.acc}[{self.subscript(update.output.indices)}]"
         value = self.expr(update.value)
         factor = update.factor
         if isinstance(factor, Factor | Ref):
@@ -181,20 +244,25 @@ class _Emitter:
         w.line()
         w.line()
         args = ", ".join(self.param_names[p] for p in self.params)
-        with w.block(f"def kernel_body({args}):"):
-            chunks = self.param_names[Param("chunks")]
-            with w.block(f"for {self.chunk} in numba.prange({chunks}):"):
+        chunks = self.param_names[Param("chunks")]
+        # Two functions, not two dispatchers of one: numba's disk cache is keyed by function name.
+        for name, decorator, loop in (
+            ("kernel", "@numba.njit(parallel=True, cache=True, nogil=True)", "numba.prange"),
+            ("kernel_serial", "@numba.njit(cache=True, nogil=True)", "range"),
+        ):
+            if name == "kernel_serial":
+                w.line()
+                w.line()
+                w.line("# Small inputs: starting the thread pool costs more than the work.")
+            w.line(decorator)
+            self.first_loop = True
+            with w.block(f"def {name}({args}):"), w.block(f"for {self.chunk} in {loop}({chunks}):"):
                 w.line(f"{self.acc} = {self.param_names[Param('partial')]}[{self.chunk}]")
                 self.stmt(program.body)
-        w.line()
-        w.line()
-        w.line("kernel = numba.njit(parallel=True, cache=True, nogil=True)(kernel_body)")
-        w.line("# Small inputs: starting the thread pool costs more than the work.")
-        w.line("kernel_serial = numba.njit(cache=True, nogil=True)(kernel_body)")
         return w.text()
 
 
-SERIAL_BELOW = 200_000  # iteration points under which one thread beats starting the thread pool
+SERIAL_BELOW = 20_000  # iteration points under which one thread beats starting the thread pool
 
 
 def estimated_points(program: LoopProgram, args) -> int:
@@ -213,6 +281,7 @@ def numba_source(program: LoopProgram) -> str:
     return _Emitter(program).emit()
 
 
+@functools.lru_cache(maxsize=256)
 def numba_module(program: LoopProgram):
     """The generated module (imported once from its content-addressed file)."""
     return load_source(numba_source(program), "numba")

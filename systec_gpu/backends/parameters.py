@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..ir.loop import DenseLoop, Extent, LoopProgram, SparseLoop
@@ -29,6 +30,7 @@ def dense_extents(program: LoopProgram) -> tuple[Extent, ...]:
     return tuple(found)
 
 
+@functools.lru_cache(maxsize=256)
 def kernel_parameters(program: LoopProgram) -> tuple[Param, ...]:
     params = [Param("partial")]
     loop = sparse_loop(program)

@@ -123,7 +123,9 @@ def build_program(
         fmt[tensor] = value
     for tensor in arity:
         if tensor not in fmt:
-            # Sparse and symmetric is the point of this library: symmetric inputs default to COO.
+            # Sparse and symmetric is the point of this library: symmetric inputs default to sparse,
+            # CSR for matrices (rows accumulate in registers), COO for higher orders.
             is_input = tensor != einsum.output.tensor
-            fmt[tensor] = "coo" if tensor in declared and is_input else "dense"
+            sparse = "csr" if arity[tensor] == 2 else "coo"
+            fmt[tensor] = sparse if tensor in declared and is_input else "dense"
     return Program(einsum, tuple(symmetries), tuple(sorted(fmt.items())))

@@ -7,6 +7,7 @@ Expressions reuse the einsum nodes (`Access` = a dense read, `Literal`, `Call`) 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Union
 
@@ -139,6 +140,14 @@ class LoopProgram:
     sets: tuple[tuple[Index, ...], ...] = ()  # permutable sets (canonical order); extents equal
     symmetric_inputs: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
     notes: tuple[str, ...] = ()  # decisions and refusals of the passes, with reasons
+
+    def __hash__(self) -> int:
+        # Structural, computed once: backends memoize generated code on the program.
+        cached = self.__dict__.get("_structural_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_structural_hash", cached)
+        return cached
 
     def layout_of(self, tensor: str) -> tuple[int, ...] | None:
         return dict(self.layouts).get(tensor)
