@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numba
 import numpy as np
 
 
@@ -41,14 +42,29 @@ def mirror_canonical(array: np.ndarray, groups) -> np.ndarray:
     Only the canonical part of `array` is read.
     """
     result = np.array(array, copy=True)
-    for group in groups:
-        moved = np.moveaxis(result, group, range(result.ndim - len(group), result.ndim))
-        n = moved.shape[-1]
-        if len(group) == 2:
-            upper = np.triu(moved)
-            full = upper + np.swapaxes(np.triu(moved, 1), -1, -2)
-        else:
-            grid = np.sort(np.indices((n,) * len(group)).reshape(len(group), -1), axis=0)
-            full = moved[(..., *grid)].reshape(moved.shape)
-        result = np.moveaxis(full, range(result.ndim - len(group), result.ndim), group)
+    mirror_in_place(result, groups)
     return np.ascontiguousarray(result)
+
+
+def mirror_in_place(array: np.ndarray, groups) -> None:
+    """Overwrite every non-canonical entry of `array` (any strides) with its canonical entry."""
+    for group in groups:
+        front = np.moveaxis(array, group, range(len(group)))  # a view: writes reach `array`
+        if front.shape[0] == 0:
+            continue
+        if len(group) == 2:
+            _mirror_pair(front)
+        else:
+            n = front.shape[0]
+            grid = np.indices((n,) * len(group)).reshape(len(group), -1)
+            canonical = front[tuple(np.sort(grid, axis=0))]
+            front[tuple(grid)] = canonical
+
+
+@numba.njit(cache=True)
+def _mirror_pair(front):
+    # front[b, a] = front[a, b] for a < b: one pass over the strictly lower half, in place.
+    n = front.shape[0]
+    for a in range(n):
+        for b in range(a + 1, n):
+            front[b, a] = front[a, b]

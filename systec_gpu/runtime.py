@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import algebra
-from .dense_symmetry import check_symmetric, mirror_canonical
+from .dense_symmetry import check_symmetric, mirror_canonical, mirror_in_place
 from .ir.einsum import Program, accesses, tensors_of
 from .ir.loop import Extent, LoopProgram
 from .storage import SparseTensor, SymmetricTensor
@@ -277,15 +277,17 @@ def finish(args: KernelArgs, loops: LoopProgram, program: Program, *, canonical:
     import torch
 
     reduce = algebra.operator(loops.reduce)
+    # One chunk: its buffer is ours to return; several: reduce them into a new array.
     result = reduce.numpy.reduce(args.partial, axis=0) if args.partial.shape[0] > 1 else args.partial[0]
     out_shape = args.shapes[program.einsum.output.tensor]
     perm = loops.layout_of(program.einsum.output.tensor)
     if perm is not None:
-        result = np.transpose(result, np.argsort(perm))
+        result = np.transpose(result, np.argsort(perm))  # a view in the user's mode order
     result = result.reshape(out_shape)
     if loops.output_groups and not canonical:
-        result = mirror_canonical(result, loops.output_groups)
-    tensor = torch.from_numpy(np.array(result, order="C"))  # np.ascontiguousarray makes 0-d arrays 1-d
+        mirror_in_place(result, loops.output_groups)
+    # A permuted view is returned as a strided tensor (like torch's own transposes): no copy.
+    tensor = torch.from_numpy(result if result.ndim else np.array(result))
     if args.torch_device is not None and args.torch_device.type != "cpu":
         tensor = tensor.to(args.torch_device)
     return tensor

@@ -159,8 +159,9 @@ class KernelOp:
     def _run(self, kernel, args) -> torch.Tensor:
         dtype, device, out_shape = self._check(args)
         result = kernel(check=True, **self._tensors(args))
-        # runtime.finish returns a 0-d output as shape (1,) (np.ascontiguousarray promotes 0-d)
-        return result.reshape(out_shape).to(device=device, dtype=dtype)
+        # The op promises the contiguous layout of its fake implementation; a kernel may return a
+        # permuted (strided) view of its concordant output layout.
+        return result.reshape(out_shape).to(device=device, dtype=dtype).contiguous()
 
     def _impl_cpu(self, *args):
         kernel = self.kernel
