@@ -7,6 +7,7 @@ No two threads write the same memory, so no update is lost.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -26,6 +27,7 @@ from ..ir.loop import (
     Update,
     format_loop_program,
 )
+from ..ir.traverse import walk
 from ..passes.loop_nest import unnest
 from .cache import load_source
 from .parameters import Param, kernel_parameters, sparse_loop
@@ -158,8 +160,11 @@ class _Emitter:
         w = self.w
         match stmt:
             case Block(body=body):
+                updates = [s for s in body if isinstance(s, Update)]
                 for s in body:
-                    self.stmt(s)
+                    if not isinstance(s, Update):
+                        self.stmt(s)
+                self.updates(updates)
             case Let(name=name, value=value):
                 w.line(f"{self.let(name)} = {self.expr(value)}")
             case Update():
@@ -213,10 +218,50 @@ class _Emitter:
             self.stmt(loop.body)
         self.flush_registers(("nonzeros", loop))
 
-    def update(self, update: Update) -> None:
+    def updates(self, updates: list[Update]) -> None:
+        """Updates of one point. With a factor table, strictly off-diagonal points (class 0, by
+        far the most) take a branch-free base path with constant factors; diagonal classes read
+        the table. (A CPU choice: the Triton backend stays branch-free with the table.)"""
+        lookups = self.table_lookups
+        if not any(isinstance(u.factor, Ref) and u.factor.name in lookups for u in updates):
+            for update in updates:
+                self.update(update)
+            return
+        rows = {t.name: t.rows for t in self.program.tables}
+        row_exprs = {lookups[u.factor.name][0].row for u in updates if isinstance(u.factor, Ref)}
+        (row_expr,) = row_exprs
+        with self.w.block(f"if {self.expr(row_expr)} == 0:"):
+            emitted = False
+            for update in updates:
+                factor = update.factor
+                if isinstance(factor, Ref) and factor.name in lookups:
+                    lookup = lookups[factor.name][0]
+                    count = rows[lookup.table][0][lookup.column]
+                    if count == 0:
+                        continue
+                    factor = None if count == 1 else Literal(float(count))
+                self.update(dataclasses.replace(update, factor=factor), register_of=update)
+                emitted = True
+            if not emitted:
+                self.w.line("pass")
+        with self.w.block("else:"):
+            for update in updates:
+                self.update(update)
+
+    @functools.cached_property
+    def table_lookups(self) -> dict[str, tuple[Factor]]:
+        """Let-bound table lookups: name -> (Factor,)."""
+        return {
+            node.name: (node.value,)
+            for node in walk(self.program.body)
+            if isinstance(node, Let) and isinstance(node.value, Factor)
+        }
+
+    def update(self, update: Update, register_of: Update | None = None) -> None:
         w = self.w
         info = algebra.operator(update.reduce)
-        target = self.register_of(update) or f"{self.acc}[{self.subscript(update.output.indices)}]"
+        local = self.register_of(register_of or update)
+        target = local or f"{self.acc}[{self.subscript(update.output.indices)}]"
         value = self.expr(update.value)
         factor = update.factor
         if isinstance(factor, Factor | Ref):

@@ -475,11 +475,12 @@ def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, 
     coords = None
     if sparse is not None:
         driver = args.driver
-        coords = list(driver.coords)
+        # uint32 coordinates (below 2**31, chosen for numba) are read as int32: same bits, no copy.
+        coords = [c.view(np.int32) if c.dtype == np.uint32 else c for c in driver.coords]
         if driver.pointers is not None:
             # CSR drivers: the tiles walk nonzeros, so each needs its row; expand the pointers.
             rows = np.repeat(np.arange(len(driver.pointers) - 1), np.diff(driver.pointers))
-            coords = [rows.astype(driver.coords[-1].dtype), *coords[-(len(sparse.indices) - 1):]]
+            coords = [rows.astype(coords[-1].dtype), *coords[-(len(sparse.indices) - 1):]]
         grid = (-(-driver.nnz // sparse.size),)
         n_work = driver.nnz
     else:
