@@ -41,6 +41,7 @@ class KernelArgs:
     chunks: int = 1
     torch_device: Any = None  # where the result goes
     extras: dict = field(default_factory=dict)
+    output_mirrored: bool = False  # the backend wrote both halves of a symmetric output itself
 
     def extent(self, extent: Extent) -> int:
         return self.shapes[extent.tensor][extent.mode]
@@ -274,6 +275,17 @@ def _has_loops(loops: LoopProgram) -> bool:
     return any(isinstance(n, DenseLoop | SparseLoop) for n in walk(loops.body))
 
 
+def _clear_mirror_half(result: np.ndarray, groups, identity: float) -> None:
+    """Put the identity back off the canonical part of a pair (a, b) of modes (index a <= b)
+    that the backend mirrored itself, for callers that asked for the canonical part only."""
+    for a, b in groups:
+        index = np.indices((result.shape[a], result.shape[b]), sparse=True)
+        shape = [1] * result.ndim
+        shape[a], shape[b] = result.shape[a], result.shape[b]
+        below = np.broadcast_to((index[0] > index[1]).reshape(shape), result.shape)
+        result[below] = identity
+
+
 def finish(args: KernelArgs, loops: LoopProgram, program: Program, *, canonical: bool = False):
     """Reduce the chunks, restore the user's layout, mirror a symmetric output, return torch."""
     import torch
@@ -286,8 +298,10 @@ def finish(args: KernelArgs, loops: LoopProgram, program: Program, *, canonical:
     if perm is not None:
         result = np.transpose(result, np.argsort(perm))  # a view in the user's mode order
     result = result.reshape(out_shape)
-    if loops.output_groups and not canonical:
+    if loops.output_groups and not canonical and not args.output_mirrored:
         mirror_in_place(result, loops.output_groups)
+    elif canonical and args.output_mirrored:
+        _clear_mirror_half(result, loops.output_groups, reduce.identity)
     # A permuted view is returned as a strided tensor (like torch's own transposes): no copy.
     tensor = torch.from_numpy(result if result.ndim else np.array(result))
     if args.torch_device is not None and args.torch_device.type != "cpu":

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import algebra
 from .ir.loop import Access, DenseLoop, Guard, Let, LoopProgram, SparseLoop, Update
-from .ir.tile import BlockAxis, Mask, NonzeroTile, ScalarLoop, TileLevel, TileProgram
+from .ir.tile import BlockAxis, Mask, NonzeroTile, ScalarLoop, SegmentedUpdate, TileLevel, TileProgram
 from .passes.loop_nest import unnest
 from .passes.lower_loops import ScheduleError
 
@@ -17,10 +18,15 @@ from .passes.lower_loops import ScheduleError
 @dataclass(frozen=True)
 class SparseTileSchedule:
     """One program per `nnz_per_tile` canonical nonzeros; the first dense loop inside is a
-    second tile axis of `dense_block` lanes (looped over in blocks)."""
+    second tile axis of `dense_block` lanes (looped over in blocks).
+
+    `segmented`: updates whose output varies along the nonzeros only through the (sorted)
+    leading index, or not at all, are reduced inside the tile before one write per output
+    element (`SegmentedUpdate`); False keeps one masked atomic per lane (tests compare both)."""
 
     nnz_per_tile: int = 256
     dense_block: int = 32
+    segmented: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,8 +112,31 @@ def _sparse(loops: LoopProgram, levels, schedule: SparseTileSchedule) -> TilePro
             case _:
                 raise ScheduleError(f"{loops.source}: cannot tile {type(level.header).__name__}")
         out.append(TileLevel(header, level.stmts))
-    # Nonzeros of different tiles (and lanes of one tile) can hit the same output element.
-    return TileProgram(loops, tuple(out), "atomic", ("scattered outputs: masked atomics, no pre-reduction",))
+    notes = ["scattered outputs: masked atomics (nonzeros of several tiles can hit one element)"]
+    if schedule.segmented:
+        tile = next(lv.header for lv in out if isinstance(lv.header, NonzeroTile))
+        out = [TileLevel(lv.header, tuple(_segment(s, tile) for s in lv.stmts)) for lv in out]
+        keys = {s.key for lv in out for s in lv.stmts if isinstance(s, SegmentedUpdate)}
+        if tile.indices[0] in keys:
+            notes.append(f"outputs indexed by the sorted leading index {tile.indices[0]}: runs of equal "
+                         f"{tile.indices[0]} reduced in the tile (segmented scan), one atomic per run")
+        if None in keys:
+            notes.append("outputs indexed by no lane index: reduced over the tile, one atomic per element")
+    return TileProgram(loops, tuple(out), "atomic", tuple(notes))
+
+
+def _segment(stmt, tile: NonzeroTile):
+    """`stmt` as a SegmentedUpdate when its lanes can be reduced before writing: the output
+    varies along the nonzero lanes only through the leading (sorted) driver index, or not at
+    all. Other updates (e.g. y[j] of SSYMV) scatter: their lanes rarely share an element."""
+    if not isinstance(stmt, Update) or algebra.operator(stmt.reduce).name not in ("add", "min", "max"):
+        return stmt
+    lanes = [i for i in stmt.output.indices if i in tile.indices]
+    if not lanes:
+        return SegmentedUpdate(stmt, None)
+    if lanes == [tile.indices[0]]:
+        return SegmentedUpdate(stmt, tile.indices[0])
+    return stmt
 
 
 def _dense(loops: LoopProgram, levels, schedule: DenseTriangleSchedule) -> TileProgram:
@@ -131,7 +160,26 @@ def _dense(loops: LoopProgram, levels, schedule: DenseTriangleSchedule) -> TileP
                 raise ScheduleError(f"{loops.source}: cannot tile {type(level.header).__name__}")
         out.append(TileLevel(header, level.stmts))
     write, notes = _dense_write(loops, out)
-    return TileProgram(loops, tuple(out), write, notes)
+    mirror = write == "owned" and _mirrorable(loops, out)
+    if mirror:
+        notes += ("symmetric output: each canonical block stores both halves, no host mirror",)
+    return TileProgram(loops, tuple(out), write, notes, mirror)
+
+
+def _mirrorable(loops: LoopProgram, levels: list[TileLevel]) -> bool:
+    """True when the owned output is one symmetric pair C[i,j] = C[j,i] and the grid is its
+    canonical triangle (j >= i): the program holding C[i,j] can store C[j,i] too."""
+    axes = [lv.header for lv in levels if isinstance(lv.header, BlockAxis) and lv.header.gridded]
+    (output,) = {s.output for lv in levels for s in lv.stmts if isinstance(s, Update)}
+    if len(axes) != 2 or len(output.indices) != 2 or loops.output_groups != ((0, 1),):
+        return False
+    first, second = axes
+    return (
+        {first.index, second.index} == set(output.indices)
+        and first.lower is None and first.upper is None
+        and second.lower == first.index and second.upper is None
+        and first.block == second.block  # the mirror of a block is a block of the same shape
+    )
 
 
 def _dense_write(loops: LoopProgram, levels: list[TileLevel]) -> tuple[str, tuple[str, ...]]:

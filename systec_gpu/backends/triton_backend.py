@@ -21,7 +21,7 @@ import numpy as np
 from .. import __version__, algebra
 from ..ir.einsum import Access, Call, Index, Literal
 from ..ir.loop import ClassOf, DriverValue, Factor, Let, LoopProgram, Ref, Update, format_loop_program
-from ..ir.tile import BlockAxis, Mask, NonzeroTile, ScalarLoop, TileProgram, format_tile_program
+from ..ir.tile import BlockAxis, Mask, NonzeroTile, ScalarLoop, SegmentedUpdate, TileProgram, format_tile_program
 from ..passes.lower_loops import ScheduleError
 from ..schedule import DenseTriangleSchedule, Schedule, SparseTileSchedule, apply_schedule, default_schedule
 from .cache import load_source
@@ -52,7 +52,8 @@ class _Emitter:
     def __init__(self, tiles: TileProgram):
         self.tiles = tiles
         self.loops = tiles.loops
-        self.names = Namer(reserved=("triton", "tl", "kernel", "_scatter_add", "_scatter_min", "_scatter_max"))
+        helpers = [f"_{kind}_{op}" for kind in ("scatter", "segmented", "tile", "run") for op in _ATOMIC]
+        self.names = Namer(reserved=("triton", "tl", "kernel", *helpers))
         self.w = CodeWriter()
         self.params: list[TParam] = []
         self.pnames: dict[TParam, str] = {}
@@ -60,7 +61,8 @@ class _Emitter:
         self.let_dims: dict[str, frozenset[int]] = {}
         self.terms: list[tuple[str, frozenset[int]]] = []  # mask terms in force
         self.vector_bounded: set[Index] = set()
-        self.helpers: set[str] = set()
+        self.helpers: set[tuple[str, str]] = set()  # (kind, op) of the jit helpers used
+        self.runs: tuple[str, str] | None = None  # run start / end flags of the leading index
         self.acc: str | None = None
         self.store_terms: list[str] = []
         self.position: str | None = None
@@ -189,10 +191,12 @@ class _Emitter:
                 self.let_dims[s.name] = self.expr_dims(s.value)
             elif isinstance(s, Update):
                 self.update(s)
+            elif isinstance(s, SegmentedUpdate):
+                self.update(s.update, s.key, segmented=True)
             else:
                 raise ScheduleError(f"cannot emit {type(s).__name__} inside a tile")
 
-    def update(self, u: Update) -> None:
+    def update(self, u: Update, key: Index | None = None, segmented: bool = False) -> None:
         w, info = self.w, algebra.operator(u.reduce)
         value = self.expr(u.value)
         mask = self.full_mask()
@@ -210,9 +214,17 @@ class _Emitter:
             return
         if info.name not in _ATOMIC:
             raise ScheduleError(f"no atomic for reduction {info.name!r}")
-        self.helpers.add(info.name)
         pointer = f"{self.param('out')} + {self.offset('', u.output.indices, True)}"
-        w.line(f"_scatter_{info.name}({pointer}, {value}, {mask})")
+        if not segmented:
+            self.helpers.add(("scatter", info.name))
+            w.line(f"_scatter_{info.name}({pointer}, {value}, {mask})")
+        elif key is None:
+            self.helpers.add(("tile", info.name))
+            w.line(f"_tile_{info.name}({pointer}, {value}, {mask})")
+        else:
+            self.helpers |= {("segmented", info.name), ("run", info.name)}
+            start, end = self.runs
+            w.line(f"_segmented_{info.name}({pointer}, {value}, {mask}, {start}, {end})")
 
     def level(self, k: int) -> None:
         levels = self.tiles.levels
@@ -236,6 +248,8 @@ class _Emitter:
                     crd = self.param("coords", mode)
                     mask = self.mask_for(frozenset({0}))
                     w.line(f"{self.index(i)} = tl.load({crd} + {self.position}, mask={mask}, other=0).to(tl.int64)")
+                if self.keyed_segments():
+                    self.run_flags(idx[0], block)
                 self.stmts(level.stmts)
                 self.level(k + 1)
             case BlockAxis(gridded=True) as axis:
@@ -274,6 +288,26 @@ class _Emitter:
                 self.level(k + 1)
         del self.terms[saved:]
 
+    def keyed_segments(self) -> bool:
+        return any(isinstance(s, SegmentedUpdate) and s.key is not None for lv in self.tiles.levels for s in lv.stmts)
+
+    def run_flags(self, leading: Index, block: str) -> None:
+        """Flags of the runs of equal leading coordinates (the segments): a lane starts a run
+        when the nonzero before it in the tile has another coordinate, and ends one when the
+        nonzero after it does (or the tile ends). Unsorted input only makes more, shorter runs."""
+        crd, nz, row = self.param("coords", 0), self.position, self.index(leading)
+        before = self.names.fresh(f"{leading.name}_before")
+        after = self.names.fresh(f"{leading.name}_after")
+        start, end = self.names.fresh("run_start"), self.names.fresh("run_end")
+        in_tile = self.terms[0][0]
+        w = self.w
+        w.line(f"{before} = tl.load({crd} + {nz} - 1, mask={in_tile} & ({nz} % {block} != 0), other=-1).to(tl.int64)")
+        w.line(f"{after} = tl.load({crd} + {nz} + 1, mask=({nz} + 1 < {self.param('nnz')}) & "
+               f"(({nz} + 1) % {block} != 0), other=-1).to(tl.int64)")
+        w.line(f"{start} = {row} != {before}")
+        w.line(f"{end} = {in_tile} & ({row} != {after})")
+        self.runs = (start, end)
+
     def bind_axis(self, axis: BlockAxis, lanes: str, extent: str) -> None:
         i = axis.index
         shape = "[:, None]" if axis.axis == 0 else "[None, :]"
@@ -286,6 +320,9 @@ class _Emitter:
             if bound is not None:
                 text = code.format(b=self.index(bound), i=self.index(i))
                 self.term(f"{i.name}_bound", text, self.dims[bound] | self.dims[i])
+                if axis.gridded and self.tiles.mirror:
+                    # Both halves are stored: lanes off the triangle are left to the mirror store.
+                    self.store_terms.append(self.terms[-1][0])
 
     def grid_axis(self, axis: BlockAxis) -> None:
         tiles = self.param("tiles")
@@ -297,6 +334,21 @@ class _Emitter:
         start = self.names.fresh(f"{axis.index.name}_start")
         self.w.line(f"{start} = tl.load({tiles} + {self.tile_id} * {naxes} + {axis.axis}).to(tl.int64)")
         self.bind_axis(axis, f"{start} + tl.arange(0, {block})", self.param("extent", axis.extent))
+
+    def mirror_stores(self, body: CodeWriter, update: Update, pointer: str, mask: str) -> None:
+        """The canonical store, then the mirror half C[j,i] (i < j: the diagonal once) from the
+        same registers, transposed so that its addresses also run along the tile's rows."""
+        first, second = (a.index for a in self.tiles.grid_axes)
+        a, b = self.index(first), self.index(second)
+        swap = {first: second, second: first}
+        mirrored = tuple(swap.get(i, i) for i in update.output.indices)
+        offset = " + ".join(
+            f"tl.trans({self.index(i)}) * {self.param('stride', ('<out>', mode))}" for mode, i in enumerate(mirrored)
+        )
+        in_bounds = " & ".join(t for t in self.store_terms if "_bound" not in t)
+        body.line(f"tl.store({pointer}, {self.acc}, mask={mask})")
+        body.line(f"tl.store({self.param('out')} + {offset}, tl.trans({self.acc}), "
+                  f"mask=tl.trans({in_bounds} & ({a} < {b})))")
 
     def open_accumulator(self) -> None:
         axes = self.tiles.grid_axes
@@ -317,8 +369,11 @@ class _Emitter:
             (update,) = {s for lv in self.tiles.levels for s in lv.stmts if isinstance(s, Update)}
             pointer = f"{self.param('out')} + {self.offset('', update.output.indices, True)}"
             mask = " & ".join(self.store_terms)
-            # Each lane owns its element: a plain store; lanes outside the triangle store the identity.
-            body.line(f"tl.store({pointer}, {self.acc}, mask={mask})")
+            if not self.tiles.mirror:
+                # Each lane owns its element: a plain store; lanes outside the triangle store the identity.
+                body.line(f"tl.store({pointer}, {self.acc}, mask={mask})")
+            else:
+                self.mirror_stores(body, update, pointer, mask)
 
         w = CodeWriter()
         w.line(f"# Generated by systec_gpu {__version__} (triton backend). Do not edit.")
@@ -330,16 +385,12 @@ class _Emitter:
             w.line(f"# {line}")
         w.line("import triton")
         w.line("import triton.language as tl")
-        for op in sorted(self.helpers):
+        order = ("run", "scatter", "segmented", "tile")  # _run_* before the helpers that use them
+        for kind, op in sorted(self.helpers, key=lambda h: (order.index(h[0]), h[1])):
             w.line()
             w.line()
             w.line("@triton.jit")
-            with w.block(f"def _scatter_{op}(pointer, value, mask):"):
-                w.line("# Bring pointer, value and mask to one tile shape; lanes hitting one element all land.")
-                w.line("pointer, value = tl.broadcast(pointer, value)")
-                w.line("pointer, mask = tl.broadcast(pointer, mask)")
-                w.line("pointer, value = tl.broadcast(pointer, value)")
-                w.line(f"{_ATOMIC[op]}(pointer, value, mask=mask)")
+            _HELPERS[kind](w, op)
         w.line()
         w.line()
         w.line("@triton.jit")
@@ -351,6 +402,64 @@ class _Emitter:
         w.line(f"def kernel({args}):")
         w.lines += body.lines
         return w.text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Jit helpers of the atomic writes (one per kind and reduction, emitted when used)
+
+
+def _broadcast(w: CodeWriter, names: tuple[str, ...]) -> None:
+    w.line(f"# Bring {', '.join(names)} to one tile shape.")
+    # The first takes every shape in one pass; the second pass widens the names it met early.
+    for name in (*names[1:], *names[1:-1]):
+        w.line(f"{names[0]}, {name} = tl.broadcast({names[0]}, {name})")
+
+
+def _scatter_helper(w: CodeWriter, op: str) -> None:
+    with w.block(f"def _scatter_{op}(pointer, value, mask):"):
+        w.line("# Every lane writes: lanes hitting one element all land.")
+        _broadcast(w, ("pointer", "value", "mask"))
+        w.line(f"{_ATOMIC[op]}(pointer, value, mask=mask)")
+
+
+def _combine(op: str, a: str, b: str) -> str:
+    return f"{a} + {b}" if op == "add" else f"{_COMBINE[op]}({a}, {b})"
+
+
+def _run_helper(w: CodeWriter, op: str) -> None:
+    with w.block(f"def _run_{op}(value, start, hit, next_value, next_start, next_hit):"):
+        w.line("# One step of a segmented scan: a lane that starts a run drops what came before it.")
+        w.line(f"value = tl.where(next_start, next_value, {_combine(op, 'value', 'next_value')})")
+        w.line("hit = tl.where(next_start, next_hit, hit | next_hit)")
+        w.line("return value, start | next_start, hit")
+
+
+def _segmented_helper(w: CodeWriter, op: str) -> None:
+    identity = _literal(algebra.operator(op).identity)
+    with w.block(f"def _segmented_{op}(pointer, value, mask, start, end):"):
+        w.line("# Lanes of one run share the output element: reduce each run along the nonzeros (axis 0),")
+        w.line("# then its last lane writes once. Still an atomic: the run may go on in the next tile,")
+        w.line("# and other updates of the kernel can hit the element too.")
+        _broadcast(w, ("pointer", "value", "mask", "start", "end"))
+        w.line(f"value = tl.where(mask, value, {identity})")
+        w.line(f"total, _, hit = tl.associative_scan((value, start, mask), 0, _run_{op})")
+        w.line("# hit: some lane of the run is unmasked (so the address is in bounds).")
+        w.line(f"{_ATOMIC[op]}(pointer, total, mask=end & hit)")
+
+
+def _tile_helper(w: CodeWriter, op: str) -> None:
+    identity = _literal(algebra.operator(op).identity)
+    reduce = {"add": "tl.sum", "min": "tl.min", "max": "tl.max"}[op]
+    with w.block(f"def _tile_{op}(pointer, value, mask):"):
+        w.line("# The address does not vary along the nonzeros (axis 0): reduce the tile, write once.")
+        _broadcast(w, ("value", "mask"))
+        w.line(f"total = {reduce}(tl.where(mask, value, {identity}), axis=0, keep_dims=True)")
+        w.line("hit = tl.max(mask.to(tl.int32), axis=0, keep_dims=True) != 0")
+        _broadcast(w, ("pointer", "total", "hit"))
+        w.line(f"{_ATOMIC[op]}(pointer, total, mask=hit)")
+
+
+_HELPERS = {"scatter": _scatter_helper, "run": _run_helper, "segmented": _segmented_helper, "tile": _tile_helper}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +485,8 @@ def _env_int(name: str) -> int | None:
 
 def choose_schedule(program: LoopProgram, args) -> Schedule:
     """The heuristic schedule for these arguments; SYSTEC_TRITON_NNZ_PER_TILE,
-    SYSTEC_TRITON_DENSE_BLOCK and SYSTEC_TRITON_BLOCK override its sizes."""
+    SYSTEC_TRITON_DENSE_BLOCK and SYSTEC_TRITON_BLOCK override its sizes; SYSTEC_TRITON_SEGMENTED=0
+    turns the in-tile pre-reduction off."""
     from .parameters import dense_extents
 
     extents = [args.extent(e) for e in dense_extents(program)]
@@ -384,9 +494,11 @@ def choose_schedule(program: LoopProgram, args) -> Schedule:
     inner = extents[0] if program.driver is not None and extents else max(extents, default=1)
     schedule = default_schedule(program, nnz=nnz, dense_extent=inner, itemsize=np.dtype(args.dtype).itemsize)
     if isinstance(schedule, SparseTileSchedule):
+        segmented = _env_int("SYSTEC_TRITON_SEGMENTED")
         return SparseTileSchedule(
             nnz_per_tile=_env_int("SYSTEC_TRITON_NNZ_PER_TILE") or schedule.nnz_per_tile,
             dense_block=_env_int("SYSTEC_TRITON_DENSE_BLOCK") or schedule.dense_block,
+            segmented=schedule.segmented if segmented is None else bool(segmented),
         )
     return DenseTriangleSchedule(block=_env_int("SYSTEC_TRITON_BLOCK") or schedule.block)
 
@@ -465,6 +577,8 @@ def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, 
     source, params, pnames = _emit(tiles)
     kernel = load_source(source, "triton").kernel
     allocate(args, program, 1)
+    # The kernel stores both halves of a symmetric output itself: finish() must not mirror.
+    args.output_mirrored = tiles.mirror
     if poison is not None:
         args.partial.fill(poison)
     device = _device(args)

@@ -13,6 +13,10 @@ A `TileProgram` is a chain of levels, outermost first, like the loop chain it co
 Loop bounds that refer to lane indices become masks too. Every update carries how it writes:
 `atomic` (lanes of several programs may hit one element) or `owned` (the program's lanes own
 their output elements: accumulate in registers, one store at the end).
+
+A sparse tile's update may be a `SegmentedUpdate`: its lanes are reduced inside the tile before
+any write (one atomic per run of lanes sharing an output element). An owned store may be
+`mirror`ed: a symmetric 2-mode output written to both halves from the same registers.
 """
 
 from __future__ import annotations
@@ -57,6 +61,20 @@ class Mask:
     rhs: Index
 
 
+@dataclass(frozen=True)
+class SegmentedUpdate:
+    """`update`, reduced over the nonzero lanes (tile axis 0) before it writes.
+
+    `key` is the driver's leading index, the only output index that varies along the lanes:
+    nonzeros are sorted by it, so lanes with one output element form runs; each run is reduced
+    (a segmented scan) and its last lane writes once. `key` None: no output index varies along
+    the lanes, so the whole tile reduces to one write per element.
+    """
+
+    update: Update
+    key: Index | None
+
+
 TileHeader = Union[NonzeroTile, BlockAxis, ScalarLoop, Mask]  # noqa: UP007
 
 
@@ -72,6 +90,9 @@ class TileProgram:
     levels: tuple[TileLevel, ...]
     write: str  # "atomic" or "owned"
     notes: tuple[str, ...] = ()
+    # owned writes of a symmetric 2-mode output: each canonical block also stores the mirror
+    # half (C[j,i] for i < j), so the output leaves the kernel complete and needs no host mirror
+    mirror: bool = False
 
     @property
     def sparse(self) -> NonzeroTile | None:
@@ -87,7 +108,8 @@ class TileProgram:
 
 
 def format_tile_program(program: TileProgram) -> str:
-    lines = [f"tiles for {program.loops.source} (writes: {program.write})"]
+    mirror = ", both halves of the symmetric output" if program.mirror else ""
+    lines = [f"tiles for {program.loops.source} (writes: {program.write}{mirror})"]
     lines += [f"  note: {note}" for note in program.notes]
     depth = 1
     for level in program.levels:
@@ -116,4 +138,7 @@ def _format_stmt(stmt) -> str:
     if isinstance(stmt, Update):
         factor = "" if stmt.factor is None else f"  by {format_lexpr(stmt.factor)}"
         return f"{stmt.output} {stmt.reduce}= {format_lexpr(stmt.value)}{factor}"
+    if isinstance(stmt, SegmentedUpdate):
+        how = f"runs of equal {stmt.key} reduced" if stmt.key is not None else "the tile reduced"
+        return f"{_format_stmt(stmt.update)}  ({how}, then one write each)"
     return repr(stmt)
