@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numba
 import numpy as np
 
-
-def _agree(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> np.ndarray:
-    same = (a == b) | (np.isnan(a) & np.isnan(b)) if a.dtype.kind in "fc" else a == b
-    if atol or rtol:
-        with np.errstate(invalid="ignore"):
-            same |= np.abs(a - b) <= atol + rtol * np.abs(b)
-    return same
+from .storage import EntryError, check_dense_symmetry
 
 
 def check_symmetric(name: str, array: np.ndarray, groups, atol: float = 0.0, rtol: float = 0.0) -> None:
@@ -22,18 +14,10 @@ def check_symmetric(name: str, array: np.ndarray, groups, atol: float = 0.0, rto
         if len({array.shape[m] for m in group}) > 1:
             sizes = ", ".join(f"mode {m}: {array.shape[m]}" for m in group)
             raise ValueError(f"{name} is declared symmetric in modes {group} but its sizes differ ({sizes})")
-        for p, q in itertools.pairwise(group):  # adjacent transpositions generate the group
-            bad = ~_agree(array, np.swapaxes(array, p, q), atol, rtol)
-            if bad.any():
-                x = np.unravel_index(int(np.argmax(bad)), array.shape)
-                y = list(x)
-                y[p], y[q] = x[q], x[p]
-                raise ValueError(
-                    f"{name} is declared symmetric in modes {group} but "
-                    f"{name}[{', '.join(map(str, x))}] = {array[x]!r} while "
-                    f"{name}[{', '.join(map(str, y))}] = {array[tuple(y)]!r} "
-                    "(pass check=False to read only its canonical part)"
-                )
+    try:
+        check_dense_symmetry(array, tuple(groups), name, atol, rtol)
+    except EntryError as error:
+        raise ValueError(f"{error} (pass check=False to read only its canonical part)") from None
 
 
 def mirror_canonical(array: np.ndarray, groups) -> np.ndarray:

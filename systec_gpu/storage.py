@@ -248,6 +248,21 @@ def _first_true(mask: np.ndarray) -> int | None:
     return int(np.argmax(mask)) if mask.any() else None
 
 
+def check_dense_symmetry(a: np.ndarray, groups: Groups, name: str = "A", atol: float = 0.0,
+                         rtol: float = 0.0) -> None:
+    """Raise EntryError naming one pair of entries of dense `a` that breaks the symmetry."""
+    for g in groups:
+        for p, q in itertools.pairwise(g):  # adjacent transpositions generate the group
+            bad = ~_agree(a, np.swapaxes(a, p, q), atol, rtol)
+            if bad.any():
+                x = np.unravel_index(int(np.argmax(bad)), a.shape)
+                y = list(x)
+                y[p], y[q] = x[q], x[p]
+                raise EntryError(
+                    f"{name} is not symmetric in modes {g}: {_fmt(name, x)} = "
+                    f"{_val(a[x])} but {_fmt(name, y)} = {_val(a[tuple(y)])}")
+
+
 # ----------------------------------------------------------------------------- SparseTensor
 class SparseTensor:
     """A non-symmetric sparse tensor in sorted, duplicate-free COO."""
@@ -435,18 +450,7 @@ class SymmetricTensor(SparseTensor):
         a = _to_numpy(t)
         grp = normalize_groups(groups, a.shape, name)
         if check:
-            for g in grp:
-                for p, q in itertools.pairwise(g):  # adjacent transpositions generate the group
-                    perm = list(range(a.ndim))
-                    perm[p], perm[q] = q, p
-                    bad = ~_agree(a, a.transpose(perm), atol, rtol)
-                    if bad.any():
-                        x = np.unravel_index(int(np.argmax(bad)), a.shape)
-                        y = list(x)
-                        y[p], y[q] = x[q], x[p]
-                        raise EntryError(
-                            f"{name} is not symmetric in modes {g}: {_fmt(name, x)} = "
-                            f"{_val(a[x])} but {_fmt(name, y)} = {_val(a[tuple(y)])}")
+            check_dense_symmetry(a, grp, name, atol, rtol)
         nz = np.array(np.nonzero(a), dtype=np.int64).reshape(a.ndim, -1)
         nz = nz[:, _canonical_mask(nz, grp)]
         return cls(nz, a[tuple(nz)], a.shape, grp, check=False)
