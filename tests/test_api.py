@@ -130,3 +130,19 @@ def test_cli_explain(capsys):
     assert main(["explain", "y[i] += A[i,j]*x[j]", "--symmetric", "A", "--source", "numba"]) == 0
     out = capsys.readouterr().out
     assert "canonical nonzeros of A [csr]" in out and "def kernel(" in out
+
+
+def test_declared_output_symmetry_proved_by_renaming_reduction_indices():
+    rng = np.random.default_rng(3)
+    a = rng.random((4, 3))
+    s = rng.random((3, 3))
+    s = s + s.T
+    k = sg.compile("C[i,j] += A[i,k]*S[k,l]*A[j,l]", symmetric={"S": "full", "C": "full"},
+                   formats={"S": "dense"}, backend="numba")
+    assert k.loops.output_groups == ((0, 1),)
+    np.testing.assert_allclose(k(A=a, S=s).numpy(), a @ s @ a.T, rtol=1e-13)
+
+
+def test_unprovable_declared_output_symmetry_warns():
+    with pytest.warns(UserWarning, match="trusting the declaration"):
+        sg.compile("C[i,j] += A[i,k]*B[j,k]", symmetric={"C": "full"})
