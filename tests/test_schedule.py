@@ -6,7 +6,8 @@ import pytest
 from systec_gpu import compile as compile_kernel
 from systec_gpu.backends.triton_backend import _tile_starts
 from systec_gpu.catalog import compile_catalog
-from systec_gpu.ir.tile import BlockAxis, NonzeroTile, ScalarLoop, format_tile_program
+from systec_gpu.ir.loop import Update
+from systec_gpu.ir.tile import BlockAxis, NonzeroTile, ScalarLoop, SegmentedUpdate, format_tile_program
 from systec_gpu.passes.lower_loops import ScheduleError
 from systec_gpu.runtime import bind
 from systec_gpu.schedule import DenseTriangleSchedule, SparseTileSchedule, apply_schedule, default_schedule
@@ -76,3 +77,34 @@ def test_default_schedule_scales_with_work_and_dtype():
     assert large.dense_block == 64 and large.nnz_per_tile == 64
     assert default_schedule(loops, nnz=10**7, dense_extent=64, itemsize=8).nnz_per_tile == 32
     assert isinstance(default_schedule(compile_catalog("ssyrk").loops, dense_extent=1000), DenseTriangleSchedule)
+
+
+def test_updates_by_the_leading_index_are_segmented():
+    """SSYMV: y[i] (the sorted leading index) is reduced in the tile, y[j] scatters; off: both scatter."""
+    loops = compile_catalog("ssymv").loops
+    tiles = apply_schedule(loops, SparseTileSchedule(nnz_per_tile=16))
+    stmts = [s for lv in tiles.levels for s in lv.stmts if isinstance(s, Update | SegmentedUpdate)]
+    assert [type(s).__name__ for s in stmts] == ["SegmentedUpdate", "Update"]
+    assert stmts[0].key.name == "i" and str(stmts[0].update.output) == "y[i]"
+    assert "runs of equal i reduced" in format_tile_program(tiles)
+    off = apply_schedule(loops, SparseTileSchedule(nnz_per_tile=16, segmented=False))
+    assert not any(isinstance(s, SegmentedUpdate) for lv in off.levels for s in lv.stmts)
+
+
+def test_output_without_lane_index_is_reduced_over_the_tile():
+    tiles = apply_schedule(compile_catalog("syprd").loops)
+    (update,) = [s for lv in tiles.levels for s in lv.stmts if isinstance(s, SegmentedUpdate)]
+    assert update.key is None
+    assert "the tile reduced" in format_tile_program(tiles)
+
+
+def test_ttm_outputs_scatter():
+    """TTM writes C[j,l,:] and the like: never indexed by the leading index alone."""
+    tiles = apply_schedule(compile_catalog("ttm").loops)
+    assert not any(isinstance(s, SegmentedUpdate) for lv in tiles.levels for s in lv.stmts)
+
+
+def test_symmetric_pair_output_is_stored_to_both_halves():
+    assert apply_schedule(compile_catalog("ssyrk").loops).mirror
+    assert not apply_schedule(compile_catalog("ssyrk", symmetry=False).loops).mirror  # full square launched
+    assert not apply_schedule(compile_kernel("C[i,j] += A[i,k]*B[k,j]").loops).mirror

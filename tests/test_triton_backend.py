@@ -16,9 +16,10 @@ from systec_gpu import compile as compile_kernel  # noqa: E402
 from systec_gpu.backends.triton_backend import run_triton, triton_source  # noqa: E402
 from systec_gpu.catalog import CATALOG, compile_catalog  # noqa: E402
 from systec_gpu.ir.einsum_interpreter import interpret_einsum  # noqa: E402
+from systec_gpu.ir.tile import SegmentedUpdate  # noqa: E402
 from systec_gpu.passes.lower_loops import ScheduleError  # noqa: E402
 from systec_gpu.runtime import bind, finish  # noqa: E402
-from systec_gpu.schedule import DenseTriangleSchedule, SparseTileSchedule  # noqa: E402
+from systec_gpu.schedule import DenseTriangleSchedule, SparseTileSchedule, apply_schedule  # noqa: E402
 from systec_gpu.storage import SymmetricTensor  # noqa: E402
 
 from .symdata import dense_for_oracle, symmetric_sparse  # noqa: E402
@@ -89,19 +90,121 @@ def test_many_small_tiles(name):
     np.testing.assert_allclose(result, oracle(kernel, inputs), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("symmetry", [True, False], ids=["sym", "nosym"])
 @pytest.mark.parametrize("n", [1, 4, 7, 9])
-def test_ssyrk_owned_store_writes_every_canonical_element(n):
+def test_ssyrk_owned_store_writes_every_element(n, symmetry):
     """SSYRK stores (does not accumulate): poison the output first; blocks of 4 on n up to 9
-    give diagonal, off-diagonal and ragged blocks, and only canonical blocks are launched."""
+    give diagonal, off-diagonal and ragged blocks. Only canonical blocks are launched, yet they
+    store both halves: every element is written by the kernel, the host mirrors nothing."""
     rng = np.random.default_rng(n)
-    kernel = compile_catalog("ssyrk", backend="triton")
+    kernel = compile_catalog("ssyrk", backend="triton", symmetry=symmetry)
     inputs = {"A": rng.uniform(-1, 1, (n, 3))}
     args = bind(kernel.loops, kernel.program, inputs)
     run_triton(kernel.loops, args, DenseTriangleSchedule(block=4), poison=np.nan)
-    canonical = np.triu(np.ones((n, n), dtype=bool))
-    assert not np.isnan(args.partial[0][canonical]).any()
+    assert args.output_mirrored == symmetry
+    expected = inputs["A"] @ inputs["A"].T
+    # The kernel's own output, before finish(): complete, both halves.
+    np.testing.assert_allclose(args.partial[0], expected, rtol=1e-10, atol=1e-10)
     result = finish(args, kernel.loops, kernel.program).numpy()
-    np.testing.assert_allclose(result, inputs["A"] @ inputs["A"].T, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_ssyrk_canonical_output_keeps_the_identity_below_the_diagonal():
+    """canonical_output asks for the canonical part only: the mirror half the kernel stored is cleared."""
+    a = np.random.default_rng(4).uniform(-1, 1, (9, 2))
+    kernel = compile_catalog("ssyrk", backend="triton")
+    result = kernel(A=a, canonical_output=True).numpy()
+    np.testing.assert_allclose(result, np.triu(a @ a.T), rtol=1e-10, atol=1e-10)
+    assert (result[np.tril_indices(9, -1)] == 0).all()
+
+
+SPARSE = [name for name in CATALOG if name != "ssyrk"]
+
+
+@pytest.mark.parametrize("segmented", [True, False], ids=["segmented", "scatter"])
+@pytest.mark.parametrize("name", SPARSE)
+def test_catalog_kernel_segmented_on_and_off(name, segmented):
+    """Tiles of 4 nonzeros, dense blocks of 2: several runs of the leading index per tile, runs
+    crossing tile edges, ragged last tiles and columns; both write paths against the oracle."""
+    rng = np.random.default_rng(17)
+    kernel = compile_catalog(name, backend="triton")
+    inputs = inputs_for(name, "classes", rng)
+    inputs["A"] = symmetric_sparse(ORDER[name], 6, rng, per_class=12 if ORDER[name] == 2 else 3)
+    schedule = SparseTileSchedule(nnz_per_tile=4, dense_block=2, segmented=segmented)
+    tiles = apply_schedule(kernel.loops, schedule)
+    segments = [s for lv in tiles.levels for s in lv.stmts if isinstance(s, SegmentedUpdate)]
+    assert bool(segments) == (segmented and name != "ttm")  # TTM's outputs never use the leading index
+    args = bind(kernel.loops, kernel.program, inputs)
+    assert args.driver.nnz > 8  # three or more tiles
+    run_triton(kernel.loops, args, schedule)
+    result = finish(args, kernel.loops, kernel.program).numpy()
+    np.testing.assert_allclose(result, oracle(kernel, inputs), rtol=1e-10, atol=1e-10)
+
+
+def _runs_matrix(rng, lengths, size):
+    """A symmetric sparse matrix whose canonical row i holds lengths[i] nonzeros (columns >= i)."""
+    rows, cols = [], []
+    for i, length in enumerate(lengths):
+        picked = rng.choice(np.arange(i, size), length, replace=False)
+        rows += [i] * length
+        cols += sorted(picked.tolist())
+    coords = np.array([rows, cols])
+    return SymmetricTensor.from_canonical(coords, rng.uniform(-2, 2, len(rows)), (size, size), "full")
+
+
+# 1-D and 2-D outputs indexed by the leading index, and outputs without a lane index; + min= max=
+SEGMENTED_EXPRESSIONS = [
+    "y[i] += A[i,j] * x[j]",
+    "y[i] min= A[i,j] + x[j]",
+    "y[i] max= A[i,j] + x[j]",
+    "C[i,r] += A[i,j] * X[j,r]",
+    "C[i,r] max= A[i,j] + X[j,r]",
+    "z[r] min= A[i,j] + X[j,r]",  # no lane index in the output: one write per tile and column
+    "z[r] += A[i,j] * X[j,r]",
+]
+
+
+@pytest.mark.parametrize("per_tile", [4, 8])
+@pytest.mark.parametrize("expr", SEGMENTED_EXPRESSIONS)
+def test_segmented_runs_across_tiles(expr, per_tile):
+    """Rows of 1 to 9 nonzeros: tiles holding several runs, runs longer than a tile and runs cut
+    by tile edges; for min=/max= x holds infinities, against the oracle with both write paths."""
+    rng = np.random.default_rng(per_tile)
+    size = 12
+    a = _runs_matrix(rng, [1, 5, 2, 9, 1, 1, 3, 4, 2, 1, 2], size)  # 31 nonzeros: ragged last tile
+    inputs = {"A": a, "x": rng.uniform(-1, 1, size), "X": rng.uniform(-1, 1, (size, 3))}
+    kernel = compile_kernel(expr, symmetric={"A": [(0, 1)]}, backend="triton")
+    if "min=" in expr or "max=" in expr:
+        # The reduction's identity (absent entries are +inf for min=, -inf for max=): inf + -inf
+        # would be nan in the oracle itself, so x takes the one of the same sign.
+        inf = np.inf if "min=" in expr else -np.inf
+        inputs["x"][[3, 7]] = inf
+        inputs["X"][[5, 3], [1, 0]] = inf
+    inputs = {n: v for n, v in inputs.items() if f"{n}[" in expr}
+    expected = oracle(kernel, inputs)
+    for segmented in (True, False):
+        schedule = SparseTileSchedule(nnz_per_tile=per_tile, dense_block=2, segmented=segmented)
+        tiles = apply_schedule(kernel.loops, schedule)
+        assert any(isinstance(s, SegmentedUpdate) for lv in tiles.levels for s in lv.stmts) == segmented
+        args = bind(kernel.loops, kernel.program, inputs)
+        rows = args.driver.pointers
+        assert rows is not None and (np.diff(rows) > per_tile).any()  # a run longer than a tile
+        run_triton(kernel.loops, args, schedule)
+        result = finish(args, kernel.loops, kernel.program).numpy()
+        np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_segmented_coo_driver_with_uint32_coordinates():
+    """COO-driven MTTKRP (rows as coordinates, not pointers): the run flags read the neighbours' rows."""
+    rng = np.random.default_rng(8)
+    kernel = compile_catalog("mttkrp3", backend="triton")
+    inputs = inputs_for("mttkrp3", "classes", rng)
+    args = bind(kernel.loops, kernel.program, inputs)
+    assert args.driver.pointers is None
+    args.driver.coords = tuple(c.astype(np.uint32) for c in args.driver.coords)
+    run_triton(kernel.loops, args, SparseTileSchedule(nnz_per_tile=4, dense_block=2))
+    result = finish(args, kernel.loops, kernel.program).numpy()
+    np.testing.assert_allclose(result, oracle(kernel, inputs), rtol=1e-10, atol=1e-10)
 
 
 def test_bellman_with_unreachable_and_infinite_entries():
