@@ -18,6 +18,7 @@ class Param:
     key: object = None
 
 
+@functools.lru_cache(maxsize=256)  # called per kernel launch: walk the program once
 def sparse_loop(program: LoopProgram) -> SparseLoop | None:
     return next((n for n in walk(program.body) if isinstance(n, SparseLoop)), None)
 
