@@ -32,6 +32,9 @@ class DerivativeTerm:
     weight: float
     symmetric: dict[str, tuple[tuple[int, ...], ...]]
     formats: dict[str, str]
+    # the product's factors as (tensor, index names); the target's modes are named o0, o1, ... and
+    # the summed indices s0, s1, ...: enough to evaluate the term at chosen points (sampled.py)
+    factors: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def _factors(expr) -> tuple[list[Access], float]:
@@ -113,20 +116,24 @@ def derivative_terms(program: Program, target: str) -> list[DerivativeTerm]:
     ndim = next(len(a.indices) for a in accs if a.tensor == target)
     lhs = f"{DERIV_PREFIX}{target}[{','.join(f'o{m}' for m in range(ndim))}]"
     for form, (count,) in found.items():
-        used = sorted({t for t, _ in (_parse_factor(f) for f in form.split("*"))} - {grad})
+        factors = tuple(_parse_factor(f) for f in form.split("*"))
+        used = sorted({t for t, _ in factors} - {grad})
         terms.append(DerivativeTerm(
             target=target,
             expression=f"{lhs} += {form}",
             weight=const * count,
             symmetric={t: groups[t] for t in used if t in groups},
             formats={t: formats[t] for t in used if formats.get(t, "dense") != "dense"},
+            factors=factors,
         ))
     return terms
 
 
-def _parse_factor(text: str) -> tuple[str, str]:
+def _parse_factor(text: str) -> tuple[str, tuple[str, ...]]:
+    """`T[a,b]` -> ("T", ("a", "b")); `T[]` -> ("T", ())."""
     tensor, rest = text.split("[", 1)
-    return tensor, rest
+    inner = rest.rstrip("]")
+    return tensor, tuple(inner.split(",")) if inner else ()
 
 
 def permutations_of(groups: tuple[tuple[int, ...], ...], ndim: int) -> list[tuple[int, ...]]:

@@ -5,8 +5,10 @@ implementations, autograd formula) lets `torch.compile(fullgraph=True)` trace th
 graph break and lets autograd differentiate it. Schema: one `Tensor` per dense operand; a sparse
 (or symmetric sparse) operand crosses the boundary as `<name>_indices` (int64 [ndim, nnz], its
 canonical coordinates), `<name>_values` and `<name>_shape` (`SymInt[]`, since the output sizes
-cannot be inferred from the coordinates). Gradients are computed by derivative kernels compiled
-with this same compiler (see `autodiff.py`), themselves custom ops, so backward traces too.
+cannot be inferred from the coordinates). Gradients of dense operands are computed by derivative
+kernels compiled with this same compiler (see `autodiff.py`), themselves custom ops, so backward
+traces too; gradients of a sparse operand's values are evaluated only at its stored coordinates
+and min=/max= kernels get the subgradient of their arg-min/arg-max (see `sampled.py`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 
 import torch
 
-from .autodiff import GRAD_PREFIX, derivative_terms, permutations_of
+from .autodiff import GRAD_PREFIX, derivative_terms
 from .ir.einsum import accesses
+from .sampled import check_minmax, distinct_permutations, minmax_gradients, product_at
 from .storage import SparseTensor, SymmetricTensor
 
 NAMESPACE = "systec"
@@ -80,6 +83,7 @@ class KernelOp:
         self.op = getattr(getattr(torch.ops, NAMESPACE), self.name).default
         self._cuda_kernel = None
         self._terms: dict[str, list] = {}
+        self._plans: dict[str, list] = {}
 
     # ------------------------------------------------------------------ checks shared by all paths
     def _value_tensors(self, args) -> list[tuple[str, torch.Tensor]]:
@@ -195,36 +199,58 @@ class KernelOp:
         for i, v in ctx.others.items():
             args[i] = v
         grads: list[Any] = [None] * self.n_args
-        for o in self.operands:
-            pos = o.first + 1 if o.sparse else o.first
-            if not ctx.needs_input_grad[pos]:
-                continue
-            grads[pos] = self.gradient(o.name, grad, args)
+        wanted = [o for o in self.operands if ctx.needs_input_grad[o.first + 1 if o.sparse else o.first]]
+        if self.kernel.program.einsum.reduce != "+=":
+            found = self.minmax_gradients(grad, args, [o.name for o in wanted])
+            for o in wanted:
+                grads[o.first + 1 if o.sparse else o.first] = found[o.name]
+            return tuple(grads)
+        for o in wanted:
+            grads[o.first + 1 if o.sparse else o.first] = self.gradient(o.name, grad, args)
         return tuple(grads)
 
     def terms(self, target: str) -> list:
         """(weight, derivative KernelOp) pairs whose weighted sum is the dense gradient of `target`."""
         if target not in self._terms:
-            from .api import compile as compile_kernel
-
-            compiled = []
-            for term in derivative_terms(self.kernel.program, target):
-                deriv = compile_kernel(term.expression, symmetric=term.symmetric or None,
-                                       formats=term.formats or None, backend=self.kernel.backend)
-                # only first derivatives are registered eagerly: each order is a new kernel
-                compiled.append((term.weight, kernel_op(deriv, derivatives=False)))
-            self._terms[target] = compiled
+            self._terms[target] = [(term.weight, _derivative_op(term, self.kernel.backend))
+                                   for term in derivative_terms(self.kernel.program, target)]
         return self._terms[target]
 
+    def _sampleable(self, term) -> bool:
+        """Whether the term can be evaluated at points by gathers: all its factors are dense tensors."""
+        grad_name = GRAD_PREFIX + self.kernel.program.einsum.output.tensor
+        return all(t == grad_name or not self.by_name[t].sparse for t, _ in term.factors)
+
+    def plan(self, target: str) -> list:
+        """(weight, term, derivative KernelOp or None) for `target`: None where the term is evaluated
+        only at the sparse target's stored coordinates (`sampled.product_at`), so no op is compiled."""
+        if target not in self._plans:
+            o = self.by_name[target]
+            plan = []
+            for k, term in enumerate(derivative_terms(self.kernel.program, target)):
+                sampled = o.sparse and self._sampleable(term)
+                plan.append((term.weight, term, None if sampled else self.terms(target)[k][1]))
+            self._plans[target] = plan
+        return self._plans[target]
+
     def gradient(self, target: str, grad: torch.Tensor, args) -> torch.Tensor:
-        """d(loss)/d(target) from the output gradient: dense operand -> dense; sparse -> its values."""
+        """d(loss)/d(target) from the output gradient: dense operand -> dense; sparse -> its values.
+
+        For a sparse target the terms are evaluated at its stored coordinates only (every distinct
+        permutation of each canonical entry), so the cost is that of the points times the summed
+        dense extents, never the n^ndim dense gradient. A term that reads another sparse operand
+        (e.g. `A[i,k]*A[k,j]` w.r.t. A) is the exception: it is computed densely by its derivative
+        kernel and gathered at the points.
+        """
         o = self.by_name[target]
         if o.groups and not o.sparse:
             raise NotImplementedError(f"autograd w.r.t. the dense symmetric operand {target} is not implemented; "
                                       "pass it as a SymmetricTensor to differentiate its values")
-        dense = None
         grad_name = GRAD_PREFIX + self.kernel.program.einsum.output.tensor
-        for weight, deriv in self.terms(target):
+        dense = None
+        for weight, _, deriv in self.plan(target):
+            if deriv is None:
+                continue
             inputs: dict[str, Any] = {}
             for d in deriv.operands:
                 if d.name == grad_name:
@@ -237,7 +263,36 @@ class KernelOp:
             dense = part if dense is None else dense + part
         if not o.sparse:
             return dense
-        return gather_canonical(dense, args[o.first], o.groups)
+        sampled = [(w, term) for w, term, deriv in self.plan(target) if deriv is None]
+        tensors = {p.name: args[p.first] for p in self.operands if not p.sparse}
+        tensors[grad_name] = grad
+        indices = args[o.first]
+        total = None
+        for coords, keep in distinct_permutations(indices, o.groups):
+            at = dense[tuple(coords)] if dense is not None else None
+            for weight, term in sampled:
+                part = product_at(term.factors, coords, tensors)
+                part = part * weight if weight != 1.0 else part
+                at = part if at is None else at + part
+            at = torch.where(keep, at, torch.zeros((), dtype=at.dtype, device=at.device))
+            total = at if total is None else total + at
+        return total
+
+    def minmax_gradients(self, grad: torch.Tensor, args, targets: list[str]) -> dict[str, torch.Tensor]:
+        """Subgradients of a min=/max= kernel (see `sampled.minmax_gradients`): tensors by operand name."""
+        sparse = {o.name: o.sparse for o in self.operands}
+        for name in targets:
+            o = self.by_name[name]
+            if o.groups and not o.sparse:
+                raise NotImplementedError(f"autograd w.r.t. the dense symmetric operand {name} is not "
+                                          "implemented; pass it as a SymmetricTensor to differentiate its values")
+        driver, _ = check_minmax(self.kernel.program.einsum, sparse)
+        d = self.by_name[driver.tensor]
+        tensors = {o.name: args[o.first] for o in self.operands if not o.sparse}
+        tensors[d.name] = args[d.first + 1]
+        _, _, out_shape = self._check(args)
+        return minmax_gradients(self.kernel.program.einsum, sparse, d.groups, args[d.first], tensors,
+                                out_shape, grad)
 
     # ------------------------------------------------------------------ calling
     def call_flat(self, inputs: dict[str, Any]) -> torch.Tensor:
@@ -255,23 +310,13 @@ class KernelOp:
         return apply(self.kernel, **tensors)
 
 
-def gather_canonical(dense: torch.Tensor, indices: torch.Tensor, groups) -> torch.Tensor:
-    """Gradient of canonical values from the gradient of the dense tensor they expand to.
+def _derivative_op(term, backend: str) -> KernelOp:
+    from .api import compile as compile_kernel
 
-    A canonical value v_p appears at every distinct permutation of its coordinates, so
-    dL/dv_p = sum of the dense gradient over those positions. Summing over all g! permutations
-    counts each distinct position |stabilizer| times; dividing by that count keeps this in pure
-    torch ops (traceable by torch.compile).
-    """
-    total = None
-    count = None
-    for perm in permutations_of(tuple(groups), indices.shape[0]):
-        coords = indices[list(perm)]
-        part = dense[tuple(coords)]
-        same = (coords == indices).all(dim=0)
-        total = part if total is None else total + part
-        count = same.to(dense.dtype) if count is None else count + same.to(dense.dtype)
-    return total / count
+    deriv = compile_kernel(term.expression, symmetric=term.symmetric or None, formats=term.formats or None,
+                           backend=backend)
+    # only first derivatives are registered eagerly: each order is a new kernel
+    return kernel_op(deriv, derivatives=False)
 
 
 _OPS: dict[str, KernelOp] = {}
@@ -290,7 +335,11 @@ def kernel_op(kernel, *, derivatives: bool = True) -> KernelOp:
             for o in found.operands:
                 # an unsupported gradient raises its message in backward, if it is ever requested
                 with contextlib.suppress(NotImplementedError):
+                    # every derivative op, even those the sampled values gradient no longer calls: a
+                    # backward graph cached on disk by an earlier version may still call them (the
+                    # cache key does not cover this module's Python backward)
                     found.terms(o.name)
+                    found.plan(o.name)
     elif found.kernel.program != kernel.program:
         raise ValueError(f"kernel name {kernel.name!r} is already registered for a different expression "
                          f"({found.kernel.expression!r})")

@@ -6,13 +6,14 @@ import itertools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import systec_gpu as sg
 from systec_gpu import torch_ops
 from systec_gpu.autodiff import derivative_terms
 from systec_gpu.catalog import CATALOG, compile_catalog
 
-from .test_torch_ops import flat_inputs, sym_sparse
+from .test_torch_ops import N, flat_inputs, sym_sparse
 
 SUM_KERNELS = [name for name, entry in CATALOG.items() if entry.expression.split("]", 1)[1].strip().startswith("+=")]
 
@@ -73,13 +74,149 @@ def test_values_gradient_of_3d_symmetric_tensor_sums_distinct_permutations():
     torch.testing.assert_close(vals.grad, dense_vals.grad)
 
 
-def test_min_reduction_backward_is_not_implemented():
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op creates while active (autograd's backward ops included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+def _mttkrp3_values_reference(a: sg.SymmetricTensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """dL/dv_p for L = sum(w * C), C[i,j] = sum A[i,k,l] B[l,j] B[k,j]: per entry, per distinct permutation."""
+    out = []
+    for coord in a.indices.T.tolist():
+        out.append(sum((w[i] * b[k] * b[l]).sum() for i, k, l in set(itertools.permutations(coord))))
+    return torch.stack(out)
+
+
+def test_values_gradient_is_sampled_at_stored_coordinates_only():
+    # n = 2000: the dense gradient would have 8e9 entries; 50 stored entries, some on diagonals
+    n, rank = 2000, 3
+    g = torch.Generator().manual_seed(3)
+    coords = torch.randint(0, n, (3, 47), generator=g)
+    diag = torch.tensor([[5, 5, 9], [7, 7, 7], [1, 4, 4]]).T  # (a,a,b), (a,a,a), (a,b,b)
+    idx = torch.cat([coords, diag], dim=1).sort(dim=0).values.unique(dim=1)
+    vals = torch.randn(idx.shape[1], dtype=torch.float64, generator=g)
+    a = sg.SymmetricTensor.from_canonical(idx.numpy(), vals.numpy(), (n, n, n), "full")
+    k = compile_catalog("mttkrp3")
+    b = torch.randn(n, rank, dtype=torch.float64, generator=g)
+    w = torch.randn(n, rank, dtype=torch.float64, generator=g)
+    v = torch.from_numpy(a.values).clone().requires_grad_()
+    out = torch_ops.apply(k, A=a.with_values(v), B=b)
+    largest = _LargestTensor()
+    with largest:
+        (out * w).sum().backward()
+    assert largest.numel <= n * rank, largest.numel  # the size of C and B: nothing like n^3
+    torch.testing.assert_close(v.grad, _mttkrp3_values_reference(a, b, w))
+
+
+def test_sampled_values_gradient_traces_under_torch_compile():
+    k = compile_catalog("mttkrp3")
+    op = torch_ops.kernel_op(k)
+    a = sym_sparse(3, 5, seed=2)
+    idx = torch.from_numpy(a.indices)
+    b = torch.randn(5, 2, dtype=torch.float64)
+    w = torch.randn(5, 2, dtype=torch.float64)
+
+    def loss(v):
+        return (op.op(idx, v, [5, 5, 5], b) * w).sum()
+
+    eager = torch.from_numpy(a.values).clone().requires_grad_()
+    loss(eager).backward()
+    compiled = torch.from_numpy(a.values).clone().requires_grad_()
+    torch.compile(loss, fullgraph=True, backend="aot_eager")(compiled).backward()
+    torch.testing.assert_close(compiled.grad, eager.grad)
+    torch.testing.assert_close(eager.grad, _mttkrp3_values_reference(a, b, w))
+
+
+def _graph(n: int, seed: int) -> sg.SymmetricTensor:
+    """A symmetric sparse matrix with continuous values (no ties) and no empty row."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, n, dtype=torch.float64, generator=g) * 4 - 1
+    t = torch.where(torch.rand(n, n, generator=g) < 0.4, t, 0)
+    t = torch.triu(t) + torch.triu(t, 1).T
+    t += torch.diag(torch.where(t.abs().sum(1) == 0, 1.0, 0.0))  # keep every row non-empty
+    return sg.SymmetricTensor.from_dense(t, check=True)
+
+
+def _minmax_reference(a: sg.SymmetricTensor, x: torch.Tensor, lowest: bool, w: torch.Tensor):
+    """Brute force: the dense matrix with -/+inf where A stores nothing, torch.min/max, autograd."""
+    v = torch.from_numpy(a.values).clone().requires_grad_()
+    x = x.detach().clone().requires_grad_()
+    idx = torch.from_numpy(a.indices)
+    n = a.shape[0]
+    fill = float("inf") if lowest else float("-inf")
+    dense = torch.full((n, n), fill, dtype=torch.float64).index_put((idx[0], idx[1]), v)
+    dense = dense.index_put((idx[1], idx[0]), v)
+    cand = dense + x[None, :]
+    y = cand.min(dim=1).values if lowest else cand.max(dim=1).values
+    (y * w).sum().backward()
+    return y.detach(), v.grad, x.grad
+
+
+@pytest.mark.parametrize("reduce", ["min=", "max="])
+def test_minmax_gradient_matches_dense_reference(reduce):
+    k = compile_catalog("bellman") if reduce == "min=" else sg.compile(
+        "y[i] max= A[i,j] + x[j]", symmetric={"A": "full"})
+    n = 9
+    a = _graph(n, seed=4)
+    x = torch.randn(n, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(n, dtype=torch.float64)
+    v = torch.from_numpy(a.values).clone().requires_grad_()
+    y = torch_ops.apply(k, A=a.with_values(v), x=x)
+    (y * w).sum().backward()
+    ref_y, ref_v, ref_x = _minmax_reference(a, x, reduce == "min=", w)
+    torch.testing.assert_close(y.detach(), ref_y)
+    torch.testing.assert_close(v.grad, ref_v)
+    torch.testing.assert_close(x.grad, ref_x)
+
+
+def test_bellman_gradcheck_without_ties():
     k = compile_catalog("bellman")
+    op = torch_ops.kernel_op(k)
+    a = _graph(6, seed=5)
+    idx = torch.from_numpy(a.indices)
+    v = torch.from_numpy(a.values).clone().requires_grad_()
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, x: op.op(idx, v, [6, 6], x), [v, x])
+
+
+def test_bellman_ties_go_to_the_first_canonical_point_and_empty_rows_get_nothing():
+    k = compile_catalog("bellman")
+    # y[0] = min(A[0,1] + x[1], A[0,2] + x[2]) ties; row 3 stores nothing (y[3] = inf)
+    a = sg.SymmetricTensor(torch.tensor([[0, 0], [1, 2]]).numpy(), torch.tensor([1.0, 1.0], dtype=torch.float64).numpy(),
+                           (4, 4), "full")
+    v = torch.from_numpy(a.values).clone().requires_grad_()
+    x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    y = torch_ops.apply(k, A=a.with_values(v), x=x)
+    torch.testing.assert_close(y.detach(), torch.tensor([1.0, 1.0, 1.0, float("inf")], dtype=torch.float64))
+    y[:3].sum().backward()
+    # y[0] -> entry (0,1) (first in canonical order) and x[1]; y[1] -> (0,1), x[0]; y[2] -> (0,2), x[0]
+    torch.testing.assert_close(v.grad, torch.tensor([2.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(x.grad, torch.tensor([2.0, 1.0, 0.0, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("expression", "message"), [
+    ("y[i] min= A[i,j] * x[j]", "sum \\(`\\+`\\) of tensor accesses.*'mul'"),
+    ("Y[i,k] min= A[i,j] + X[j,k]", "X\\[j,k\\] uses index k, which the sparse driver A\\[i,j\\] lacks"),
+])
+def test_unsupported_minmax_backward_names_what(expression, message):
+    k = sg.compile(expression, symmetric={"A": "full"})
     a = sym_sparse(2)
-    vals = torch.from_numpy(a.values).clone().requires_grad_()
-    y = torch_ops.apply(k, A=a.with_values(vals), x=torch.zeros(4, dtype=torch.float64))
-    with pytest.raises(NotImplementedError, match="min=.*argmin"):
-        y.sum().backward()
+    v = torch.from_numpy(a.values).clone().requires_grad_()
+    dense = {o.name: torch.randn((N,) * o.ndim, dtype=torch.float64)
+             for o in torch_ops.kernel_op(k).operands if not o.sparse}
+    y = torch_ops.apply(k, A=a.with_values(v), **dense)
+    with pytest.raises(NotImplementedError, match=message):
+        y[torch.isfinite(y)].sum().backward()
 
 
 def test_non_product_rhs_is_not_differentiable():
