@@ -75,8 +75,8 @@ def derivative_terms(program: Program, target: str) -> list[DerivativeTerm]:
     einsum = program.einsum
     if einsum.reduce != "+=":
         raise NotImplementedError(
-            f"autograd of a {einsum.reduce!r} einsum is not implemented (min=/max= would need the "
-            "argmin/argmax of each output entry); only `+=` einsums are differentiable"
+            f"derivative expressions exist for `+=` einsums only, not {einsum.reduce!r}: min=/max= "
+            "gradients follow the arg-min/arg-max instead (sampled.minmax_gradients)"
         )
     accs, const = _factors(einsum.rhs)
     out = einsum.output

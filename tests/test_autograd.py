@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -137,6 +138,38 @@ def test_sampled_values_gradient_traces_under_torch_compile():
     torch.testing.assert_close(eager.grad, _mttkrp3_values_reference(a, b, w))
 
 
+@pytest.mark.parametrize(("expression", "symmetric"), [
+    # partial symmetry: the distinct permutations of (i,k,l) swap k and l only
+    ("C[i,j] += A[i,k,l]*B[l,j]*B[k,j]", {"A": [[1, 2]]}),
+    # a term reading the sparse A again is computed densely by its kernel, then gathered at A's points
+    ("C[i,j] += A[i,k]*A[k,j]", {"A": "full"}),
+])
+def test_values_gradcheck_partial_symmetry_and_sparse_cofactor(expression, symmetric):
+    k = sg.compile(expression, symmetric=symmetric)
+    op = torch_ops.kernel_op(k)
+    (a_op,) = [o for o in op.operands if o.sparse]
+    g = torch.Generator().manual_seed(6)
+    t = torch.randn((N,) * a_op.ndim, dtype=torch.float64, generator=g)
+    t[t.abs() < 0.5] = 0
+    a = sg.SparseTensor.from_dense(t).symmetrize("sum", a_op.groups)
+    assert a.n_expanded > a.nnz  # some entries stand for several permutations
+    flat: list = []
+    for o in op.operands:
+        if o.sparse:
+            flat += [torch.from_numpy(a.indices), torch.from_numpy(a.values).requires_grad_(), list(a.shape)]
+        else:
+            flat.append(torch.randn((N,) * o.ndim, dtype=torch.float64, generator=g).requires_grad_())
+    positions = [i for i, x in enumerate(flat) if isinstance(x, torch.Tensor) and x.requires_grad]
+
+    def f(*diff):
+        full = list(flat)
+        for i, x in zip(positions, diff, strict=True):
+            full[i] = x
+        return op.op(*full)
+
+    assert torch.autograd.gradcheck(f, [flat[i] for i in positions])
+
+
 def _graph(n: int, seed: int) -> sg.SymmetricTensor:
     """A symmetric sparse matrix with continuous values (no ties) and no empty row."""
     g = torch.Generator().manual_seed(seed)
@@ -192,8 +225,7 @@ def test_bellman_gradcheck_without_ties():
 def test_bellman_ties_go_to_the_first_canonical_point_and_empty_rows_get_nothing():
     k = compile_catalog("bellman")
     # y[0] = min(A[0,1] + x[1], A[0,2] + x[2]) ties; row 3 stores nothing (y[3] = inf)
-    a = sg.SymmetricTensor(torch.tensor([[0, 0], [1, 2]]).numpy(), torch.tensor([1.0, 1.0], dtype=torch.float64).numpy(),
-                           (4, 4), "full")
+    a = sg.SymmetricTensor(np.array([[0, 0], [1, 2]]), np.array([1.0, 1.0]), (4, 4), "full")
     v = torch.from_numpy(a.values).clone().requires_grad_()
     x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
     y = torch_ops.apply(k, A=a.with_values(v), x=x)
