@@ -429,8 +429,9 @@ def _combine(op: str, a: str, b: str) -> str:
 def _run_helper(w: CodeWriter, op: str) -> None:
     with w.block(f"def _run_{op}(value, start, hit, next_value, next_start, next_hit):"):
         w.line("# One step of a segmented scan: a lane that starts a run drops what came before it.")
-        w.line(f"value = tl.where(next_start, next_value, {_combine(op, 'value', 'next_value')})")
-        w.line("hit = tl.where(next_start, next_hit, hit | next_hit)")
+        w.line("# (Flags travel as int32, the plainest element type for a scan.)")
+        w.line(f"value = tl.where(next_start != 0, next_value, {_combine(op, 'value', 'next_value')})")
+        w.line("hit = tl.where(next_start != 0, next_hit, hit | next_hit)")
         w.line("return value, start | next_start, hit")
 
 
@@ -442,9 +443,9 @@ def _segmented_helper(w: CodeWriter, op: str) -> None:
         w.line("# and other updates of the kernel can hit the element too.")
         _broadcast(w, ("pointer", "value", "mask", "start", "end"))
         w.line(f"value = tl.where(mask, value, {identity})")
-        w.line(f"total, _, hit = tl.associative_scan((value, start, mask), 0, _run_{op})")
+        w.line(f"total, _, hit = tl.associative_scan((value, start.to(tl.int32), mask.to(tl.int32)), 0, _run_{op})")
         w.line("# hit: some lane of the run is unmasked (so the address is in bounds).")
-        w.line(f"{_ATOMIC[op]}(pointer, total, mask=end & hit)")
+        w.line(f"{_ATOMIC[op]}(pointer, total, mask=end & (hit != 0))")
 
 
 def _tile_helper(w: CodeWriter, op: str) -> None:
