@@ -6,6 +6,7 @@ kernel's layouts) and fill `args.partial`; `finish` turns that into the user's r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,19 @@ class DriverArrays:
     pointers: np.ndarray | None  # CSR row pointers over mode 0 (format "csr")
     nnz: int
     n_expanded: int  # nonzeros of the fully expanded tensor (for work statistics)
+    _bounds: dict = field(default_factory=dict)
+
+    def chunk_bounds(self, chunks: int) -> np.ndarray:
+        """Outer-loop boundaries of `chunks` chunks with equal nonzero counts (rows for CSR)."""
+        if chunks not in self._bounds:
+            targets = np.linspace(0, self.nnz, chunks + 1).round().astype(np.int64)
+            if self.pointers is not None:
+                bounds = np.searchsorted(self.pointers, targets, side="left").astype(np.int64)
+                bounds[0], bounds[-1] = 0, len(self.pointers) - 1
+            else:
+                bounds = targets
+            self._bounds[chunks] = bounds
+        return self._bounds[chunks]
 
 
 @dataclass
@@ -253,21 +267,12 @@ def allocate(args: KernelArgs, loops: LoopProgram, chunks: int) -> None:
     loop = sparse_loop(loops)
     if loop is None and not _has_loops(loops):
         chunks = 1
-    if args.driver is not None:
-        nnz = args.driver.nnz
-        targets = np.linspace(0, nnz, chunks + 1).round().astype(np.int64)
-        if args.driver.pointers is not None:
-            bounds = np.searchsorted(args.driver.pointers, targets, side="left").astype(np.int64)
-            bounds[0], bounds[-1] = 0, len(args.driver.pointers) - 1
-        else:
-            bounds = targets
-    else:
-        bounds = np.zeros(chunks + 1, dtype=np.int64)
     args.chunks = chunks
-    args.bounds = bounds
+    args.bounds = args.driver.chunk_bounds(chunks) if args.driver is not None else np.zeros(chunks + 1, np.int64)
     args.partial = np.full((chunks, *args.out_shape), identity, dtype=args.dtype)
 
 
+@functools.lru_cache(maxsize=256)
 def _has_loops(loops: LoopProgram) -> bool:
     from .ir.loop import DenseLoop, SparseLoop
     from .ir.traverse import walk
