@@ -31,7 +31,7 @@ from ..ir.traverse import walk
 from ..passes.loop_nest import unnest
 from .cache import load_source
 from .parameters import Param, kernel_parameters, sparse_loop
-from .writer import CodeWriter, Namer
+from .writer import CodeWriter, Namer, format_call, format_class_row
 
 
 def _literal(value: float) -> str:
@@ -137,23 +137,11 @@ class _Emitter:
             case Literal(value=v):
                 return _literal(v)
             case ClassOf(chains=chains):
-                terms, bit = [], 0
-                for chain in chains:
-                    for a, b in zip(chain, chain[1:], strict=False):
-                        terms.append(f"({self.index(a)} == {self.index(b)}) * {1 << bit}")
-                        bit += 1
-                return " + ".join(terms)
+                return format_class_row(chains, self.index)
             case Factor(table=t, row=row, column=column):
                 return f"{self.names.user('tensor', t)}[{self.expr(row)}, {column}]"
             case Call(op=op, args=args):
-                info = algebra.operator(op)
-                parts = [self.expr(a) for a in args]
-                if info.infix:
-                    return "(" + f" {info.symbol} ".join(parts) + ")"
-                text = parts[0]
-                for part in parts[1:]:
-                    text = f"{info.symbol}({text}, {part})"
-                return text
+                return format_call(op, [self.expr(a) for a in args], {"min": "min", "max": "max"})
         raise TypeError(f"not a loop expression: {expr!r}")
 
     def stmt(self, stmt) -> None:

@@ -25,7 +25,7 @@ from ..ir.tile import BlockAxis, Mask, NonzeroTile, ScalarLoop, SegmentedUpdate,
 from ..passes.lower_loops import ScheduleError
 from ..schedule import DenseTriangleSchedule, Schedule, SparseTileSchedule, apply_schedule, default_schedule
 from .cache import load_source
-from .writer import CodeWriter, Namer
+from .writer import CodeWriter, Namer, format_call, format_class_row
 
 _ATOMIC = {"add": "tl.atomic_add", "min": "tl.atomic_min", "max": "tl.atomic_max"}
 _COMBINE = {"min": "tl.minimum", "max": "tl.maximum"}
@@ -160,26 +160,14 @@ class _Emitter:
             case Literal(value=v):
                 return _literal(v)
             case ClassOf(chains=chains):
-                terms, bit = [], 0
-                for chain in chains:
-                    for a, b in zip(chain, chain[1:], strict=False):
-                        terms.append(f"({self.index(a)} == {self.index(b)}).to(tl.int64) * {1 << bit}")
-                        bit += 1
-                return "(" + " + ".join(terms) + ")" if terms else "0"
+                return "(" + format_class_row(chains, self.index, "({a} == {b}).to(tl.int64)") + ")"
             case Factor(table=t, row=row, column=column):
                 width = len(next(tb for tb in self.loops.tables if tb.name == t).rows[0])
                 dtype = f"{self.param('out')}.dtype.element_ty"
                 # Rows are valid for every lane (masked lanes have class 0): no mask needed.
                 return f"tl.load({self.param('table', t)} + {self.expr(row)} * {width} + {column}).to({dtype})"
             case Call(op=op, args=args):
-                info = algebra.operator(op)
-                parts = [self.expr(a) for a in args]
-                if info.infix:
-                    return "(" + f" {info.symbol} ".join(parts) + ")"
-                text = parts[0]
-                for part in parts[1:]:
-                    text = f"{_COMBINE[op]}({text}, {part})"
-                return text
+                return format_call(op, [self.expr(a) for a in args], _COMBINE)
         raise TypeError(f"not a loop expression: {expr!r}")
 
     # -- statements --------------------------------------------------------------------------

@@ -54,3 +54,28 @@ class Namer:
 
     def fresh(self, base: str) -> str:
         return self._unique(base)
+
+
+def format_call(op: str, parts: list[str], functions: dict[str, str]) -> str:
+    """`op` applied to printed operands: infix operators inline, others as nested binary calls
+    spelled by `functions` (e.g. min -> "min" in Python, "tl.minimum" in Triton)."""
+    from .. import algebra
+
+    info = algebra.operator(op)
+    if info.infix:
+        return "(" + f" {info.symbol} ".join(parts) + ")"
+    text = parts[0]
+    for part in parts[1:]:
+        text = f"{functions[op]}({text}, {part})"
+    return text
+
+
+def format_class_row(chains, index, equal: str = "({a} == {b})") -> str:
+    """The diagonal-class row of a point: bit t of each chain set iff its t-th neighbours are
+    equal. `index` prints an index; `equal` formats one comparison as an integer."""
+    terms, bit = [], 0
+    for chain in chains:
+        for a, b in zip(chain, chain[1:], strict=False):
+            terms.append(f"{equal.format(a=index(a), b=index(b))} * {1 << bit}")
+            bit += 1
+    return " + ".join(terms) if terms else "0"
