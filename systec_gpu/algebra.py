@@ -61,6 +61,15 @@ def reduction_for(symbol: str) -> tuple[Operator, Operator]:
     return OPERATORS[reduce_name], OPERATORS[combine_name]
 
 
+def apply(op: str, values):
+    """`op` folded left over `values` (numpy scalars or arrays): the interpreters' one evaluator."""
+    ufunc = operator(op).numpy
+    result = values[0]
+    for value in values[1:]:
+        result = ufunc(result, value)
+    return result
+
+
 def fill_value(reduce: Operator) -> float:
     """Value of an entry a sparse operand does not store: the reduction's identity.
 

@@ -48,11 +48,7 @@ def interpret_einsum(einsum: Einsum, arrays: dict[str, np.ndarray], dtype=np.flo
             case Literal(value=v):
                 return np.asarray(v, dtype=dtype)
             case Call(op=op, args=args):
-                ufunc = algebra.operator(op).numpy
-                result = evaluate(args[0])
-                for arg in args[1:]:
-                    result = ufunc(result, evaluate(arg))
-                return result
+                return algebra.apply(op, [evaluate(a) for a in args])
         raise TypeError(f"not an einsum expression: {expr!r}")
 
     full_shape = tuple(sizes[i] for i in order)

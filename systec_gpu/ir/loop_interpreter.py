@@ -50,11 +50,7 @@ def interpret_loops(program: LoopProgram, args) -> np.ndarray:
             case Factor(table=t, row=row, column=column):
                 return int(args.tables[t][value(row), column])
             case Call(op=op, args=operands):
-                ufunc = algebra.operator(op).numpy
-                result = value(operands[0])
-                for operand in operands[1:]:
-                    result = ufunc(result, value(operand))
-                return result
+                return algebra.apply(op, [value(a) for a in operands])
         raise TypeError(f"not a loop expression: {expr!r}")
 
     def run(stmt) -> None:
