@@ -77,11 +77,3 @@ def fill_value(reduce: Operator) -> float:
     so iterating over stored entries only is exact.
     """
     return reduce.identity
-
-
-def repeat(reduce: Operator, value: float, count: int) -> float:
-    """`value` reduced with itself `count` times (count >= 1): a factor, or nothing if idempotent."""
-    if reduce.idempotent:
-        return value
-    assert reduce.name == "add", reduce
-    return value * count

@@ -43,6 +43,3 @@ def lower_and_optimize(sym: Symmetrized, loop_order=None) -> LoopProgram:
     loops = concordize(loops)  # 8. contiguous innermost reads
     return verify_loops(loops)
 
-
-def compile_loops(program: Program, exploit: bool = True, loop_order=None) -> LoopProgram:
-    return lower_and_optimize(symmetrize(program, exploit), loop_order)
