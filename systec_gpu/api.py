@@ -39,7 +39,7 @@ class Kernel:
     def __repr__(self) -> str:
         return f"Kernel({self.expression!r}, symmetry={self.symmetrized.exploit}, backend={self.backend!r})"
 
-    def _backend_for(self, args: KernelArgs, tensors: dict[str, Any]) -> str:
+    def _backend_for(self, tensors: dict[str, Any]) -> str:
         if self.backend != "auto":
             return self.backend
         on_gpu = any(
@@ -53,8 +53,9 @@ class Kernel:
         """Run the kernel. `check` verifies declared symmetry of the inputs; with
         `canonical_output` a symmetric output holds only its canonical part (the rest is the
         reduction's identity)."""
-        args = bind(self.loops, self.program, tensors, check=check)
-        backend = self._backend_for(args, tensors)
+        backend = self._backend_for(tensors)
+        # Triton: dense torch/CuPy operands stay on their device, and so does the result.
+        args = bind(self.loops, self.program, tensors, check=check, device_tensors=backend == "triton")
         if backend == "reference":
             from .backends.reference import run_reference
 

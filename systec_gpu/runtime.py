@@ -1,14 +1,21 @@
 """Binding a call's tensors to a compiled loop program: checks, conversions, layouts, output.
 
-Everything here is shared by all backends: they receive `KernelArgs` (numpy arrays in the
-kernel's layouts) and fill `args.partial`; `finish` turns that into the user's result.
+Everything here is shared by all backends: they receive `KernelArgs` (arrays in the kernel's
+layouts) and fill `args.partial`; `finish` turns that into the user's result.
+
+Host backends (numba, reference) see numpy arrays only. The Triton backend binds with
+`device_tensors=True`: dense torch operands stay torch tensors on their device (CuPy arrays come
+in through DLPack, no copy), the output buffer is a device tensor, and `finish` returns it without
+a host round trip. Sparse drivers stay numpy on the host (the Triton backend caches their device
+copies on the DriverArrays, which bind() caches per storage object).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +24,9 @@ from .dense_symmetry import check_symmetric, mirror_canonical, mirror_in_place
 from .ir.einsum import Program, accesses, tensors_of
 from .ir.loop import Extent, LoopProgram
 from .storage import SparseTensor, SymmetricTensor
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -27,6 +37,8 @@ class DriverArrays:
     nnz: int
     n_expanded: int  # nonzeros of the fully expanded tensor (for work statistics)
     _bounds: dict = field(default_factory=dict)
+    # Device copies of these arrays (the Triton backend's): (what, device) -> (source, copy).
+    device_copies: dict = field(default_factory=dict, repr=False)
 
     def chunk_bounds(self, chunks: int) -> np.ndarray:
         """Outer-loop boundaries of `chunks` chunks with equal nonzero counts (rows for CSR)."""
@@ -43,17 +55,22 @@ class DriverArrays:
 
 @dataclass
 class KernelArgs:
-    dense: dict[str, np.ndarray]  # kernel layout; 0-d tensors as shape (1,)
+    # Kernel layout, contiguous; 0-d tensors as shape (1,). numpy arrays, except with
+    # bind(device_tensors=True), where torch (and CuPy) operands are torch tensors on their device.
+    dense: dict[str, np.ndarray | torch.Tensor]
     driver: DriverArrays | None
     shapes: dict[str, tuple[int, ...]]  # user-facing shapes of every tensor, the output included
     sizes: dict[str, int]  # index name -> size
     tables: dict[str, np.ndarray]
     out_shape: tuple[int, ...]  # kernel layout; () as (1,)
     dtype: np.dtype
-    partial: np.ndarray | None = None  # (chunks, *out_shape), filled with the reduction identity
+    # (chunks, *out_shape), filled with the reduction identity: numpy, or a device torch tensor
+    # when the backend allocated it there (allocate(..., device=...)).
+    partial: np.ndarray | torch.Tensor | None = None
     bounds: np.ndarray | None = None
     chunks: int = 1
-    torch_device: Any = None  # where the result goes
+    torch_device: Any = None  # where the result goes (None: the CPU)
+    cupy_output: bool = False  # the inputs were CuPy arrays: return one (DLPack, no copy)
     extras: dict = field(default_factory=dict)
     output_mirrored: bool = False  # the backend wrote both halves of a symmetric output itself
 
@@ -61,7 +78,7 @@ class KernelArgs:
         return self.shapes[extent.tensor][extent.mode]
 
     @property
-    def out(self) -> np.ndarray:
+    def out(self) -> np.ndarray | torch.Tensor:
         """The single accumulation buffer of a one-chunk run (the reference interpreter)."""
         assert self.partial is not None and self.partial.shape[0] == 1
         return self.partial[0]
@@ -205,7 +222,85 @@ def _driver_arrays(loops: LoopProgram, storage: SparseTensor, expanded: bool, fm
     return arrays
 
 
-def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check: bool = True) -> KernelArgs:
+def _torch_dtype(dtype: np.dtype):
+    import torch
+
+    return {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}[np.dtype(dtype)]
+
+
+def _stays_on_device(obj) -> bool:
+    """A dense operand that bind(device_tensors=True) keeps as a torch tensor where it is."""
+    return _is_cupy(obj) or (_is_torch(obj) and not is_sparse_input(obj))
+
+
+def _as_device_tensor(obj):
+    """A torch view of a dense torch or CuPy operand, on its device (DLPack for CuPy: no copy)."""
+    if _is_cupy(obj):
+        from .torch_ops import _as_torch
+
+        return _as_torch(obj)
+    return obj.detach()
+
+
+def _cupy_device(obj):
+    import torch
+
+    return torch.device("cuda", int(obj.device.id))
+
+
+def mirror_tensor(tensor, groups):
+    """`mirror_in_place` with torch ops on `tensor` (any device, any strides): every entry
+    becomes its canonical entry (sorted group coordinates). Returns `tensor`."""
+    import torch
+
+    for group in groups:
+        front = tensor.movedim(tuple(group), tuple(range(len(group))))  # a view: writes reach `tensor`
+        n = front.shape[0]
+        if n == 0:
+            continue
+        axes = torch.meshgrid(*[torch.arange(n, device=tensor.device)] * len(group), indexing="ij")
+        grid = torch.stack([a.reshape(-1) for a in axes])
+        canonical = grid.sort(dim=0).values
+        off = (grid != canonical).any(dim=0)  # only the non-canonical entries are written
+        grid, canonical = grid[:, off], canonical[:, off]
+        front[tuple(grid)] = front[tuple(canonical)]
+    return tensor
+
+
+def _check_symmetric_tensor(name: str, tensor, groups) -> None:
+    """check_symmetric on the device: one scalar comes back; the data only when the check fails
+    (to name the offending pair with the host check's message)."""
+    import torch
+
+    bad = torch.zeros((), dtype=torch.bool, device=tensor.device)
+    for group in groups:
+        for p, q in itertools.pairwise(group):
+            other = tensor.transpose(p, q)
+            agree = tensor == other
+            if tensor.is_floating_point():
+                agree |= tensor.isnan() & other.isnan()
+            bad |= ~agree.all()
+    if bool(bad):
+        check_symmetric(name, to_numpy(tensor), groups)
+
+
+def _device_dense(name: str, obj, groups, check: bool, perm, dtype):
+    """A dense torch/CuPy operand in the kernel layout: contiguous, `dtype`, on its own device."""
+    tensor = _as_device_tensor(obj)
+    if groups:
+        if check:
+            _check_symmetric_tensor(name, tensor, groups)
+        tensor = mirror_tensor(tensor.clone(), groups)
+    tensor = tensor.to(_torch_dtype(dtype))
+    if perm is not None:
+        tensor = tensor.permute(tuple(perm))
+    return tensor.contiguous().reshape(tuple(tensor.shape) or (1,))
+
+
+def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check: bool = True,
+         device_tensors: bool = False) -> KernelArgs:
+    """Check and convert a call's inputs. `device_tensors` (the Triton backend): dense torch and
+    CuPy operands stay on their device as torch tensors; otherwise every array is numpy."""
     einsum = program.einsum
     names = tensors_of(einsum)
     missing = [n for n in names if n not in inputs]
@@ -241,6 +336,9 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
     dense = {}
     declared = dict(loops.symmetric_inputs)
     for name in loops.dense_inputs:
+        if device_tensors and _stays_on_device(inputs[name]):
+            dense[name] = _device_dense(name, inputs[name], declared.get(name), check, loops.layout_of(name), dtype)
+            continue
         array = densify(name, inputs[name], algebra.fill_value(reduce))
         if name in declared:
             if check:
@@ -256,11 +354,19 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
     # Factors in the value dtype: no integer-to-float conversion per update.
     tables = {t.name: np.array(t.rows, dtype=dtype) for t in loops.tables}
     device = next((obj.device for obj in inputs.values() if _is_torch(obj)), None)
-    return KernelArgs(dense, driver, shapes, sizes, tables, kernel_shape or (1,), dtype, torch_device=device)
+    cupy_output = False
+    if device_tensors:
+        cupy = [v for obj in inputs.values() for v in (obj, getattr(obj, "values", None)) if _is_cupy(v)]
+        cupy_output = bool(cupy)
+        if device is None and cupy:
+            device = _cupy_device(cupy[0])
+    return KernelArgs(dense, driver, shapes, sizes, tables, kernel_shape or (1,), dtype, torch_device=device,
+                      cupy_output=cupy_output)
 
 
-def allocate(args: KernelArgs, loops: LoopProgram, chunks: int) -> None:
-    """The per-chunk accumulation buffers and the chunk boundaries of the outer loop."""
+def allocate(args: KernelArgs, loops: LoopProgram, chunks: int, device=None) -> None:
+    """The per-chunk accumulation buffers and the chunk boundaries of the outer loop; with a
+    torch `device`, the buffers are a torch tensor there (the Triton backend)."""
     from .backends.parameters import sparse_loop
 
     identity = algebra.operator(loops.reduce).identity
@@ -269,7 +375,12 @@ def allocate(args: KernelArgs, loops: LoopProgram, chunks: int) -> None:
         chunks = 1
     args.chunks = chunks
     args.bounds = args.driver.chunk_bounds(chunks) if args.driver is not None else np.zeros(chunks + 1, np.int64)
-    args.partial = np.full((chunks, *args.out_shape), identity, dtype=args.dtype)
+    if device is None:
+        args.partial = np.full((chunks, *args.out_shape), identity, dtype=args.dtype)
+    else:
+        import torch
+
+        args.partial = torch.full((chunks, *args.out_shape), identity, dtype=_torch_dtype(args.dtype), device=device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -291,10 +402,55 @@ def _clear_mirror_half(result: np.ndarray, groups, identity: float) -> None:
         result[below] = identity
 
 
-def finish(args: KernelArgs, loops: LoopProgram, program: Program, *, canonical: bool = False):
-    """Reduce the chunks, restore the user's layout, mirror a symmetric output, return torch."""
+def _clear_mirror_half_tensor(result, groups, identity: float) -> None:
+    """_clear_mirror_half with torch ops (on the result's device)."""
     import torch
 
+    for a, b in groups:
+        rows = torch.arange(result.shape[a], device=result.device)
+        cols = torch.arange(result.shape[b], device=result.device)
+        shape = [1] * result.ndim
+        shape[a], shape[b] = result.shape[a], result.shape[b]
+        below = (rows[:, None] > cols[None, :]).reshape(shape)
+        result.masked_fill_(below.expand(result.shape), identity)
+
+
+_TORCH_REDUCE = {"add": "sum", "min": "amin", "max": "amax"}
+
+
+def _finish_tensor(args: KernelArgs, loops: LoopProgram, program: Program, canonical: bool):
+    """finish() of a torch output buffer (the Triton backend's, on its device): torch ops only."""
+    import torch
+
+    reduce = algebra.operator(loops.reduce)
+    partial = args.partial
+    # One chunk: its buffer is ours to return; several: reduce them into a new tensor.
+    result = getattr(torch, _TORCH_REDUCE[reduce.name])(partial, dim=0) if partial.shape[0] > 1 else partial[0]
+    perm = loops.layout_of(program.einsum.output.tensor)
+    if perm is not None:
+        result = result.permute(tuple(int(m) for m in np.argsort(perm)))  # a view in the user's mode order
+    result = result.reshape(args.shapes[program.einsum.output.tensor])
+    if loops.output_groups and not canonical and not args.output_mirrored:
+        mirror_tensor(result, loops.output_groups)
+    elif canonical and args.output_mirrored:
+        _clear_mirror_half_tensor(result, loops.output_groups, reduce.identity)
+    target = args.torch_device if args.torch_device is not None else torch.device("cpu")
+    if result.device != target:
+        result = result.to(target)  # host inputs (numpy) on a GPU run: the result comes home
+    if args.cupy_output:
+        import cupy
+
+        return cupy.from_dlpack(result)
+    return result
+
+
+def finish(args: KernelArgs, loops: LoopProgram, program: Program, *, canonical: bool = False):
+    """Reduce the chunks, restore the user's layout, mirror a symmetric output, return torch
+    (CuPy for CuPy inputs on the Triton path)."""
+    import torch
+
+    if isinstance(args.partial, torch.Tensor):
+        return _finish_tensor(args, loops, program, canonical)
     reduce = algebra.operator(loops.reduce)
     # One chunk: its buffer is ours to return; several: reduce them into a new array.
     result = reduce.numpy.reduce(args.partial, axis=0) if args.partial.shape[0] > 1 else args.partial[0]

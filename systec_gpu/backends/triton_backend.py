@@ -13,7 +13,6 @@ bounds: masked-off nonzero lanes read coordinate 0).
 from __future__ import annotations
 
 import os
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -508,24 +507,28 @@ def _device(args):
     raise RuntimeError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 for the CPU interpreter)")
 
 
-# Device copies of driver arrays, which bind() caches per storage object: upload them once.
-_uploads: dict[int, tuple[weakref.ref, object]] = {}
-
-
-def _to_device(array: np.ndarray, device, cache: bool = False):
+def _to_device(array, device):
+    """A torch tensor of `array` on `device`: tensors already there pass through (no copy); numpy
+    arrays are uploaded (on the CPU interpreter: shared, no copy)."""
     import torch
 
-    if device.type == "cpu":
-        return torch.from_numpy(np.ascontiguousarray(array))
-    if cache:
-        hit = _uploads.get(id(array))
-        if hit is not None and hit[0]() is array:
-            return hit[1]
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-    if cache:
-        key = id(array)
-        _uploads[key] = (weakref.ref(array, lambda _: _uploads.pop(key, None)), tensor)
-    return tensor
+    if isinstance(array, torch.Tensor):
+        return array if array.device == device else array.to(device)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor if device.type == "cpu" else tensor.to(device)
+
+
+def _driver_copy(driver, what, device, source, make=None):
+    """The device copy of a driver array, uploaded once: cached on the DriverArrays, which bind()
+    caches per storage object (in its `_cache`), so repeated calls on one storage reuse it. The
+    entry holds its source array and is used only while that is still the driver's array."""
+    key = (what, str(device))
+    hit = driver.device_copies.get(key)
+    if hit is not None and hit[0] is source:
+        return hit[1]
+    copy = _to_device(make() if make is not None else source, device)
+    driver.device_copies[key] = (source, copy)
+    return copy
 
 
 def _tile_starts(tiles: TileProgram, args) -> np.ndarray:
@@ -555,7 +558,8 @@ def _strides(shape: tuple[int, ...]) -> list[int]:
 
 
 def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, poison: float | None = None) -> None:
-    """Run `program` on `args` (runtime.KernelArgs); leaves the result in `args.partial` (one chunk).
+    """Run `program` on `args` (runtime.KernelArgs); leaves the result in `args.partial`, one chunk,
+    a torch tensor on the device (dense operands already there are used in place, no copy).
 
     `poison` (tests): fill the output with this value instead of the identity before launch,
     for kernels that store rather than accumulate, so that an unwritten element shows.
@@ -565,25 +569,34 @@ def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, 
     tiles = apply_schedule(program, schedule or choose_schedule(program, args))
     source, params, pnames = _emit(tiles)
     kernel = load_source(source, "triton").kernel
-    allocate(args, program, 1)
+    device = _device(args)
+    # The output lives on the device from the start; finish() takes it from there.
+    allocate(args, program, 1, device=device)
     # The kernel stores both halves of a symmetric output itself: finish() must not mirror.
     args.output_mirrored = tiles.mirror
     if poison is not None:
-        args.partial.fill(poison)
-    device = _device(args)
-    out_host = args.partial[0]
-    out = _to_device(out_host, device)
+        args.partial.fill_(poison)
+    out = args.partial[0]
 
     sparse = tiles.sparse
     coords = None
     if sparse is not None:
         driver = args.driver
-        # uint32 coordinates (below 2**31, chosen for numba) are read as int32: same bits, no copy.
-        coords = [c.view(np.int32) if c.dtype == np.uint32 else c for c in driver.coords]
+
+        def coord(m):
+            # uint32 coordinates (below 2**31, chosen for numba) are read as int32: same bits, no copy.
+            c = driver.coords[m]
+            return c.view(np.int32) if c.dtype == np.uint32 else c
+
+        # (what, source, make) per tile coordinate mode
+        coords = [(("coords", m), driver.coords[m], lambda m=m: coord(m)) for m in range(len(driver.coords))]
         if driver.pointers is not None:
             # CSR drivers: the tiles walk nonzeros, so each needs its row; expand the pointers.
-            rows = np.repeat(np.arange(len(driver.pointers) - 1), np.diff(driver.pointers))
-            coords = [rows.astype(coords[-1].dtype), *coords[-(len(sparse.indices) - 1):]]
+            def rows():
+                pointers = driver.pointers
+                return np.repeat(np.arange(len(pointers) - 1), np.diff(pointers)).astype(coord(0).dtype)
+
+            coords = [(("rows",), driver.pointers, rows), *coords[-(len(sparse.indices) - 1):]]
         grid = (-(-driver.nnz // sparse.size),)
         n_work = driver.nnz
     else:
@@ -597,9 +610,10 @@ def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, 
             case "out":
                 value = out
             case "coords":
-                value = _to_device(coords[p.key], device, cache=args.driver.pointers is None)
+                what, source, make = coords[p.key]
+                value = _driver_copy(args.driver, what, device, source, make)
             case "values":
-                value = _to_device(args.driver.values, device, cache=True)
+                value = _driver_copy(args.driver, ("values",), device, args.driver.values)
             case "nnz":
                 value = int(args.driver.nnz)
             case "dense":
@@ -608,7 +622,7 @@ def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, 
                 value = _to_device(args.tables[p.key], device)
             case "stride":
                 tensor, mode = p.key
-                shape = out_host.shape if tensor == "<out>" else args.dense[tensor].shape
+                shape = out.shape if tensor == "<out>" else args.dense[tensor].shape
                 value = int(_strides(tuple(shape))[mode])
             case "extent":
                 value = int(args.extent(p.key))
@@ -619,11 +633,7 @@ def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, 
         values[pnames[p]] = value
     if n_work == 0:
         return  # nothing to visit: the output stays the identity
-    kernel[grid](**values)
-    if device.type != "cpu":
-        out_host[...] = out.cpu().numpy()
-    elif not np.shares_memory(out.numpy(), out_host):
-        out_host[...] = out.numpy()
+    kernel[grid](**values)  # writes args.partial in place, on the device
 
 
 def _block_size(tiles: TileProgram, key) -> int:
