@@ -159,7 +159,7 @@ class _Emitter:
             case Literal(value=v):
                 return _literal(v)
             case ClassOf(chains=chains):
-                return "(" + format_class_row(chains, self.index, "({a} == {b}).to(tl.int64)") + ")"
+                return "(" + format_class_row(chains, self.index, "tl.where({a} == {b}, 1, 0)") + ")"
             case Factor(table=t, row=row, column=column):
                 width = len(next(tb for tb in self.loops.tables if tb.name == t).rows[0])
                 dtype = f"{self.param('out')}.dtype.element_ty"
