@@ -297,18 +297,23 @@ def _device_dense(name: str, obj, groups, check: bool, perm, dtype):
     return tensor.contiguous().reshape(tuple(tensor.shape) or (1,))
 
 
+def check_tensor_names(names, given, output: str) -> None:
+    """TypeError naming the tensors a call misses or has in excess."""
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise TypeError(f"missing tensor(s) for {output}: {', '.join(missing)}")
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise TypeError(f"unexpected tensor(s) {', '.join(unknown)}; the expression uses {', '.join(names)}")
+
+
 def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check: bool = True,
          device_tensors: bool = False) -> KernelArgs:
     """Check and convert a call's inputs. `device_tensors` (the Triton backend): dense torch and
     CuPy operands stay on their device as torch tensors; otherwise every array is numpy."""
     einsum = program.einsum
     names = tensors_of(einsum)
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise TypeError(f"missing tensor(s) for {einsum.output.tensor}: {', '.join(missing)}")
-    unknown = [n for n in inputs if n not in names]
-    if unknown:
-        raise TypeError(f"unexpected tensor(s) {', '.join(unknown)}; the expression uses {', '.join(names)}")
+    check_tensor_names(names, inputs, einsum.output.tensor)
     sizes = _sizes(program, inputs)
     for tensor, groups in loops.symmetric_inputs:
         shape = shape_of(inputs[tensor])

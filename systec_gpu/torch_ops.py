@@ -21,6 +21,7 @@ import torch
 
 from .autodiff import GRAD_PREFIX, derivative_terms
 from .ir.einsum import accesses
+from .runtime import check_tensor_names
 from .sampled import check_minmax, distinct_permutations, minmax_gradients, product_at
 from .storage import SparseTensor, SymmetricTensor
 
@@ -370,12 +371,7 @@ def apply(kernel, **tensors: Any):
     """
     op = kernel_op(kernel)
     names = [o.name for o in op.operands]
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise TypeError(f"missing tensor(s) for {kernel.program.einsum.output.tensor}: {', '.join(missing)}")
-    unknown = [n for n in tensors if n not in names]
-    if unknown:
-        raise TypeError(f"unexpected tensor(s) {', '.join(unknown)}; the expression uses {', '.join(names)}")
+    check_tensor_names(names, tensors, kernel.program.einsum.output.tensor)
     cupy_out = any(_is_cupy(t) or (isinstance(t, SparseTensor) and _is_cupy(t.values)) for t in tensors.values())
     inputs: dict[str, Any] = {}
     for o in op.operands:
