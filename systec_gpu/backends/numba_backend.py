@@ -52,6 +52,8 @@ class _Emitter:
         self.position = self.names.fresh("p")
         self.first_loop = True
         self.registers = self._plan_registers()
+        self.emitted_lets: set[str] = set()
+        self.class_path: str | None = None  # "base" / "table" inside an unswitched loop nest
 
     def _plan_registers(self) -> dict[tuple, list[tuple[Update, str]]]:
         """Updates whose output location is fixed across a loop accumulate in a local variable
@@ -155,6 +157,7 @@ class _Emitter:
                 self.updates(updates)
             case Let(name=name, value=value):
                 w.line(f"{self.let(name)} = {self.expr(value)}")
+                self.emitted_lets.add(name)
             case Update():
                 self.update(stmt)
             case SparseLoop():
@@ -169,10 +172,15 @@ class _Emitter:
                     header = f"for {self.index(i)} in range({start} + {self.chunk}, {stop}, {chunks}):"
                 else:
                     header = f"for {self.index(i)} in range({start}, {stop}):"
-                self.open_registers(("loop", stmt))
-                with w.block(header):
-                    self.stmt(body)
-                self.flush_registers(("loop", stmt))
+                if self.class_path is None and self.class_row_in_scope():
+                    # Unswitch on the class above the dense loops: the base path's loops have no
+                    # branch inside and can vectorize.
+                    with w.block(f"if {self.expr(self.class_row)} == 0:"):
+                        self.dense_loop(stmt, header, "base")
+                    with w.block("else:"):
+                        self.dense_loop(stmt, header, "table")
+                else:
+                    self.dense_loop(stmt, header, self.class_path)
             case Guard(lhs=a, rhs=b, body=body):
                 self.open_registers(("guard", stmt))
                 with w.block(f"if {self.index(a)} <= {self.index(b)}:"):
@@ -206,6 +214,24 @@ class _Emitter:
             self.stmt(loop.body)
         self.flush_registers(("nonzeros", loop))
 
+    def dense_loop(self, loop: DenseLoop, header: str, class_path: str | None) -> None:
+        outer, self.class_path = self.class_path, class_path
+        self.open_registers(("loop", loop))
+        with self.w.block(header):
+            self.stmt(loop.body)
+        self.flush_registers(("loop", loop))
+        self.class_path = outer
+
+    @functools.cached_property
+    def class_row(self):
+        """The row expression of the factor table's lookups (None without a table)."""
+        rows = {lookup.row for (lookup,) in self.table_lookups.values()}
+        return rows.pop() if len(rows) == 1 else None
+
+    def class_row_in_scope(self) -> bool:
+        row = self.class_row
+        return isinstance(row, Ref) and row.name in self.emitted_lets
+
     def updates(self, updates: list[Update]) -> None:
         """Updates of one point. With a factor table, strictly off-diagonal points (class 0, by
         far the most) take a branch-free base path with constant factors; diagonal classes read
@@ -215,26 +241,35 @@ class _Emitter:
             for update in updates:
                 self.update(update)
             return
-        rows = {t.name: t.rows for t in self.program.tables}
-        row_exprs = {lookups[u.factor.name][0].row for u in updates if isinstance(u.factor, Ref)}
-        (row_expr,) = row_exprs
-        with self.w.block(f"if {self.expr(row_expr)} == 0:"):
-            emitted = False
-            for update in updates:
-                factor = update.factor
-                if isinstance(factor, Ref) and factor.name in lookups:
-                    lookup = lookups[factor.name][0]
-                    count = rows[lookup.table][0][lookup.column]
-                    if count == 0:
-                        continue
-                    factor = None if count == 1 else Literal(float(count))
-                self.update(dataclasses.replace(update, factor=factor), register_of=update)
-                emitted = True
-            if not emitted:
-                self.w.line("pass")
-        with self.w.block("else:"):
+        if self.class_path == "base":
+            self.base_updates(updates)
+        elif self.class_path == "table":
             for update in updates:
                 self.update(update)
+        else:
+            with self.w.block(f"if {self.expr(self.class_row)} == 0:"):
+                self.base_updates(updates)
+            with self.w.block("else:"):
+                for update in updates:
+                    self.update(update)
+
+    def base_updates(self, updates: list[Update]) -> None:
+        """The updates at a strictly off-diagonal point: constant factors from table row 0."""
+        lookups = self.table_lookups
+        rows = {t.name: t.rows for t in self.program.tables}
+        emitted = False
+        for update in updates:
+            factor = update.factor
+            if isinstance(factor, Ref) and factor.name in lookups:
+                lookup = lookups[factor.name][0]
+                count = rows[lookup.table][0][lookup.column]
+                if count == 0:
+                    continue
+                factor = None if count == 1 else Literal(float(count))
+            self.update(dataclasses.replace(update, factor=factor), register_of=update)
+            emitted = True
+        if not emitted:
+            self.w.line("pass")
 
     @functools.cached_property
     def table_lookups(self) -> dict[str, tuple[Factor]]:
@@ -289,6 +324,7 @@ class _Emitter:
                 w.line("# Small inputs: starting the thread pool costs more than the work.")
             w.line(decorator)
             self.first_loop = True
+            self.emitted_lets = set()
             with w.block(f"def {name}({args}):"), w.block(f"for {self.chunk} in {loop}({chunks}):"):
                 w.line(f"{self.acc} = {self.param_names[Param('partial')]}[{self.chunk}]")
                 self.stmt(program.body)
