@@ -89,3 +89,15 @@ def test_random_expressions_reference(case, seed):
 @given(expressions(), st.integers(0, 2**16))
 def test_random_expressions_numba(case, seed):
     run_case(*case, backend="numba", seed=seed)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expressions(), st.integers(0, 2**16))
+def test_random_expressions_numba_parallel_chunks(case, seed):
+    # Tiny inputs normally run on one thread: force the per-chunk partial outputs.
+    from unittest.mock import patch
+
+    from systec_gpu.backends import numba_backend
+
+    with patch.object(numba_backend, "SERIAL_BELOW", 0):
+        run_case(*case, backend="numba", seed=seed)
