@@ -26,6 +26,7 @@ from ..ir.loop import (
     Update,
 )
 from ..ir.symmetrized import Symmetrized, describe_class
+from ..ir.traverse import walk
 from .class_updates import index_order
 from .normalize import normalize
 
@@ -185,12 +186,9 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
         fmt = program.format_of(driver.tensor)
         block = Block((SparseLoop(driver.tensor, driver.indices, expanded, fmt, block),))
 
+    # What remains an Access after the driver's reads became DriverValue is read densely.
     dense_inputs = tuple(
-        dict.fromkeys(
-            a.tensor
-            for u in sym.updates
-            for a in accesses(_strip_driver(u.rhs, driver_key, sym, order))
-        )
+        dict.fromkeys(n.tensor for u in body if isinstance(u, Update) for n in walk(u.value) if isinstance(n, Access))
     )
     rows = sym.table if multi_class else ()
     tables = (
@@ -213,22 +211,3 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
                                if s.tensor != einsum.output.tensor),
         notes=sym.notes + tuple(notes),
     )
-
-
-def _strip_driver(rhs, driver_key, sym, order):
-    """The right-hand side without the driver's reads (what remains is read densely)."""
-    if driver_key is None:
-        return rhs
-    stripped = _with_driver(rhs, driver_key, sym, order)
-    return substitute_driver_values(stripped)
-
-
-def substitute_driver_values(expr):
-    match expr:
-        case DriverValue():
-            return Literal(1.0)
-        case Call(op=op, args=args):
-            return Call(op, tuple(substitute_driver_values(a) for a in args))
-    return expr
-
-
