@@ -23,7 +23,7 @@ from . import algebra
 from .dense_symmetry import check_symmetric, mirror_canonical, mirror_in_place
 from .ir.einsum import Program, accesses, tensors_of
 from .ir.loop import Extent, LoopProgram
-from .storage import SparseTensor, SymmetricTensor
+from .storage import SparseTensor, SymmetricTensor, _is_torch
 
 if TYPE_CHECKING:
     import torch
@@ -86,10 +86,6 @@ class KernelArgs:
 
 # ---------------------------------------------------------------------------------------------
 # Input kinds
-
-
-def _is_torch(obj) -> bool:
-    return type(obj).__module__.split(".")[0] == "torch"
 
 
 def _is_scipy_sparse(obj) -> bool:

@@ -21,7 +21,7 @@ import torch
 
 from .autodiff import GRAD_PREFIX, derivative_terms
 from .ir.einsum import accesses
-from .runtime import check_tensor_names
+from .runtime import _is_cupy, check_tensor_names
 from .sampled import check_minmax, distinct_permutations, minmax_gradients, product_at
 from .storage import SparseTensor, SymmetricTensor
 
@@ -345,10 +345,6 @@ def kernel_op(kernel, *, derivatives: bool = True) -> KernelOp:
         raise ValueError(f"kernel name {kernel.name!r} is already registered for a different expression "
                          f"({found.kernel.expression!r})")
     return found
-
-
-def _is_cupy(obj) -> bool:
-    return type(obj).__module__.split(".")[0] == "cupy"
 
 
 def _as_torch(obj) -> torch.Tensor:
