@@ -30,27 +30,45 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class DriverArrays:
+class DriverStructure:
+    """What a kernel needs of a sparse driver's structure: cached on the storage's structure (its
+    `_cache`, shared by `with_values`), never holding values."""
+
     coords: tuple[np.ndarray, ...]  # one per mode of the driver access
-    values: np.ndarray
     pointers: np.ndarray | None  # CSR row pointers over mode 0 (format "csr")
     nnz: int
     n_expanded: int  # nonzeros of the fully expanded tensor (for work statistics)
-    _bounds: dict = field(default_factory=dict)
-    # Device copies of these arrays (the Triton backend's): (what, device) -> (source, copy).
+    take: np.ndarray | None  # expanded drivers: position of each entry's canonical value
+    bounds: dict = field(default_factory=dict)
+    # Device copies of the coordinates (the Triton backend's): (what, device) -> (source, copy).
     device_copies: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class DriverArrays:
+    """A sparse driver bound for one call: its cached structure and this call's values."""
+
+    structure: DriverStructure
+    values: np.ndarray
+
+    coords = property(lambda self: self.structure.coords)
+    pointers = property(lambda self: self.structure.pointers)
+    nnz = property(lambda self: self.structure.nnz)
+    n_expanded = property(lambda self: self.structure.n_expanded)
+    device_copies = property(lambda self: self.structure.device_copies)
 
     def chunk_bounds(self, chunks: int) -> np.ndarray:
         """Outer-loop boundaries of `chunks` chunks with equal nonzero counts (rows for CSR)."""
-        if chunks not in self._bounds:
+        bounds = self.structure.bounds
+        if chunks not in bounds:
             targets = np.linspace(0, self.nnz, chunks + 1).round().astype(np.int64)
             if self.pointers is not None:
-                bounds = np.searchsorted(self.pointers, targets, side="left").astype(np.int64)
-                bounds[0], bounds[-1] = 0, len(self.pointers) - 1
+                found = np.searchsorted(self.pointers, targets, side="left").astype(np.int64)
+                found[0], found[-1] = 0, len(self.pointers) - 1
             else:
-                bounds = targets
-            self._bounds[chunks] = bounds
-        return self._bounds[chunks]
+                found = targets
+            bounds[chunks] = found
+        return bounds[chunks]
 
 
 @dataclass
@@ -123,8 +141,11 @@ def shape_of(obj) -> tuple[int, ...]:
     return tuple(int(s) for s in obj.shape) if hasattr(obj, "shape") else np.shape(obj)
 
 
-def to_storage(name: str, obj, groups, check: bool) -> SparseTensor:
-    """A sparse input as storage: SymmetricTensor when `groups` is non-empty."""
+def to_storage(name: str, obj, groups, check: bool, fill: float = 0.0) -> SparseTensor:
+    """An input for a sparse operand as storage: SymmetricTensor when `groups` is non-empty.
+
+    A dense array keeps every entry that differs from `fill`, the semiring's value of an unstored
+    entry (0 under +=, +inf under min=): a dense zero is a real entry for min=/max=."""
     if isinstance(obj, SymmetricTensor):
         if groups and tuple(obj.groups) != tuple(groups):
             raise ValueError(
@@ -142,8 +163,8 @@ def to_storage(name: str, obj, groups, check: bool) -> SparseTensor:
         return as_sparse_tensor(obj, symmetric=list(groups) if groups else None, check=check)
     dense = to_numpy(obj)
     if groups:
-        return SymmetricTensor.from_dense(dense, groups, check=check, name=name)
-    return SparseTensor.from_dense(dense)
+        return SymmetricTensor.from_dense(dense, groups, check=check, fill=fill, name=name)
+    return SparseTensor.from_dense(dense, fill=fill)
 
 
 def densify(name: str, obj, fill: float) -> np.ndarray:
@@ -196,26 +217,37 @@ def _result_dtype(inputs: dict[str, Any]) -> np.dtype:
     return result
 
 
-def _driver_arrays(loops: LoopProgram, storage: SparseTensor, expanded: bool, fmt: str, dtype) -> DriverArrays:
-    key = ("systec_kernel_arrays", expanded, fmt, np.dtype(dtype).str)
-    cache = getattr(storage, "_cache", None)
-    if cache is not None and key in cache:
+def _driver_structure(storage: SparseTensor, expanded: bool, fmt: str) -> DriverStructure:
+    """The driver's coordinates (and pointers) in the kernel's layout, cached on the storage's
+    structure: a repeat call, or a `with_values` tensor, reuses them."""
+    key = ("driver_structure", expanded, fmt)
+    cache = storage._cache
+    if key in cache:
         return cache[key]
-    source = storage.expanded() if expanded and isinstance(storage, SymmetricTensor) else storage
+    take = None
+    source = storage
+    if expanded and isinstance(storage, SymmetricTensor):
+        source, take = storage.expansion()
     # Unsigned coordinates spare numba the negative-index wraparound check on every access
     # (about 1.7x on SpMV); below 2**31 they are also valid int32 bits for Triton.
     index_dtype = np.uint32 if max(source.shape, default=0) < 2**31 else np.int64
     coords = tuple(np.ascontiguousarray(source.indices[m], dtype=index_dtype) for m in range(source.ndim))
-    values = np.ascontiguousarray(to_numpy(source.values), dtype=dtype)
     pointers = None
     if fmt == "csr":
         pointers = np.zeros(source.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(source.indices[0], minlength=source.shape[0]), out=pointers[1:])
     n_expanded = storage.n_expanded if isinstance(storage, SymmetricTensor) else storage.nnz
-    arrays = DriverArrays(coords, values, pointers, source.nnz, n_expanded)
-    if cache is not None and not _is_torch(storage.values):
-        cache[key] = arrays
-    return arrays
+    structure = cache[key] = DriverStructure(coords, pointers, source.nnz, n_expanded, take)
+    return structure
+
+
+def _driver_arrays(storage: SparseTensor, expanded: bool, fmt: str, dtype) -> DriverArrays:
+    """The driver for this call: cached structure, values read now (never cached)."""
+    structure = _driver_structure(storage, expanded, fmt)
+    values = np.ascontiguousarray(to_numpy(storage.values), dtype=dtype)
+    if structure.take is not None:
+        values = values[structure.take]
+    return DriverArrays(structure, values)
 
 
 def _torch_dtype(dtype: np.dtype):
@@ -331,8 +363,9 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
         from .backends.parameters import sparse_loop
 
         loop = sparse_loop(loops)
-        storage = to_storage(loops.driver, inputs[loops.driver], program.groups_of(loops.driver), check)
-        driver = _driver_arrays(loops, storage, loop.expanded, loop.format, dtype)
+        storage = to_storage(loops.driver, inputs[loops.driver], program.groups_of(loops.driver), check,
+                             algebra.fill_value(reduce))
+        driver = _driver_arrays(storage, loop.expanded, loop.format, dtype)
 
     dense = {}
     declared = dict(loops.symmetric_inputs)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from . import algebra
 from .autodiff import GRAD_PREFIX, derivative_terms
 from .ir.einsum import accesses
 from .runtime import _is_cupy, check_tensor_names
@@ -368,6 +369,7 @@ def apply(kernel, **tensors: Any):
     op = kernel_op(kernel)
     names = [o.name for o in op.operands]
     check_tensor_names(names, tensors, kernel.program.einsum.output.tensor)
+    fill = algebra.fill_value(algebra.reduction_for(kernel.program.einsum.reduce)[0])
     cupy_out = any(_is_cupy(t) or (isinstance(t, SparseTensor) and _is_cupy(t.values)) for t in tensors.values())
     inputs: dict[str, Any] = {}
     for o in op.operands:
@@ -377,7 +379,7 @@ def apply(kernel, **tensors: Any):
                 obj = torch.from_numpy(obj.to_dense())
             inputs[o.name] = _as_torch(obj)
             continue
-        inputs[o.name] = _sparse_triple(o, obj)
+        inputs[o.name] = _sparse_triple(o, obj, fill)
     result = op.call_flat(inputs)
     if cupy_out:
         import cupy
@@ -386,15 +388,15 @@ def apply(kernel, **tensors: Any):
     return result
 
 
-def _sparse_triple(o: _Operand, obj) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def _sparse_triple(o: _Operand, obj, fill: float) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     from .runtime import to_storage
 
     if isinstance(obj, torch.Tensor) and obj.layout == torch.strided:
         # canonical coordinates from the data, values gathered with torch so gradients reach `obj`
-        storage = to_storage(o.name, obj, o.groups, check=True)
+        storage = to_storage(o.name, obj, o.groups, check=True, fill=fill)
         idx = torch.from_numpy(storage.indices).to(obj.device)
         return idx, obj[tuple(idx)], list(storage.shape)
-    storage = to_storage(o.name, obj, o.groups, check=True)
+    storage = to_storage(o.name, obj, o.groups, check=True, fill=fill)
     values = _as_torch(storage.values)
     idx = torch.from_numpy(storage.indices).to(values.device)
     return idx, values, list(storage.shape)

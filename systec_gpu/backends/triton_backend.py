@@ -613,7 +613,8 @@ def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, 
                 what, source, make = coords[p.key]
                 value = _driver_copy(args.driver, what, device, source, make)
             case "values":
-                value = _driver_copy(args.driver, ("values",), device, args.driver.values)
+                # Values are read every call (never cached: they may change between calls).
+                value = _to_device(args.driver.values, device)
             case "nnz":
                 value = int(args.driver.nnz)
             case "dense":
