@@ -241,10 +241,13 @@ def _driver_structure(storage: SparseTensor, expanded: bool, fmt: str) -> Driver
     return structure
 
 
-def _driver_arrays(storage: SparseTensor, expanded: bool, fmt: str, dtype) -> DriverArrays:
+def _driver_arrays(name: str, storage: SparseTensor, expanded: bool, fmt: str, dtype) -> DriverArrays:
     """The driver for this call: cached structure, values read now (never cached)."""
+    storage.validate(name)  # once per structure: in range, canonical, sorted, unique
     structure = _driver_structure(storage, expanded, fmt)
     values = np.ascontiguousarray(to_numpy(storage.values), dtype=dtype)
+    if values.shape != (storage.nnz,):
+        raise ValueError(f"{name}: {storage.nnz} stored entries but values of shape {tuple(values.shape)}")
     if structure.take is not None:
         values = values[structure.take]
     return DriverArrays(structure, values)
@@ -365,7 +368,7 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
         loop = sparse_loop(loops)
         storage = to_storage(loops.driver, inputs[loops.driver], program.groups_of(loops.driver), check,
                              algebra.fill_value(reduce))
-        driver = _driver_arrays(storage, loop.expanded, loop.format, dtype)
+        driver = _driver_arrays(loops.driver, storage, loop.expanded, loop.format, dtype)
 
     dense = {}
     declared = dict(loops.symmetric_inputs)

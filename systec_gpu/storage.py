@@ -249,6 +249,54 @@ def _first_true(mask: np.ndarray) -> int | None:
     return int(np.argmax(mask)) if mask.any() else None
 
 
+def check_coordinates(indices: Any, shape: Sequence[int], groups: Groups = (), name: str = "A") -> None:
+    """Raise EntryError naming the operand and its first bad entry unless `indices` ([ndim, nnz]
+    integers, numpy or torch on any device) are in range, canonical within `groups`, and sorted
+    lexicographically without repeats: what every kernel assumes of a sparse operand (CSR
+    pointers, chunk bounds, run detection), so no kernel reads or writes out of bounds.
+    Vectorized with torch ops where the indices live; one scalar comes back unless it fails."""
+    import torch
+
+    idx = torch.as_tensor(indices)
+    ndim, nnz = (idx.shape[0], idx.shape[1]) if idx.dim() == 2 else (None, None)
+    if ndim != len(shape):
+        raise ValueError(f"{name}: indices must have shape [{len(shape)}, nnz], got {tuple(idx.shape)}")
+    if nnz == 0:
+        return
+    if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.is_complex():
+        raise ValueError(f"{name}: indices must be integers, got {idx.dtype}")
+    idx = idx.long()
+    limits = torch.tensor(list(shape), dtype=torch.int64, device=idx.device)[:, None]
+    outside = ((idx < 0) | (idx >= limits)).any(dim=0)
+    later = torch.zeros(nnz - 1, dtype=torch.bool, device=idx.device)  # column k+1 after column k
+    equal = torch.ones(nnz - 1, dtype=torch.bool, device=idx.device)
+    for row in idx.flip(0):  # minor mode first: the major mode decides last
+        a, b = row[:-1], row[1:]
+        later = torch.where(a == b, later, a < b)
+        equal &= a == b
+    unordered = torch.zeros(nnz, dtype=torch.bool, device=idx.device)
+    for group in groups:
+        for p, q in itertools.pairwise(group):
+            unordered |= idx[p] > idx[q]
+    if not bool(outside.any() | unordered.any() | ~later.all()):
+        return
+    host = idx.cpu().numpy()
+    if outside.any():
+        k = int(torch.argmax(outside.to(torch.uint8)))
+        m = int(np.argmax((host[:, k] < 0) | (host[:, k] >= np.array(shape))))
+        raise EntryError(f"{name}: entry {k} {_fmt(name, host[:, k])} has index {int(host[m, k])} in mode {m}, "
+                         f"outside the mode size {shape[m]}", (k,))
+    if unordered.any():
+        k = int(torch.argmax(unordered.to(torch.uint8)))
+        raise EntryError(f"{name}: entry {k} {_fmt(name, host[:, k])} is not canonical for groups {tuple(groups)} "
+                         "(coordinates must be nondecreasing within a group)", (k,))
+    k = int(torch.argmax((~later).to(torch.uint8)))
+    what = "repeats" if bool(equal[k]) else "comes before"
+    raise EntryError(f"{name}: entries must be sorted lexicographically without repeats, but entry {k} "
+                     f"{_fmt(name, host[:, k])} {what} entry {k + 1} {_fmt(name, host[:, k + 1])} "
+                     "(SymmetricTensor.from_coo / SparseTensor.from_coo sort and merge them)", (k, k + 1))
+
+
 def check_dense_symmetry(a: np.ndarray, groups: Groups, name: str = "A", atol: float = 0.0,
                          rtol: float = 0.0) -> None:
     """Raise EntryError naming one pair of entries of dense `a` that breaks the symmetry."""
@@ -297,10 +345,9 @@ class SparseTensor:
         """Trusted constructor: ``indices`` must be sorted and unique (verified if ``check``)."""
         self.shape = tuple(int(s) for s in shape)
         idx = np.ascontiguousarray(_to_numpy(indices), dtype=np.int64)
-        idx = (idx if idx.ndim == 2 else idx.reshape(len(self.shape), -1)).view()
-        # The structure is immutable: everything derived from it is cached (see `_cache`).
-        idx.flags.writeable = False
-        self.indices = idx
+        # The structure is immutable by contract (everything derived from it is cached, see
+        # `_cache`): do not write into `indices`. (Not flagged read-only: torch rejects those.)
+        self.indices = idx if idx.ndim == 2 else idx.reshape(len(self.shape), -1)
         self.values = values if _is_torch(values) else np.asarray(values)
         # Structure-derived caches (pointers, classes, kernel coordinates, device copies): they
         # depend on indices, shape and groups only, so `with_values` shares this dict. Nothing
@@ -360,6 +407,14 @@ class SparseTensor:
         out = np.zeros(self.shape, dtype=_to_numpy(self.values).dtype)
         out[tuple(self.indices)] = _to_numpy(self.values)
         return out
+
+    def validate(self, name: str = "A") -> None:
+        """check_coordinates on this structure, once (cached): the runtime calls it before a
+        kernel reads a tensor, so a tensor built with ``check=False`` cannot send a kernel out
+        of bounds."""
+        if not self._cache.get("valid"):
+            check_coordinates(self.indices, self.shape, getattr(self, "groups", ()), name)
+            self._cache["valid"] = True
 
     def csr_pointers(self, mode: int = 0) -> np.ndarray:
         """Row pointers (int64, length shape[0] + 1) of the sorted COO over mode 0 (cached)."""

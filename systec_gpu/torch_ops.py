@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import algebra
 from .autodiff import GRAD_PREFIX, derivative_terms
@@ -38,6 +39,27 @@ class _Operand:
     ndim: int
     groups: tuple[tuple[int, ...], ...]
     first: int  # position of its first flat argument
+
+
+# Storage structure per index tensor, so that the coordinates are validated (in range, canonical,
+# sorted: runtime validates each structure once) and indexed once per tensor, not per call. Keyed
+# weakly by the tensor and checked against its version counter, which in-place writes bump.
+_STRUCTURES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _structure_of(o: _Operand, indices: torch.Tensor, shape: list[int]) -> SparseTensor:
+    key = (indices._version, tuple(shape), o.groups)
+    found = _STRUCTURES.get(indices)
+    if found is not None and found[0] == key:
+        return found[1]
+    empty = torch.zeros(indices.shape[1] if indices.dim() == 2 else 0, dtype=torch.float64)
+    if o.groups:
+        structure = SymmetricTensor(indices, empty, shape, o.groups, check=False)
+    else:
+        structure = SparseTensor(indices, empty, shape, check=False)
+    structure.validate(o.name)
+    _STRUCTURES[indices] = (key, structure)
+    return structure
 
 
 class KernelOp:
@@ -155,11 +177,7 @@ class KernelOp:
                 tensors[o.name] = args[o.first]
                 continue
             idx, vals, shape = args[o.first], args[o.first + 1], [int(s) for s in args[o.first + 2]]
-            # the coordinates are trusted canonical (they come from a SymmetricTensor): no re-check
-            if o.groups:
-                tensors[o.name] = SymmetricTensor(idx, vals, shape, o.groups, check=False)
-            else:
-                tensors[o.name] = SparseTensor(idx, vals, shape, check=False)
+            tensors[o.name] = _structure_of(o, idx, shape).with_values(vals)
         return tensors
 
     def _run(self, kernel, args) -> torch.Tensor:

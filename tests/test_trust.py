@@ -115,3 +115,38 @@ def test_sparse_operand_under_min_treats_unstored_entries_as_unreachable():
     kernel = sg.compile("y[i] min= A[i,j] + x[j]", symmetric={"A": "full"})
     x = np.array([0.0, 10.0, 20.0])
     np.testing.assert_array_equal(kernel(A=graph, x=x).numpy(), [10.0, 0.0, 14.0])
+
+
+BAD_INDICES = {
+    "negative": ([[0, -1], [1, 2]], r"entry 1 A\[-1, 2\] has index -1 in mode 0, outside the mode size 4"),
+    "past the end": ([[0, 1], [1, 9]], r"entry 1 A\[1, 9\] has index 9 in mode 1, outside the mode size 4"),
+    "row past the end": ([[0, 7], [1, 7]], r"entry 1 A\[7, 7\] has index 7 in mode 0"),
+    "unsorted": ([[1, 0], [2, 1]], r"entry 0 A\[1, 2\] comes before entry 1 A\[0, 1\]"),
+    "repeated": ([[0, 0], [1, 1]], r"entry 0 A\[0, 1\] repeats entry 1 A\[0, 1\]"),
+    "not canonical": ([[0, 2], [1, 1]], r"entry 1 A\[2, 1\] is not canonical"),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(BAD_INDICES))
+def test_op_and_trusted_storage_refuse_bad_coordinates(backend, case):
+    """Once a segfault (numba, the triton interpreter) or a silently wrong SSYMV."""
+    indices, message = BAD_INDICES[case]
+    kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"}, backend=backend)
+    x = torch.ones(4, dtype=torch.float64)
+    values = torch.ones(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=message):
+        kernel.op(torch.tensor(indices), values, [4, 4], x)
+    trusted = sg.SymmetricTensor(np.array(indices), values.numpy(), (4, 4), check=False)
+    with pytest.raises(ValueError, match=message):
+        kernel(A=trusted, x=x)
+
+
+def test_op_revalidates_indices_written_in_place():
+    kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"}, backend="numba")
+    indices = torch.tensor([[0, 1], [1, 2]])
+    x, values = torch.ones(4, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    np.testing.assert_allclose(kernel.op(indices, values, [4, 4], x).numpy(), [1, 2, 1, 0])
+    indices[1, 1] = 9  # bumps the tensor's version: the cached structure is not reused
+    with pytest.raises(ValueError, match="outside the mode size 4"):
+        kernel.op(indices, values, [4, 4], x)
