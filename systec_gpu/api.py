@@ -7,13 +7,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .backends import registry
 from .ir.einsum import Program, format_program
 from .ir.loop import LoopProgram, format_loop_program
 from .ir.symmetrized import Symmetrized
 from .pipeline import front, lower_and_optimize, symmetrize
-from .runtime import KernelArgs, bind, finish
+from .runtime import KernelArgs, Launch
 
-BACKENDS = ("auto", "numba", "reference", "triton")
+BACKENDS = (registry.AUTO, *registry.BACKENDS)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _kernel_name(text: str, program: Program, exploit: bool) -> str:
@@ -36,43 +38,38 @@ class Kernel:
         self.name = name
         self._last: KernelArgs | None = None
         self._stats: dict | None = None
+        self._launches: dict[str, Launch] = {}  # backend name -> prepared launch
 
     def __repr__(self) -> str:
         return f"Kernel({self.expression!r}, symmetry={self.symmetrized.exploit}, backend={self.backend!r})"
 
     def _backend_for(self, tensors: dict[str, Any]) -> str:
-        if self.backend != "auto":
+        if self.backend != registry.AUTO:
             return self.backend
         on_gpu = any(
             getattr(getattr(t, "device", None), "type", None) == "cuda"
+            or getattr(getattr(getattr(t, "values", None), "device", None), "type", None) == "cuda"
             or type(t).__module__.split(".")[0] == "cupy"
             for t in tensors.values()
         )
-        return "triton" if on_gpu else "numba"
+        return registry.DEFAULT_FOR_DEVICE["cuda" if on_gpu else "cpu"]
 
-    def __call__(self, *, check: bool = True, canonical_output: bool = False, **tensors: Any):
+    def launch(self, backend: str) -> Launch:
+        """The prepared launch of this kernel on `backend` (made on first use, then reused)."""
+        found = self._launches.get(backend)
+        if found is None:
+            found = self._launches[backend] = Launch(self.loops, self.program, registry.backend(backend))
+        return found
+
+    def __call__(self, *, check: bool = True, canonical_output: bool = False, out=None, **tensors: Any):
         """Run the kernel. `check` verifies declared symmetry of the inputs; with
         `canonical_output` a symmetric output holds only its canonical part (the rest is the
-        reduction's identity)."""
-        backend = self._backend_for(tensors)
-        # Triton: dense torch/CuPy operands stay on their device, and so does the result.
-        args = bind(self.loops, self.program, tensors, check=check, device_tensors=backend == "triton")
-        if backend == "reference":
-            from .backends.reference import run_reference
-
-            run_reference(self.loops, args)
-        elif backend == "numba":
-            from .backends.numba_backend import run_numba
-
-            run_numba(self.loops, args)
-        elif backend == "triton":
-            from .backends.triton_backend import run_triton
-
-            run_triton(self.loops, args)
-        else:
-            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+        reduction's identity); `out` is a preallocated result tensor (shape, dtype, device
+        checked) that is written and returned."""
+        args, result = self.launch(self._backend_for(tensors))(tensors, check=check, canonical=canonical_output,
+                                                                out=out)
         self._last, self._stats = args, None
-        return finish(args, self.loops, self.program, canonical=canonical_output)
+        return result
 
     @property
     def stats(self) -> dict:
@@ -114,17 +111,7 @@ class Kernel:
 
     def source(self, backend: str = "numba") -> str:
         """The generated source of `backend` ("numba", "triton" or "reference")."""
-        if backend == "numba":
-            from .backends.numba_backend import numba_source
-
-            return numba_source(self.loops)
-        if backend == "triton":
-            from .backends.triton_backend import triton_source
-
-            return triton_source(self.loops)
-        if backend == "reference":
-            return format_loop_program(self.loops)
-        raise ValueError(f"unknown backend {backend!r}; known: numba, triton, reference")
+        return registry.backend(backend).source(self.loops)
 
 
 def compile(  # noqa: A001 (the library's verb, like re.compile)
@@ -145,8 +132,10 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     backend: "auto" (Triton on CUDA tensors, Numba otherwise), "numba", "triton", "reference".
     loop_order: index names, outermost first (a sparse operand's indices come first).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    registry.check_name(backend)
+    if name is not None and not _NAME.fullmatch(name):
+        raise ValueError(f"kernel name {name!r} must be an identifier (letters, digits, _; not starting with a "
+                         "digit): it names the torch op torch.ops.systec.<name>")
     program = front(expr, symmetric, formats)
     symmetrized = symmetrize(program, exploit=symmetry)
     loops = lower_and_optimize(symmetrized, loop_order)

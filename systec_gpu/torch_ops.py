@@ -22,8 +22,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import algebra
 from .autodiff import GRAD_PREFIX, derivative_terms
+from .inputs import as_torch as _as_torch
+from .inputs import check_tensor_names, to_storage
+from .inputs import is_cupy as _is_cupy
 from .ir.einsum import accesses
-from .runtime import _is_cupy, check_tensor_names
 from .sampled import check_minmax, distinct_permutations, minmax_gradients, product_at
 from .storage import SparseTensor, SymmetricTensor
 
@@ -366,17 +368,6 @@ def kernel_op(kernel, *, derivatives: bool = True) -> KernelOp:
     return found
 
 
-def _as_torch(obj) -> torch.Tensor:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if _is_cupy(obj):
-        # DLPack shares the device buffer: no copy
-        return torch.from_dlpack(obj)
-    import numpy as np
-
-    return torch.from_numpy(np.ascontiguousarray(obj))
-
-
 def apply(kernel, **tensors: Any):
     """Run `kernel` through its custom op (differentiable, torch.compile-able).
 
@@ -407,8 +398,6 @@ def apply(kernel, **tensors: Any):
 
 
 def _sparse_triple(o: _Operand, obj, fill: float) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    from .runtime import to_storage
-
     if isinstance(obj, torch.Tensor) and obj.layout == torch.strided:
         # canonical coordinates from the data, values gathered with torch so gradients reach `obj`
         storage = to_storage(o.name, obj, o.groups, check=True, fill=fill)

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from systec_gpu import compile as compile_kernel  # noqa: E402
-from systec_gpu import runtime  # noqa: E402
+from systec_gpu import inputs, runtime  # noqa: E402
 from systec_gpu.catalog import CATALOG, compile_catalog  # noqa: E402
 from systec_gpu.dense_symmetry import mirror_canonical, mirror_in_place  # noqa: E402
 from systec_gpu.runtime import allocate, bind, finish, mirror_tensor  # noqa: E402
@@ -38,8 +38,10 @@ def no_host_copies(monkeypatch):
 
         return guarded
 
-    for name in ("to_numpy", "densify", "check_symmetric", "mirror_canonical", "mirror_in_place"):
-        monkeypatch.setattr(runtime, name, refuse(f"runtime.{name}", getattr(runtime, name)))
+    for module, names in ((inputs, ("to_numpy", "densify", "check_symmetric", "mirror_canonical")),
+                          (runtime, ("mirror_in_place",))):
+        for name in names:
+            monkeypatch.setattr(module, name, refuse(f"{module.__name__}.{name}", getattr(module, name)))
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -359,7 +359,7 @@ def numba_module(program: LoopProgram):
 def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
     import numba
 
-    from ..runtime import allocate
+    from .arguments import allocate
     from .parameters import argument_values
 
     module = numba_module(program)
@@ -367,3 +367,31 @@ def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
     allocate(args, program, chunks=1 if serial else threads or numba.get_num_threads())
     kernel = module.kernel_serial if serial else module.kernel
     kernel(*argument_values(kernel_parameters(program), args))
+
+
+@functools.lru_cache(maxsize=256)
+def prepare_numba(program: LoopProgram):
+    """run_numba for one program with everything that does not depend on the data looked up once:
+    the generated module, its parameter list, the loop the chunks split (a prepared launch calls it)."""
+    import numba
+
+    from .arguments import allocate, has_loops
+    from .parameters import argument_values
+
+    module = numba_module(program)
+    params = kernel_parameters(program)
+    loop = sparse_loop(program)
+    driven = {i.name for i in loop.indices} if loop is not None else set()
+    single = loop is None and not has_loops(program)
+
+    def run(_program: LoopProgram, args, threads: int | None = None) -> None:
+        points = args.driver.nnz if args.driver is not None else 1
+        for name, size in args.sizes.items():
+            if name not in driven:
+                points *= size
+        serial = single or threads == 1 or (threads is None and points < SERIAL_BELOW)
+        allocate(args, program, chunks=1 if serial else threads or numba.get_num_threads(), single=single)
+        kernel = module.kernel_serial if serial else module.kernel
+        kernel(*argument_values(params, args))
+
+    return run
