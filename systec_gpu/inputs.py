@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +174,7 @@ def exact_in_float64(name: str, values) -> None:
 
 # input object -> (copies of its arrays, how it was converted, the storage): see the module doc.
 _CONVERTED = None
+_CONVERTED_LOCK = threading.Lock()  # calls of one kernel may come from several threads
 
 
 def _converted_cache():
@@ -233,14 +235,17 @@ def _converted(name: str, obj, groups, check: bool) -> SparseTensor:
     cache = _converted_cache()
     how = (tuple(groups), check, name)
     arrays = _arrays_of(obj)
-    found = cache.get(obj) if arrays else None
+    with _CONVERTED_LOCK:
+        found = cache.get(obj) if arrays else None
     if found is not None and found[1] == how and len(found[0]) == len(arrays) and all(
         _same_bits(a, b) for a, b in zip(found[0], arrays, strict=True)
     ):
         return found[2]
     storage = _convert(name, obj, groups, check)
     if arrays:
-        cache[obj] = (tuple(np.array(a, copy=True) for a in arrays), how, storage)
+        entry = (tuple(np.array(a, copy=True) for a in arrays), how, storage)
+        with _CONVERTED_LOCK:
+            cache[obj] = entry
     return storage
 
 
