@@ -62,10 +62,10 @@ def test_nan_inf_kept():
 def test_from_dense_numpy_and_torch_roundtrip():
     rng = np.random.default_rng(0)
     a = random_dense(rng, (3, 4, 5)).astype(np.float32)
-    for src in (a, torch.from_numpy(a)):
-        t = SparseTensor.from_dense(src)
-        assert t.dtype == np.float32 and t.nnz == np.count_nonzero(a)
-        np.testing.assert_array_equal(t.to_dense(), a)
+    for src, dtype in ((a, np.float32), (torch.from_numpy(a), torch.float32)):
+        t = SparseTensor.from_dense(src)  # torch in, torch out
+        assert t.dtype == dtype and t.nnz == np.count_nonzero(a)
+        np.testing.assert_array_equal(np.asarray(t.to_dense()), a)
 
 
 def test_constructor_rejects_unsorted():
