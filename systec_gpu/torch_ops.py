@@ -401,9 +401,9 @@ def _sparse_triple(o: _Operand, obj, fill: float) -> tuple[torch.Tensor, torch.T
     if isinstance(obj, torch.Tensor) and obj.layout == torch.strided:
         # canonical coordinates from the data, values gathered with torch so gradients reach `obj`
         storage = to_storage(o.name, obj, o.groups, check=True, fill=fill)
-        idx = torch.from_numpy(storage.indices).to(obj.device)
+        idx = torch.as_tensor(storage.indices).to(obj.device)
         return idx, obj[tuple(idx)], list(storage.shape)
     storage = to_storage(o.name, obj, o.groups, check=True, fill=fill)
     values = _as_torch(storage.values)
-    idx = torch.from_numpy(storage.indices).to(values.device)
+    idx = torch.as_tensor(storage.indices).to(values.device)
     return idx, values, list(storage.shape)

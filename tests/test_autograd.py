@@ -66,16 +66,16 @@ def test_ssyrk_gradient_sums_both_occurrences():
 def test_values_gradient_of_3d_symmetric_tensor_sums_distinct_permutations():
     k = compile_catalog("mttkrp3")
     a = sym_sparse(3, 3)
-    vals = torch.from_numpy(a.values).clone().requires_grad_()
+    vals = torch.as_tensor(a.values).clone().requires_grad_()
     b = torch.randn(3, 2, dtype=torch.float64)
     out = torch_ops.apply(k, A=a.with_values(vals), B=b)
     w = torch.randn(3, 2, dtype=torch.float64)
     (out * w).sum().backward()
     # reference: the same loss through the dense expansion, differentiated by torch
-    dense_vals = torch.from_numpy(a.values).clone().requires_grad_()
+    dense_vals = torch.as_tensor(a.values).clone().requires_grad_()
     dense = torch.zeros(3, 3, 3, dtype=torch.float64)
     for perm in set(itertools.permutations(range(3))):
-        dense = dense.index_put(tuple(torch.from_numpy(a.indices)[list(perm)]), dense_vals)
+        dense = dense.index_put(tuple(torch.as_tensor(a.indices)[list(perm)]), dense_vals)
     ref = torch.einsum("ikl,lj,kj->ij", dense, b, b)
     (ref * w).sum().backward()
     torch.testing.assert_close(out.detach(), ref.detach())
@@ -117,7 +117,7 @@ def test_values_gradient_is_sampled_at_stored_coordinates_only():
     k = compile_catalog("mttkrp3")
     b = torch.randn(n, rank, dtype=torch.float64, generator=g)
     w = torch.randn(n, rank, dtype=torch.float64, generator=g)
-    v = torch.from_numpy(a.values).clone().requires_grad_()
+    v = torch.as_tensor(a.values).clone().requires_grad_()
     out = torch_ops.apply(k, A=a.with_values(v), B=b)
     largest = _LargestTensor()
     with largest:
@@ -130,16 +130,16 @@ def test_sampled_values_gradient_traces_under_torch_compile():
     k = compile_catalog("mttkrp3")
     op = torch_ops.kernel_op(k)
     a = sym_sparse(3, 5, seed=2)
-    idx = torch.from_numpy(a.indices)
+    idx = torch.as_tensor(a.indices)
     b = torch.randn(5, 2, dtype=torch.float64)
     w = torch.randn(5, 2, dtype=torch.float64)
 
     def loss(v):
         return (op.op(idx, v, [5, 5, 5], b) * w).sum()
 
-    eager = torch.from_numpy(a.values).clone().requires_grad_()
+    eager = torch.as_tensor(a.values).clone().requires_grad_()
     loss(eager).backward()
-    compiled = torch.from_numpy(a.values).clone().requires_grad_()
+    compiled = torch.as_tensor(a.values).clone().requires_grad_()
     torch.compile(loss, fullgraph=True, backend="aot_eager")(compiled).backward()
     torch.testing.assert_close(compiled.grad, eager.grad)
     torch.testing.assert_close(eager.grad, _mttkrp3_values_reference(a, b, w))
@@ -163,7 +163,7 @@ def test_values_gradcheck_partial_symmetry_and_sparse_cofactor(expression, symme
     flat: list = []
     for o in op.operands:
         if o.sparse:
-            flat += [torch.from_numpy(a.indices), torch.from_numpy(a.values).requires_grad_(), list(a.shape)]
+            flat += [torch.as_tensor(a.indices), torch.as_tensor(a.values).requires_grad_(), list(a.shape)]
         else:
             flat.append(torch.randn((N,) * o.ndim, dtype=torch.float64, generator=g).requires_grad_())
     assert gradcheck_op(op, flat)
@@ -181,9 +181,9 @@ def _graph(n: int, seed: int) -> sg.SymmetricTensor:
 
 def _minmax_reference(a: sg.SymmetricTensor, x: torch.Tensor, lowest: bool, w: torch.Tensor):
     """Brute force: the dense matrix with -/+inf where A stores nothing, torch.min/max, autograd."""
-    v = torch.from_numpy(a.values).clone().requires_grad_()
+    v = torch.as_tensor(a.values).clone().requires_grad_()
     x = x.detach().clone().requires_grad_()
-    idx = torch.from_numpy(a.indices)
+    idx = torch.as_tensor(a.indices)
     n = a.shape[0]
     fill = float("inf") if lowest else float("-inf")
     dense = torch.full((n, n), fill, dtype=torch.float64).index_put((idx[0], idx[1]), v)
@@ -202,7 +202,7 @@ def test_minmax_gradient_matches_dense_reference(reduce):
     a = _graph(n, seed=4)
     x = torch.randn(n, dtype=torch.float64, requires_grad=True)
     w = torch.randn(n, dtype=torch.float64)
-    v = torch.from_numpy(a.values).clone().requires_grad_()
+    v = torch.as_tensor(a.values).clone().requires_grad_()
     y = torch_ops.apply(k, A=a.with_values(v), x=x)
     (y * w).sum().backward()
     ref_y, ref_v, ref_x = _minmax_reference(a, x, reduce == "min=", w)
@@ -215,8 +215,8 @@ def test_bellman_gradcheck_without_ties():
     k = compile_catalog("bellman")
     op = torch_ops.kernel_op(k)
     a = _graph(6, seed=5)
-    idx = torch.from_numpy(a.indices)
-    v = torch.from_numpy(a.values).clone().requires_grad_()
+    idx = torch.as_tensor(a.indices)
+    v = torch.as_tensor(a.values).clone().requires_grad_()
     x = torch.randn(6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v, x: op.op(idx, v, [6, 6], x), [v, x])
 
@@ -225,7 +225,7 @@ def test_bellman_ties_go_to_the_first_canonical_point_and_empty_rows_get_nothing
     k = compile_catalog("bellman")
     # y[0] = min(A[0,1] + x[1], A[0,2] + x[2]) ties; row 3 stores nothing (y[3] = inf)
     a = sg.SymmetricTensor(np.array([[0, 0], [1, 2]]), np.array([1.0, 1.0]), (4, 4), "full")
-    v = torch.from_numpy(a.values).clone().requires_grad_()
+    v = torch.as_tensor(a.values).clone().requires_grad_()
     x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
     y = torch_ops.apply(k, A=a.with_values(v), x=x)
     torch.testing.assert_close(y.detach(), torch.tensor([1.0, 1.0, 1.0, float("inf")], dtype=torch.float64))
@@ -242,7 +242,7 @@ def test_bellman_ties_go_to_the_first_canonical_point_and_empty_rows_get_nothing
 def test_unsupported_minmax_backward_names_what(expression, message):
     k = sg.compile(expression, symmetric={"A": "full"})
     a = sym_sparse(2)
-    v = torch.from_numpy(a.values).clone().requires_grad_()
+    v = torch.as_tensor(a.values).clone().requires_grad_()
     dense = {o.name: torch.randn((N,) * o.ndim, dtype=torch.float64)
              for o in torch_ops.kernel_op(k).operands if not o.sparse}
     y = torch_ops.apply(k, A=a.with_values(v), **dense)

@@ -26,7 +26,7 @@ def test_cupy_in_cupy_out_without_copies():
     assert isinstance(y, cupy.ndarray) and y.dtype == cupy.float32
     # the input crosses by DLPack: torch sees the same device buffer
     assert torch.from_dlpack(x).data_ptr() == x.data.ptr
-    expected = torch.from_numpy(a.to_dense()) @ torch.from_numpy(cupy.asnumpy(x))
+    expected = torch.as_tensor(a.to_dense()) @ torch.from_numpy(cupy.asnumpy(x))
     torch.testing.assert_close(torch.from_numpy(cupy.asnumpy(y)), expected)
 
 
@@ -34,10 +34,10 @@ def test_cuda_tensors_run_the_triton_backend():
     k = compile_catalog("ssymv")
     op = torch_ops.kernel_op(k)
     a = sym_sparse(2, 8, dtype=torch.float32)
-    idx = torch.from_numpy(a.indices).cuda()
-    vals = torch.from_numpy(a.values).cuda()
+    idx = torch.as_tensor(a.indices).cuda()
+    vals = torch.as_tensor(a.values).cuda()
     x = torch.randn(8, device="cuda")
     y = op.op(idx, vals, [8, 8], x)
     assert y.device.type == "cuda"
-    torch.testing.assert_close(y.cpu(), torch.from_numpy(a.to_dense()) @ x.cpu())
+    torch.testing.assert_close(y.cpu(), torch.as_tensor(a.to_dense()) @ x.cpu())
     assert torch.library.opcheck(op.op, [idx, vals, [8, 8], x])["test_faketensor"] == "SUCCESS"

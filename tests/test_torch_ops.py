@@ -26,7 +26,7 @@ def flat_inputs(op: torch_ops.KernelOp, n: int = N, dtype=torch.float64, grad: b
     for o in op.operands:
         if o.sparse:
             a = sym_sparse(o.ndim, n, dtype)
-            flat += [torch.from_numpy(a.indices), torch.from_numpy(a.values).requires_grad_(grad), list(a.shape)]
+            flat += [torch.as_tensor(a.indices), torch.as_tensor(a.values).requires_grad_(grad), list(a.shape)]
         else:
             flat.append(torch.randn((n,) * o.ndim, dtype=dtype, generator=g).requires_grad_(grad))
     return flat
@@ -65,7 +65,7 @@ def test_scalar_output_shape():
     x = torch.randn(N, dtype=torch.float64)
     y = torch_ops.apply(k, A=a, x=x)
     assert y.shape == ()
-    dense = torch.from_numpy(a.to_dense())
+    dense = torch.as_tensor(a.to_dense())
     torch.testing.assert_close(y, x @ dense @ x)
 
 
@@ -86,7 +86,7 @@ def test_dense_input_for_sparse_operand_gets_gradient_at_canonical_entries():
 def _ssymv_setup(n: int = N):
     k = compile_catalog("ssymv")
     a = sym_sparse(2, n)
-    return k, torch.from_numpy(a.indices), torch.from_numpy(a.values), a
+    return k, torch.as_tensor(a.indices), torch.as_tensor(a.values), a
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -116,8 +116,8 @@ def test_torch_compile_inductor_training_step():
     k = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"})
     op = torch_ops.kernel_op(k)
     a = sym_sparse(2)
-    idx = torch.from_numpy(a.indices)
-    vals = torch.from_numpy(a.values).clone().requires_grad_()
+    idx = torch.as_tensor(a.indices)
+    vals = torch.as_tensor(a.values).clone().requires_grad_()
     x = torch.randn(N, dtype=torch.float64, requires_grad=True)
     target = torch.randn(N, dtype=torch.float64)
 
@@ -129,7 +129,7 @@ def test_torch_compile_inductor_training_step():
     # AOTAutograd compiles the backward too; it calls the derivative kernels' ops
     loss = loss_fn(vals, x)
     loss.backward()
-    dense = torch.from_numpy(a.to_dense())
+    dense = torch.as_tensor(a.to_dense())
     torch.testing.assert_close(loss, ((dense @ x.detach() - target) ** 2).sum())
     r = 2 * (dense @ x.detach() - target)
     torch.testing.assert_close(x.grad, dense @ r)
