@@ -33,19 +33,20 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import algebra
+from .arrays import NUMPY, namespace
 from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, torch_dtype
 from .backends.parameters import sparse_loop
 from .dense_symmetry import check_symmetric, mirror_canonical
 from .ir.einsum import Program, accesses, tensors_of
 from .ir.loop import LoopProgram
-from .storage import SparseTensor, SymmetricTensor, _is_torch
+from .storage import SparseTensor, SymmetricTensor, _is_torch, csr_pointers_of
 
 # ---------------------------------------------------------------------------------------------
 # Input kinds
@@ -254,7 +255,8 @@ def to_storage(name: str, obj, groups, check: bool, fill: float = 0.0) -> Sparse
 
     A dense array keeps every entry that differs from `fill`, the semiring's value of an unstored
     entry (0 under +=, +inf under min=): a dense zero is a real entry for min=/max=. A sparse
-    input's unstored entries are `fill`."""
+    input's unstored entries are `fill`. Torch and CuPy inputs are built with torch where they
+    live (no host round trip); numpy ones with numpy."""
     if isinstance(obj, SymmetricTensor):
         if groups and tuple(obj.groups) != tuple(groups):
             raise ValueError(
@@ -263,11 +265,15 @@ def to_storage(name: str, obj, groups, check: bool, fill: float = 0.0) -> Sparse
             )
         return obj if groups else obj.expanded()
     if isinstance(obj, SparseTensor):
-        return _converted(name, obj, groups, check) if groups else obj
+        if not groups:
+            return obj
+        if _is_torch(obj.indices):  # converted where it lives, every call: no host copies to compare
+            return _convert(name, obj, groups, check)
+        return _converted(name, obj, groups, check)
     if is_sparse_input(obj):
         return _converted(name, obj, groups, check)
     _refuse_kind(name, obj)
-    dense = to_numpy(obj)
+    dense = as_torch(obj) if _is_torch(obj) or is_cupy(obj) else to_numpy(obj)
     if groups:
         return SymmetricTensor.from_dense(dense, groups, check=check, fill=fill, name=name)
     return SparseTensor.from_dense(dense, fill=fill)
@@ -280,46 +286,120 @@ def densify(name: str, obj, fill: float) -> np.ndarray:
     storage = to_storage(name, obj, (), check=False)
     values = to_numpy(storage.values)
     dense = np.full(storage.shape, fill, dtype=np.result_type(values.dtype, np.float32))
-    dense[tuple(storage.indices)] = values
+    dense[tuple(to_numpy(storage.indices))] = values
     return dense
 
 
-def _driver_structure(storage: SparseTensor, expanded: bool, fmt: str) -> DriverStructure:
+class _KernelCoords(Sequence):
+    """A driver's coordinates in the kernel's index dtype, one array per mode, each made on first
+    use: a mode no kernel reads (mode 0 of a CSR driver under Numba, which walks the pointers)
+    costs no copy."""
+
+    def __init__(self, make, ndim: int):
+        self._make, self._made = make, [None] * ndim
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def __getitem__(self, mode):
+        if isinstance(mode, slice):
+            return [self[m] for m in range(len(self))[mode]]
+        if self._made[mode] is None:
+            with self._lock:
+                if self._made[mode] is None:
+                    self._made[mode] = self._make(mode)
+        return self._made[mode]
+
+
+def _on_accelerator(storage: SparseTensor) -> bool:
+    """Whether the storage's structure is held by torch on a device other than the CPU."""
+    return _is_torch(storage.indices) and storage.indices.device.type != "cpu"
+
+
+def _driver_structure(storage: SparseTensor, expanded: bool, fmt: str, on_device: bool = False) -> DriverStructure:
     """The driver's coordinates (and pointers) in the kernel's layout, cached on the storage's
-    structure: a repeat call, or a `with_values` tensor, reuses them."""
-    key = ("driver_structure", expanded, fmt)
+    structure: a repeat call, or a `with_values` tensor, reuses them. Computed in the storage's
+    library; `on_device` (device backends, storage on an accelerator): left there as int32/int64
+    torch tensors; otherwise numpy on the host (views of CPU tensors, copies of device ones)."""
+    key = ("driver_structure", expanded, fmt, str(storage.indices.device) if on_device else "host")
     cache = storage._cache
     if key in cache:
         return cache[key]
-    take = None
-    source = storage
-    if expanded and isinstance(storage, SymmetricTensor):
-        source, take = storage.expansion()
+    xp = namespace(storage.indices)
     # Unsigned coordinates spare numba the negative-index wraparound check on every access
-    # (about 1.7x on SpMV); below 2**31 they are also valid int32 bits for Triton.
-    index_dtype = np.uint32 if max(source.shape, default=0) < 2**31 else np.int64
-    coords = tuple(np.ascontiguousarray(source.indices[m], dtype=index_dtype) for m in range(source.ndim))
+    # (about 1.7x on SpMV); below 2**31 they are also valid int32 bits for Triton, and int32 is
+    # what device tensors hold (torch has no full uint32 support).
+    wide = max(storage.shape, default=0) >= 2**31
+    index = xp.int64 if wide else xp.int32
+    take = None
+    if expanded and isinstance(storage, SymmetricTensor):
+        # Built in the kernel's index dtype directly: no int64 expansion is kept.
+        rows, take = storage.expanded_coordinates(index, xp.int32 if storage.nnz < 2**31 else xp.int64, rows=True)
+        nnz = int(take.shape[0])
+        n_expanded = nnz
+    else:
+        rows = [storage.indices[m] for m in range(storage.ndim)]
+        nnz = storage.nnz
+        n_expanded = storage.n_expanded if isinstance(storage, SymmetricTensor) else nnz
     pointers = None
     if fmt == "csr":
-        pointers = np.zeros(source.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(source.indices[0], minlength=source.shape[0]), out=pointers[1:])
-    n_expanded = storage.n_expanded if isinstance(storage, SymmetricTensor) else storage.nnz
-    structure = cache[key] = DriverStructure(coords, pointers, source.nnz, n_expanded, take)
+        pointers = csr_pointers_of(rows[0], storage.shape[0])
+        if take is not None:
+            rows[0] = None  # a kernel that wants a row per nonzero expands the pointers
+    made_here = take is not None
+
+    def host(array):
+        return array if on_device else xp.to_host(array)
+
+    def make(mode: int):
+        row = rows[mode]
+        if row is None:
+            counts = pointers[1:] - pointers[:-1]
+            row = xp.astype(xp.arange(storage.shape[0]).repeat_interleave(counts) if xp is not NUMPY
+                            else np.repeat(np.arange(storage.shape[0]), counts), index)
+        elif not made_here:
+            row = xp.astype(row, index)  # the kernel's copy of a storage row
+        row = host(row)
+        return row.view(np.uint32) if not on_device and not wide else row
+
+    structure = cache[key] = DriverStructure(_KernelCoords(make, storage.ndim),
+                                             None if pointers is None else host(pointers),
+                                             nnz, n_expanded, None if take is None else host(take))
     return structure
 
 
-def driver_arrays(name: str, storage: SparseTensor, expanded: bool, fmt: str, dtype) -> DriverArrays:
-    """The driver for this call: cached structure, values read now (never cached)."""
+def driver_arrays(name: str, storage: SparseTensor, expanded: bool, fmt: str, dtype,
+                  device_tensors: bool = False) -> DriverArrays:
+    """The driver for this call: cached structure, values read now (never cached). With
+    `device_tensors` (device backends) a structure on an accelerator stays there, and so do its
+    values."""
     storage.validate(name)  # once per structure: in range, canonical, sorted, unique
-    structure = _driver_structure(storage, expanded, fmt)
-    raw = to_numpy(storage.values)
-    exact_in_float64(name, raw)
-    values = np.ascontiguousarray(raw, dtype=dtype)
-    if values.shape != (storage.nnz,):
+    on_device = device_tensors and _on_accelerator(storage)
+    structure = _driver_structure(storage, expanded, fmt, on_device)
+    if on_device:
+        values = _device_values(name, storage, dtype)
+    else:
+        raw = to_numpy(storage.values)
+        exact_in_float64(name, raw)
+        values = np.ascontiguousarray(raw, dtype=dtype)
+    if tuple(values.shape) != (storage.nnz,):
         raise ValueError(f"{name}: {storage.nnz} stored entries but values of shape {tuple(values.shape)}")
     if structure.take is not None:
-        values = values[structure.take]
+        values = values.index_select(0, structure.take) if on_device else values[structure.take]
     return DriverArrays(structure, values)
+
+
+def _device_values(name: str, storage: SparseTensor, dtype):
+    """A storage's values as a torch tensor in `dtype` on its structure's device (read detached)."""
+    import torch
+
+    values = as_torch(storage.values).detach()
+    if values.device != storage.indices.device:
+        values = values.to(storage.indices.device)
+    if values.dtype == torch.int64 and bool((values.abs() > _EXACT_INTEGER).any()):
+        exact_in_float64(name, to_numpy(values))  # raises, naming the value
+    return values.to(torch_dtype(dtype)).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +590,8 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
     driver = None
     if plan.driver is not None:
         storage = to_storage(plan.driver, inputs[plan.driver], plan.driver_groups, check, plan.fill)
-        driver = driver_arrays(plan.driver, storage, plan.driver_expanded, plan.driver_format, dtype)
+        driver = driver_arrays(plan.driver, storage, plan.driver_expanded, plan.driver_format, dtype,
+                               device_tensors)
 
     dense = {}
     for name in plan.dense_inputs:

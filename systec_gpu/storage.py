@@ -261,17 +261,17 @@ class _Keys:
         return _compact(self.xp, self.words, keep)
 
     def decode(self, count: int, out: Any, ndigits: int) -> None:
-        """Digits 0 .. ndigits-1 of the first `count` keys into the rows of `out` (in its dtype),
-        block by block, consuming the words."""
+        """Digits 0 .. ndigits-1 of the first `count` keys into the rows of `out` (an array or a
+        list of arrays, in their dtype), block by block, consuming the words."""
         for a, b in _blocks(count, self.xp.chunk):
             for word, plan in zip(self.words, self.plan, strict=True):
                 block = word[a:b]
                 for d in reversed(plan[1:]):
                     if d < ndigits:
-                        out[d, a:b] = block % self.radices[d]
+                        out[d][a:b] = block % self.radices[d]
                     self.xp.floor_divide_(block, self.radices[d])
                 if plan[0] < ndigits:
-                    out[plan[0], a:b] = block
+                    out[plan[0]][a:b] = block
 
 
 def _compact(xp: NumpyOps, arrays: list, keep: Any) -> int:
@@ -909,10 +909,15 @@ def _address(x: Any) -> tuple:
 
 
 def _csr_pointers(indices: Any, shape: tuple[int, ...]) -> Any:
-    xp = namespace(indices)
-    pointers = xp.zeros(shape[0] + 1 if shape else 1, xp.int64)
-    if shape and indices.shape[1]:
-        pointers[1:] = xp.cumsum(xp.bincount(indices[0], minlength=shape[0]))
+    return csr_pointers_of(indices[0], shape[0]) if shape else namespace(indices).zeros(1, NUMPY.int64)
+
+
+def csr_pointers_of(rows: Any, n_rows: int) -> Any:
+    """Row pointers (int64, length n_rows + 1) of sorted row coordinates, in their library."""
+    xp = namespace(rows)
+    pointers = xp.zeros(n_rows + 1, xp.int64)
+    if rows.shape[0]:
+        pointers[1:] = xp.cumsum(xp.bincount(rows, minlength=n_rows))
     return pointers
 
 
@@ -1073,11 +1078,12 @@ class SymmetricTensor(SparseTensor):
 
         return self._cached("expansion", make)
 
-    def expanded_coordinates(self, coord_dtype: Any, take_dtype: Any) -> tuple[Any, Any]:
+    def expanded_coordinates(self, coord_dtype: Any, take_dtype: Any, *, rows: bool = False) -> tuple[Any, Any]:
         """(coordinates [ndim, n_expanded] in `coord_dtype`, take in `take_dtype`) of the expanded
         tensor, sorted, in this tensor's library, not cached: what `expansion` caches, and what a
-        kernel over the expanded tensor reads in its own index dtype without an int64 copy.
-        Peak: one int64 key and one position per expanded entry, and the result."""
+        kernel over the expanded tensor reads in its own index dtype, without an int64 copy.
+        `rows`: the coordinates as a list of separate arrays, one per mode (a caller may drop
+        one). Peak: one int64 key and one position per expanded entry, and the result."""
         xp, idx, n = self._xp, self.indices, self.nnz
         total = self.n_expanded
         keys = _Keys(xp, total, self.shape)
@@ -1085,16 +1091,16 @@ class SymmetricTensor(SparseTensor):
         filled = 0
         for combo, dest in _group_perms(self.groups, self.ndim):
             for a, b in _blocks(n, xp.chunk):
-                rows = [idx[m, a:b] for m in range(self.ndim)]
+                block = [idx[m, a:b] for m in range(self.ndim)]
                 keep = None
                 for g, slots in zip(self.groups, combo, strict=True):
                     for t in range(len(g) - 1):
                         if slots[t] > slots[t + 1]:  # equal values keep their order: each arrangement once
-                            distinct = rows[g[t]] != rows[g[t + 1]]
+                            distinct = block[g[t]] != block[g[t + 1]]
                             keep = distinct if keep is None else keep & distinct
                 permuted: list[Any] = [None] * self.ndim
                 for m, d in enumerate(dest):
-                    permuted[d] = rows[m] if keep is None else rows[m][keep]
+                    permuted[d] = block[m] if keep is None else block[m][keep]
                 positions = xp.arange(a, b) if keep is None else xp.arange(a, b)[keep]
                 keys.append(permuted)
                 take[filled:filled + int(positions.shape[0])] = positions
@@ -1103,7 +1109,8 @@ class SymmetricTensor(SparseTensor):
         if keys.order is not None:
             take = take[keys.order]
             keys.order = None
-        coords = xp.empty((self.ndim, total), coord_dtype)
+        coords = [xp.empty(total, coord_dtype) for _ in range(self.ndim)] if rows \
+            else xp.empty((self.ndim, total), coord_dtype)
         keys.decode(total, coords, self.ndim)
         return coords, take
 

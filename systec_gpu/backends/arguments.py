@@ -7,6 +7,7 @@ them and fill `args.partial`. Nothing here imports a backend or the runtime.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +27,14 @@ class DriverStructure:
     """What a kernel needs of a sparse driver's structure: cached on the storage's structure (its
     `_cache`, shared by `with_values`), never holding values."""
 
-    coords: tuple[np.ndarray, ...]  # one per mode of the driver access
-    pointers: np.ndarray | None  # CSR row pointers over mode 0 (format "csr")
+    # One per mode of the driver access, in the kernel's index dtype, each made on first use
+    # (a sequence): numpy on the host (uint32 below 2**31), or int32/int64 torch tensors on the
+    # storage's device when a device backend reads storage held there. The arrays below follow.
+    coords: Sequence
+    pointers: np.ndarray | torch.Tensor | None  # CSR row pointers over mode 0 (format "csr")
     nnz: int
     n_expanded: int  # nonzeros of the fully expanded tensor (for work statistics)
-    take: np.ndarray | None  # expanded drivers: position of each entry's canonical value
+    take: np.ndarray | torch.Tensor | None  # expanded drivers: position of each entry's canonical value
     bounds: dict = field(default_factory=dict)
     # Device copies of the coordinates (the Triton backend's): (what, device) -> (source, copy).
     device_copies: dict = field(default_factory=dict, repr=False)
@@ -41,7 +45,7 @@ class DriverArrays:
     """A sparse driver bound for one call: its cached structure and this call's values."""
 
     structure: DriverStructure
-    values: np.ndarray
+    values: np.ndarray | torch.Tensor
 
     coords = property(lambda self: self.structure.coords)
     pointers = property(lambda self: self.structure.pointers)
@@ -54,8 +58,17 @@ class DriverArrays:
         bounds = self.structure.bounds
         if chunks not in bounds:
             targets = np.linspace(0, self.nnz, chunks + 1).round().astype(np.int64)
-            if self.pointers is not None:
-                found = np.searchsorted(self.pointers, targets, side="left").astype(np.int64)
+            pointers = self.pointers
+            if pointers is not None and chunks == 1:
+                found = np.array([0, len(pointers) - 1], dtype=np.int64)
+            elif pointers is not None:
+                if not isinstance(pointers, np.ndarray):  # device pointers: a few bounds come back
+                    import torch
+
+                    found = torch.searchsorted(pointers, torch.as_tensor(targets, device=pointers.device)).cpu().numpy()
+                else:
+                    found = np.searchsorted(pointers, targets, side="left")
+                found = found.astype(np.int64)
                 found[0], found[-1] = 0, len(self.pointers) - 1
             else:
                 found = targets

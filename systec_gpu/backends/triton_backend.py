@@ -603,9 +603,9 @@ def _coordinate(driver, m: int):
 
 
 def _expanded_rows(driver):
-    # CSR drivers: the tiles walk nonzeros, so each needs its row; expand the pointers.
-    pointers = driver.pointers
-    return np.repeat(np.arange(len(pointers) - 1), np.diff(pointers)).astype(_coordinate(driver, 0).dtype)
+    # CSR drivers: the tiles walk nonzeros, so each needs its row: the mode-0 coordinates, which
+    # the driver makes on first use (from its pointers where it keeps no row), on its device.
+    return _coordinate(driver, 0)
 
 
 def _coords_binder(tiles: TileProgram, key: int):
