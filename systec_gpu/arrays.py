@@ -68,6 +68,10 @@ class NumpyOps:
         """`x` in `dtype`, contiguous; `x` itself when it already is."""
         return np.ascontiguousarray(x, dtype=dtype)
 
+    def as_dtype(self, x: np.ndarray, dtype: Any) -> np.ndarray:
+        """`x` in `dtype`, any strides; `x` itself when it already is (no copy of an input)."""
+        return np.asarray(x, dtype=dtype)
+
     def copy(self, x: np.ndarray) -> np.ndarray:
         return x.copy()
 
@@ -160,9 +164,11 @@ class NumpyOps:
         pos_bits = max(n - 1, 0).bit_length()
         if (max(bound - 1, 0).bit_length() + pos_bits) <= 63:
             key <<= pos_bits
-            key |= np.arange(n, dtype=np.int64)
+            for a in range(0, n, self.chunk):  # positions added block by block: no n-long temporary
+                key[a:a + self.chunk] |= np.arange(a, min(n, a + self.chunk), dtype=np.int64)
             key.sort()
-            order = key & ((1 << pos_bits) - 1)
+            order = np.empty(n, dtype=np.int32 if n <= 2**31 else np.int64)  # positions are small
+            np.bitwise_and(key, (1 << pos_bits) - 1, out=order, casting="unsafe")
             key >>= pos_bits
             return key, order
         order = np.argsort(key, kind=None if unique else "stable")
@@ -229,6 +235,9 @@ class TorchOps(NumpyOps):
 
     def astype(self, x, dtype: Any):
         return x.to(self._dtype(dtype)).contiguous()
+
+    def as_dtype(self, x, dtype: Any):
+        return x.to(self._dtype(dtype))
 
     def copy(self, x):
         return x.clone()

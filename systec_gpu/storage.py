@@ -359,7 +359,7 @@ def _coo_arrays(indices: Any, values: Any, shape: Sequence[int], name: str):
         raise ValueError(f"{name}: indices must have shape [{len(shape)}, nnz], got {tuple(idx.shape)}")
     if math.prod(idx.shape) and not xp.is_integer(idx.dtype):
         raise ValueError(f"{name}: indices must be integers, got dtype {xp.dtype_name(idx.dtype)}")
-    idx = xp.astype(idx, xp.int64)
+    idx = xp.as_dtype(idx, xp.int64)  # read by rows: any strides, no copy of an int64 input
     n = int(idx.shape[1])
     vals = xp.asarray(values)
     if vals.ndim == 0:
@@ -692,8 +692,11 @@ def _sorted_unique(xp: NumpyOps, idx: Any, vals: Any, shape: tuple[int, ...], na
                                      f"with different values {_val(vals[keys.position(k - 1)])} and "
                                      f"{_val(vals[keys.position(k)])}", (keys.position(k - 1), keys.position(k)))
     if count < n and merge == "sum":
+        ordered = _gather(vals, keys.order)
+        keys.order = None
         with xp.errstate():  # inf - inf is NaN, as asked
-            out_vals = xp.segment_sum(_gather(vals, keys.order), xp.flatnonzero(start))
+            out_vals = xp.segment_sum(ordered, xp.flatnonzero(start))
+        del ordered
     elif count < n:
         out_vals = _take_where(xp, vals, keys.order, start, count)
     else:

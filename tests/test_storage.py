@@ -335,3 +335,332 @@ def _orbit(x, groups):
                 y[dst] = x[src]
         out.add(tuple(y))
     return out
+
+
+# ----------------------------------------------------------------------------- torch storage
+def as_torch(x):
+    """torch twin of a numpy array (lists and scalars pass through)."""
+    return torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x
+
+
+def host(x) -> np.ndarray:
+    return x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def assert_same_tensor(t_torch, t_numpy):
+    """Built from torch: torch arrays holding exactly what the numpy build holds."""
+    assert type(t_torch) is type(t_numpy) and t_torch.shape == t_numpy.shape
+    assert getattr(t_torch, "groups", None) == getattr(t_numpy, "groups", None)
+    assert isinstance(t_torch.indices, torch.Tensor) and isinstance(t_numpy.indices, np.ndarray)
+    assert isinstance(t_torch.values, torch.Tensor) and isinstance(t_numpy.values, np.ndarray)
+    assert t_torch.indices.dtype == torch.int64 and t_numpy.indices.dtype == np.int64
+    np.testing.assert_array_equal(host(t_torch.indices), t_numpy.indices)
+    np.testing.assert_array_equal(host(t_torch.values), t_numpy.values)
+    assert str(t_torch.values.dtype).removeprefix("torch.") == str(t_numpy.values.dtype)
+
+
+SYM2 = np.array([[1.0, 2.0, 0.0], [2.0, 0.0, 3.0], [0.0, 3.0, 4.0]])
+SHUFFLED = (np.array([[2, 0, 2, 1, 0], [1, 3, 1, 0, 0]]), np.array([1.0, 2.0, 3.0, 4.0, 5.0]), (3, 4))
+FULL3 = SparseTensor.from_dense(perm_sum(random_dense(np.random.default_rng(7), (4, 4, 4), 0.3), [(0, 1, 2)]))
+OFF3 = int(np.flatnonzero(np.ptp(FULL3.indices, axis=0) > 0)[3])  # an entry with a mirror
+
+
+def _builds():
+    """(label, constructor, numpy args, keyword args) of every way to build storage."""
+    lower = (np.array([[2, 1, 1], [0, 1, 0]]), np.array([3.0, 4.0, 5.0]), (3, 3))
+    both = (np.array([[1, 0, 2, 2], [0, 1, 2, 0]]), np.array([5.0, 5.0, 7.0, 6.0]), (3, 3))
+    both_with_mirror = (np.array([[1, 0, 2, 2, 0], [0, 1, 2, 0, 2]]), np.array([5.0, 5.0, 7.0, 6.0, 6.0]), (3, 3))
+    return [
+        ("sparse from_coo", SparseTensor.from_coo, SHUFFLED, {}),
+        ("sparse from_coo int32", SparseTensor.from_coo, (SHUFFLED[0], SHUFFLED[1].astype(np.int32), SHUFFLED[2]), {}),
+        ("sparse from_dense", SparseTensor.from_dense, (random_dense(np.random.default_rng(3), (3, 4, 5)),), {}),
+        ("sparse from_dense fill", SparseTensor.from_dense, (np.array([[np.inf, 1.0], [0.0, np.inf]]),),
+         {"fill": np.inf}),
+        ("sparse trusted", SparseTensor, (np.array([[0, 1], [2, 0]]), np.array([1.0, 2.0]), (2, 3)), {}),
+        ("symmetric trusted", SymmetricTensor, (np.array([[0, 1], [2, 1]]), np.array([1.0, 2.0]), (3, 3)), {}),
+        ("from_canonical", SymmetricTensor.from_canonical,
+         (np.array([[1, 0, 0, 1], [2, 1, 0, 2]]), np.array([1.0, 2.0, 3.0, 1.0]), (3, 3), "full"), {}),
+        ("from_coo one", SymmetricTensor.from_coo, lower, {"stored": "one"}),
+        ("from_coo one unchecked", SymmetricTensor.from_coo, lower, {"stored": "one", "check": False}),
+        ("from_coo full unchecked", SymmetricTensor.from_coo, both, {"check": False}),
+        ("from_coo full", SymmetricTensor.from_coo, both_with_mirror, {}),
+        ("from_coo 3d", SymmetricTensor.from_coo, (FULL3.indices, FULL3.values, FULL3.shape), {}),
+        ("from_coo tolerance", SymmetricTensor.from_coo,
+         (np.array([[0, 1], [1, 0]]), np.array([1.0, 1.0 + 1e-9]), (2, 2)), {"atol": 1e-8}),
+        ("from_dense symmetric", SymmetricTensor.from_dense, (SYM2,), {}),
+        ("from_dense partial", SymmetricTensor.from_dense,
+         (perm_sum(random_dense(np.random.default_rng(4), (3, 5, 3, 5), 0.3), [(0, 2), (1, 3)]),
+          [(0, 2), (1, 3)]), {}),
+        ("huge", SymmetricTensor.from_coo,
+         (np.array([[2_999_999_999], [1], [2_999_999_998]]), np.array([1.0]), (3_000_000_000,) * 3), {"stored": "one"}),
+    ]
+
+
+@pytest.mark.parametrize(("label", "build", "args", "kwargs"), _builds(), ids=[b[0] for b in _builds()])
+def test_torch_construction_equals_numpy(label, build, args, kwargs):
+    from_numpy = build(*args, **kwargs)
+    from_torch = build(*[as_torch(a) for a in args], **kwargs)
+    assert_same_tensor(from_torch, from_numpy)
+    # everything derived from the structure follows the kind, with the same content
+    for derived in ("csr_pointers", "to_dense"):
+        if math.prod(from_numpy.shape) > 10**6:
+            continue
+        got, want = getattr(from_torch, derived)(), getattr(from_numpy, derived)()
+        assert isinstance(got, torch.Tensor) and isinstance(want, np.ndarray)
+        np.testing.assert_array_equal(host(got), want)
+    if isinstance(from_numpy, SymmetricTensor) and from_numpy.ndim < 3 or label == "from_coo 3d":
+        assert isinstance(from_torch.classes, torch.Tensor) and from_torch.classes.dtype == torch.uint8
+        np.testing.assert_array_equal(host(from_torch.classes), from_numpy.classes)
+        assert from_torch.n_expanded == from_numpy.n_expanded
+        (s_t, take_t), (s_n, take_n) = from_torch.expansion(), from_numpy.expansion()
+        np.testing.assert_array_equal(host(s_t.indices), s_n.indices)
+        np.testing.assert_array_equal(host(take_t), take_n)
+        assert_same_tensor(from_torch.expanded(), from_numpy.expanded())
+        for how in ("sum", "upper", "lower"):
+            assert_same_tensor(from_torch.symmetrize(how), from_numpy.symmetrize(how))
+
+
+def _failures():
+    """(label, callable, numpy args, kwargs): every construction error."""
+    return [
+        ("out of range", SparseTensor.from_coo, ([[0, 1], [1, 5]], np.array([1.0, 2.0]), (3, 4)), {}),
+        ("negative index", SymmetricTensor.from_coo, (np.array([[0, -1], [1, 0]]), np.array([1.0, 2.0]), (3, 3)), {}),
+        ("float indices", SparseTensor.from_coo, (np.array([[0.0, 1.0]]), np.array([1.0, 2.0]), (3,)), {}),
+        ("index shape", SparseTensor.from_coo, (np.array([[0, 1]]), np.array([1.0, 2.0]), (3, 3)), {}),
+        ("values shape", SparseTensor.from_coo, (np.array([[0, 1]]), np.array([1.0, 2.0, 3.0]), (3,)), {}),
+        ("duplicates", SparseTensor.from_coo, (np.array([[2, 0, 2], [1, 0, 1]]), np.array([1.0, 2.0, 3.0]), (3, 3)),
+         {"sum_duplicates": False}),
+        ("unsorted", SparseTensor, (np.array([[1, 0]]), np.array([1.0, 2.0]), (2,)), {}),
+        ("not canonical", SymmetricTensor, (np.array([[1], [0]]), np.array([1.0]), (2, 2)), {}),
+        ("canonical input not canonical", SymmetricTensor.from_canonical,
+         (np.array([[0, 2], [1, 1]]), np.array([1.0, 2.0]), (3, 3), "full"), {}),
+        ("canonical duplicates", SymmetricTensor.from_canonical,
+         (np.array([[1, 0, 0], [1, 1, 1]]), np.array([3.0, 1.0, 2.0]), (3, 3), "full"), {}),
+        ("missing mirror", SymmetricTensor.from_coo, (np.array([[2, 1], [0, 1]]), np.array([3.0, 4.0]), (3, 3)), {}),
+        ("missing mirror 3d", SymmetricTensor.from_coo,
+         (np.delete(FULL3.indices, OFF3, axis=1), np.delete(FULL3.values, OFF3), FULL3.shape), {}),
+        ("asymmetric", SymmetricTensor.from_coo, (np.array([[1, 0], [0, 1]]), np.array([6.0, 5.0]), (3, 3)), {}),
+        ("asymmetric nan", SymmetricTensor.from_coo,
+         (np.array([[0, 1], [1, 0]]), np.array([np.nan, 1.0]), (2, 2)), {}),
+        ("asymmetric partial", SymmetricTensor.from_coo,
+         (np.array([[0, 2, 0], [1, 1, 1], [2, 0, 2], [3, 3, 3]]), np.array([1.0, 1.0, 2.0]), (3, 4, 3, 4)),
+         {"groups": [(0, 2), (1, 3)]}),
+        ("two arrangements", SymmetricTensor.from_coo, (np.array([[1, 0], [0, 1]]), np.array([5.0, 5.0]), (3, 3)),
+         {"stored": "one"}),
+        ("duplicates disagree", SymmetricTensor.from_coo,
+         (np.array([[1, 1], [0, 0]]), np.array([6.0, 7.0]), (3, 3)), {}),
+        ("duplicates disagree unchecked", SymmetricTensor.from_coo,
+         (np.array([[0, 0], [1, 1]]), np.array([6.0, 7.0]), (3, 3)), {"check": False}),
+        ("dense asymmetric", SymmetricTensor.from_dense, (np.array([[0.0, 1.5], [2.0, 0.0]]),), {}),
+        ("dense asymmetric 3d", SymmetricTensor.from_dense,
+         (np.arange(27.0).reshape(3, 3, 3),), {"groups": [(1, 2)], "name": "T"}),
+    ]
+
+
+@pytest.mark.parametrize(("label", "build", "args", "kwargs"), _failures(), ids=[f[0] for f in _failures()])
+def test_torch_errors_equal_numpy(label, build, args, kwargs):
+    with pytest.raises(ValueError) as from_numpy:
+        build(*args, **kwargs)
+    with pytest.raises(ValueError) as from_torch:
+        build(*[as_torch(a) for a in args], **kwargs)
+    assert type(from_torch.value) is type(from_numpy.value)
+    assert str(from_torch.value) == str(from_numpy.value)
+    assert getattr(from_torch.value, "positions", ()) == getattr(from_numpy.value, "positions", ())
+
+
+@pytest.mark.parametrize("indices", [
+    [[0, 2, 1], [1, 0, 2]],  # not canonical
+    [[0, 0, 1], [1, 1, 2]],  # repeats
+    [[1, 0], [1, 1]],  # comes before
+    [[0, 7], [1, 1]],  # outside
+])
+def test_check_coordinates_torch_equals_numpy(indices):
+    from systec_gpu.storage import check_coordinates
+
+    messages = []
+    for idx in (np.array(indices), torch.tensor(indices)):
+        with pytest.raises(EntryError) as error:
+            check_coordinates(idx, (3, 3), ((0, 1),))
+        messages.append((str(error.value), error.value.positions))
+    assert messages[0] == messages[1]
+
+
+def test_values_keep_requires_grad():
+    idx = torch.tensor([[2, 0, 2, 1], [1, 3, 1, 0]])
+    v = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64, requires_grad=True)
+    t = SparseTensor.from_coo(idx, v, (3, 4))
+    assert t.values.requires_grad
+    t.values.sum().backward()  # every input entry reaches one stored entry once
+    np.testing.assert_array_equal(v.grad.numpy(), [1.0, 1.0, 1.0, 1.0])
+    # symmetric: the canonical arrangement's value is the stored one
+    w = torch.tensor([5.0, 5.0, 7.0], dtype=torch.float64, requires_grad=True)
+    s = SymmetricTensor.from_coo(torch.tensor([[1, 0, 2], [0, 1, 2]]), w, (3, 3))
+    (s.values * torch.tensor([1.0, 10.0], dtype=torch.float64)).sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), [0.0, 1.0, 10.0])
+    dense = torch.from_numpy(SYM2.copy()).requires_grad_()
+    d = SymmetricTensor.from_dense(dense)
+    assert d.values.requires_grad
+    d.values.sum().backward()
+    np.testing.assert_array_equal(dense.grad.numpy(), np.triu(SYM2 != 0))
+    # with_values keeps it, on numpy and on torch structures, and so does the expansion
+    for structure in (SymmetricTensor.from_dense(SYM2), SymmetricTensor.from_dense(torch.from_numpy(SYM2))):
+        grad_values = torch.ones(structure.nnz, dtype=torch.float64, requires_grad=True)
+        moved = structure.with_values(grad_values)
+        assert moved.values is grad_values and moved._cache is structure._cache
+        expanded = moved.expanded()
+        assert expanded.values.requires_grad
+        expanded.values.sum().backward()
+        np.testing.assert_array_equal(grad_values.grad.numpy(), [1.0, 2.0, 2.0, 1.0])  # diagonal once, pairs twice
+        dense_again = moved.to_dense()
+        assert isinstance(dense_again, torch.Tensor) and dense_again.requires_grad
+
+
+def test_to_round_trips_and_structure_cache():
+    s = SymmetricTensor.from_dense(SYM2)
+    _ = s.csr_pointers(), s.classes, s.n_expanded
+    t = s.to("cpu")  # numpy -> torch on the CPU: the same memory, the same structure
+    assert isinstance(t.indices, torch.Tensor) and isinstance(t.values, torch.Tensor)
+    assert t.device == torch.device("cpu") and s.device == torch.device("cpu")
+    assert t._cache is s._cache
+    assert isinstance(t.csr_pointers(), torch.Tensor) and isinstance(s.csr_pointers(), np.ndarray)  # by kind
+    np.testing.assert_array_equal(t.csr_pointers().numpy(), s.csr_pointers())
+    back = t.numpy()
+    assert isinstance(back.indices, np.ndarray) and back._cache is s._cache
+    np.testing.assert_array_equal(back.indices, s.indices)
+    np.testing.assert_array_equal(back.values, s.values)
+    assert t.cpu()._cache is s._cache
+    # a structure that moved is a new structure: nothing cached for the old place comes along
+    meta = t.to("meta")
+    assert meta.indices.device.type == "meta" and meta._cache is not s._cache and meta._cache == {}
+    # values requiring grad move differentiably
+    v = torch.ones(s.nnz, dtype=torch.float64, requires_grad=True)
+    moved = s.with_values(v).to("cpu")
+    assert moved.values.requires_grad
+
+
+def test_with_values_shares_structure_cache_only():
+    s = SymmetricTensor.from_dense(torch.from_numpy(SYM2))
+    _ = s.csr_pointers(), s.classes, s.expansion()
+    twice = s.with_values(s.values * 2)
+    assert twice._cache is s._cache and twice.indices is s.indices
+    np.testing.assert_array_equal(twice.to_dense().numpy(), 2 * SYM2)
+    # the cache holds structure only: no entry changes with the values
+    for value in s._cache.values():
+        arrays = value if isinstance(value, tuple) else (value,)
+        for array in arrays:
+            if isinstance(array, torch.Tensor):
+                assert array.dtype in (torch.int64, torch.int32, torch.uint8)
+    numpy_values = s.with_values(np.array([1.0, 2.0, 3.0, 4.0]))  # numpy values on a torch structure
+    assert isinstance(numpy_values.values, torch.Tensor)
+
+
+# ----------------------------------------------------------------------------- blocks
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    """Blocks of 3 entries: every blockwise pass crosses block boundaries."""
+    from systec_gpu import arrays
+
+    monkeypatch.setattr(arrays.NumpyOps, "chunk", 3)
+    monkeypatch.setattr(arrays.TorchOps, "chunk", 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 40), st.integers(0, 2**32 - 1), st.booleans())
+def test_from_coo_matches_reference_in_small_blocks(ndim, nnz, seed, use_torch):
+    from systec_gpu import arrays
+
+    saved = arrays.NumpyOps.chunk, arrays.TorchOps.chunk
+    arrays.NumpyOps.chunk = arrays.TorchOps.chunk = 3
+    try:
+        rng = np.random.default_rng(seed)
+        shape = (3,) * ndim
+        idx = rng.integers(0, 3, (ndim, nnz))
+        vals = rng.integers(1, 5, nnz).astype(np.float64)
+        want: dict = {}
+        for col, v in zip(map(tuple, idx.T.tolist()), vals.tolist(), strict=True):
+            want[col] = want.get(col, 0.0) + v
+        convert = as_torch if use_torch else (lambda x: x)
+        t = SparseTensor.from_coo(convert(idx), convert(vals), shape)
+        got = dict(zip(map(tuple, host(t.indices).T.tolist()), host(t.values).tolist(), strict=True))
+        assert got == want and list(got) == sorted(want)
+        if ndim >= 2:  # one triangle in random arrangements, with agreeing repeats
+            canon = {tuple(sorted(c)): v for c, v in want.items()}
+            coords = [tuple(rng.permutation(c)) for c in canon]
+            values = list(canon.values())
+            coords, values = coords + coords[:2], values + values[:2]
+            s = SymmetricTensor.from_coo(convert(np.array(coords, dtype=np.int64).T.reshape(ndim, -1)),
+                                         convert(np.array(values)), shape, stored="one")
+            got = dict(zip(map(tuple, host(s.indices).T.tolist()), host(s.values).tolist(), strict=True))
+            assert got == canon and list(got) == sorted(canon)
+            full = s.expanded()
+            back = SymmetricTensor.from_coo(full.indices, full.values, shape)  # every permutation stored
+            np.testing.assert_array_equal(host(back.indices), host(s.indices))
+            assert back.n_expanded == s.n_expanded == full.nnz
+    finally:
+        arrays.NumpyOps.chunk, arrays.TorchOps.chunk = saved
+
+
+def test_errors_in_small_blocks_name_the_same_entries(tiny_blocks):
+    e = SparseTensor.from_dense(perm_sum(random_dense(np.random.default_rng(5), (5, 5), 0.6), [(0, 1)]))
+    order = np.random.default_rng(0).permutation(e.nnz)
+    idx, vals = e.indices[:, order], e.values[order].copy()
+    off = int(np.flatnonzero(idx[0, :] != idx[1, :])[-1])
+    vals[off] += 1.0
+    with pytest.raises(EntryError, match="is not symmetric in modes") as error:
+        SymmetricTensor.from_coo(idx, vals, e.shape)
+    assert off in error.value.positions
+    with pytest.raises(EntryError, match="without its mirror"):
+        SymmetricTensor.from_coo(np.delete(idx, off, axis=1), np.delete(e.values[order], off), e.shape)
+    with pytest.raises(EntryError, match=r"A is not symmetric in modes \(0, 1\)"):
+        SymmetricTensor.from_dense(np.triu(np.ones((5, 5))))
+
+
+# ----------------------------------------------------------------------------- memory
+def _peak(build) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = build()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def test_building_peaks_below_one_and_a_half_times_the_input(monkeypatch):
+    """tracemalloc peak of the allocations a build makes (its output included), against the
+    bytes of the coordinates and values given: at most 1.5x (3.4-3.8x before the key sort)."""
+    from systec_gpu import arrays
+
+    monkeypatch.setattr(arrays.NumpyOps, "chunk", 1 << 13)  # blocks small against 1e5 entries, as 2**20 is at 1e7
+    rng = np.random.default_rng(0)
+    n, size = 100_000, 50_000
+    idx = rng.integers(0, size, (2, n))
+    vals = rng.uniform(0.5, 2.0, n)
+    raw = idx.nbytes + vals.nbytes
+    peak, _ = _peak(lambda: SparseTensor.from_coo(idx, vals, (size, size)))
+    assert peak <= 1.5 * raw, peak / raw
+    canonical = np.sort(idx, axis=0)
+    canonical = canonical[:, np.unique(canonical[0] * size + canonical[1], return_index=True)[1]]
+    full = np.concatenate([canonical, canonical[::-1]], axis=1)  # both triangles, diagonal twice
+    full_vals = np.tile(rng.uniform(0.5, 2.0, canonical.shape[1]), 2)
+    order = rng.permutation(full.shape[1])
+    full, full_vals = full[:, order], full_vals[order]
+    peak, s = _peak(lambda: SymmetricTensor.from_coo(full, full_vals, (size, size)))
+    assert peak <= 1.5 * (full.nbytes + full_vals.nbytes), peak / (full.nbytes + full_vals.nbytes)
+    # the kernel's expanded structure: its own size (int32 coordinates, take) plus at most 1x the input
+    own = s.n_expanded * (2 * 4 + 4)
+    raw_canonical = s.indices.nbytes + s.values.nbytes
+    peak, (coords, take) = _peak(lambda: s.expanded_coordinates(np.int32, np.int32))
+    assert coords.shape == (2, s.n_expanded) and peak <= own + raw_canonical, (peak - own) / raw_canonical
+
+
+def test_from_dense_peaks_at_its_output(monkeypatch):
+    from systec_gpu import arrays
+
+    monkeypatch.setattr(arrays.NumpyOps, "chunk", 1 << 13)
+    rng = np.random.default_rng(1)
+    a = perm_sum(random_dense(rng, (1000, 1000), 0.5), [(0, 1)])
+    peak, s = _peak(lambda: SymmetricTensor.from_dense(a))
+    output = s.indices.nbytes + s.values.nbytes
+    assert peak <= output + 0.1 * a.nbytes, (peak - output) / a.nbytes  # was 4x the dense input
