@@ -38,6 +38,7 @@ class NumpyOps:
 
     name = "numpy"
     chunk = 1 << 20  # entries per block of the blockwise passes: temporaries of a few MiB
+    min_chunk = 1 << 12  # ... and at least this many (fewer, smaller blocks for small inputs)
     int64, int32, uint8, bool, float64 = (np.dtype(t) for t in (np.int64, np.int32, np.uint8, np.bool_, np.float64))
     device = None
 

@@ -5,8 +5,8 @@ data lives: numpy arrays stay numpy; torch tensors stay torch tensors on their d
 canonicalization, sorting, merging, checks, classes, pointers and expansion run there with torch
 ops. One implementation, written against the small namespace of `arrays.py`.
 
-Memory: every pass over the nonzeros that needs temporaries runs blockwise (`xp.chunk` entries
-at a time); the sort is over one int64 key per entry (coordinates in mixed radix, and for
+Memory: every pass over the nonzeros that needs temporaries runs blockwise (blocks of at most `xp.chunk`
+entries); the sort is over one int64 key per entry (coordinates in mixed radix, and for
 symmetric inputs the arrangement of each entry within its canonical point as the last digit),
 and the output coordinates are decoded from the sorted keys in place, so that building peaks at
 the output plus about two int64 arrays. The only Python loops run over modes, groups, the g!
@@ -61,7 +61,15 @@ def _column(xp: NumpyOps, idx: Any, k: int) -> list[int]:
     return [int(c) for c in xp.to_host(idx[:, k])]
 
 
-def _blocks(n: int, size: int):
+def _block_size(xp: NumpyOps, n: int) -> int:
+    """Entries per block of a blockwise pass over `n`: at most `xp.chunk` (temporaries of a few
+    MiB at any size), and at most a sixteenth of the pass above `xp.min_chunk` (so that small
+    inputs peak low too, without many tiny blocks)."""
+    return min(xp.chunk, max(xp.min_chunk, -(-n // 16)))
+
+
+def _blocks(xp: NumpyOps, n: int):
+    size = _block_size(xp, n)
     for start in range(0, n, size):
         yield start, min(n, start + size)
 
@@ -149,7 +157,7 @@ def _n_expanded(indices: Any, groups: Groups) -> int:
     if full == 1:
         return int(indices.shape[1])
     return sum(int((full // _stabilizer(indices[:, a:b], groups)).sum())
-               for a, b in _blocks(indices.shape[1], xp.chunk))
+               for a, b in _blocks(xp, indices.shape[1]))
 
 
 def _group_perms(groups: Groups, ndim: int):
@@ -263,7 +271,7 @@ class _Keys:
     def decode(self, count: int, out: Any, ndigits: int) -> None:
         """Digits 0 .. ndigits-1 of the first `count` keys into the rows of `out` (an array or a
         list of arrays, in their dtype), block by block, consuming the words."""
-        for a, b in _blocks(count, self.xp.chunk):
+        for a, b in _blocks(self.xp, count):
             for word, plan in zip(self.words, self.plan, strict=True):
                 block = word[a:b]
                 for d in reversed(plan[1:]):
@@ -278,7 +286,7 @@ def _compact(xp: NumpyOps, arrays: list, keep: Any) -> int:
     """Move the entries where `keep` to the front of each array, in place, block by block (an
     entry moves only backwards, onto positions already read); returns their number."""
     count = 0
-    for a, b in _blocks(int(keep.shape[0]), xp.chunk):
+    for a, b in _blocks(xp, int(keep.shape[0])):
         mask = keep[a:b]
         moved = 0
         for array in arrays:
@@ -299,7 +307,7 @@ def _take_where(xp: NumpyOps, values: Any, order: Any, keep: Any, count: int) ->
         return values[positions if order is None else order[positions]]
     out = xp.empty(count, values.dtype)
     filled = 0
-    for a, b in _blocks(int(keep.shape[0]), xp.chunk):
+    for a, b in _blocks(xp, int(keep.shape[0])):
         positions = xp.arange(a, b)[keep[a:b]]
         part = values[positions if order is None else order[positions]]
         out[filled:filled + int(part.shape[0])] = part
@@ -420,10 +428,12 @@ def check_coordinates(indices: Any, shape: Sequence[int], groups: Groups = (), n
                      "(SymmetricTensor.from_coo / SparseTensor.from_coo sort and merge them)", (k, k + 1))
 
 
-def _slabs(shape: Sequence[int], chunk: int):
-    """Blocks of leading-axis rows holding about `chunk` entries each."""
-    per_row = math.prod(shape[1:])
-    return _blocks(shape[0], max(1, chunk // max(per_row, 1)))
+def _slabs(xp: NumpyOps, shape: Sequence[int]):
+    """Blocks of leading-axis rows holding about one block's entries each."""
+    per_row = max(math.prod(shape[1:]), 1)
+    rows = max(1, _block_size(xp, shape[0] * per_row) // per_row)
+    for start in range(0, shape[0], rows):
+        yield start, min(shape[0], start + rows)
 
 
 def check_dense_symmetry(a: Any, groups: Groups, name: str = "A", atol: float = 0.0,
@@ -434,7 +444,7 @@ def check_dense_symmetry(a: Any, groups: Groups, name: str = "A", atol: float = 
     for g in groups:
         for p, q in itertools.pairwise(g):  # adjacent transpositions generate the group
             swapped = xp.swapaxes(a, p, q)
-            for r0, r1 in _slabs(a.shape, xp.chunk):
+            for r0, r1 in _slabs(xp, a.shape):
                 bad = ~_agree(a[r0:r1], swapped[r0:r1], atol, rtol)
                 k = xp.first_true(bad)
                 if k is None:
@@ -472,7 +482,7 @@ def _dense_entries(a: Any, fill: float, groups: Groups) -> tuple[Any, Any]:
                 keep &= axis(p, r0, r1) <= axis(q, r0, r1)
         return slab, keep
 
-    slabs = list(_slabs(shape, xp.chunk))
+    slabs = list(_slabs(xp, shape))
     counts = [int(entries(r0, r1)[1].sum()) for r0, r1 in slabs]
     coords = xp.empty((ndim, sum(counts)), xp.int64)
     grad = getattr(a, "requires_grad", False)
@@ -512,7 +522,7 @@ class _CanonicalSort:
         self.grouped = sorted(self.group_of)
         arrangements = math.prod(len(self.group_of[m]) for m in self.grouped)
         self.keys = _Keys(xp, self.n, [*shape, arrangements] if self.grouped else shape)
-        for a, b in _blocks(self.n, xp.chunk):
+        for a, b in _blocks(xp, self.n):
             self.keys.append(self._digits(a, b))
         self.keys.sort()
 
@@ -566,7 +576,7 @@ class _CanonicalSort:
         full = math.prod(math.factorial(len(g)) for g in self.groups)
         found: dict[str, Any] = {"start": xp.empty(n, xp.bool), "distinct": 0, "expected": 0}
         carry_first, carry_value = 0, None
-        for a, b in _blocks(n, xp.chunk):
+        for a, b in _blocks(xp, n):
             lo = max(a, 1)
             same_key = keys.same_as_previous(a, b)
             same_canon = keys.same_as_previous(a, b, drop_last=bool(self.grouped))
@@ -666,11 +676,11 @@ def _sorted_unique(xp: NumpyOps, idx: Any, vals: Any, shape: tuple[int, ...], na
     (`merge="sum"`), an error (`"error"`), or kept once if their values agree (`"agree"`)."""
     n, ndim = int(idx.shape[1]), len(shape)
     keys = _Keys(xp, n, shape)
-    for a, b in _blocks(n, xp.chunk):
+    for a, b in _blocks(xp, n):
         keys.append([idx[m, a:b] for m in range(ndim)])
     keys.sort()
     start = xp.empty(n, xp.bool)
-    for a, b in _blocks(n, xp.chunk):
+    for a, b in _blocks(xp, n):
         if a == 0:
             start[0] = True
         start[max(a, 1):b] = ~keys.same_as_previous(a, b)
@@ -681,7 +691,7 @@ def _sorted_unique(xp: NumpyOps, idx: Any, vals: Any, shape: tuple[int, ...], na
             raise EntryError(f"{name} has duplicate entries at {_fmt(name, keys.digits_at(k))}",
                              (keys.position(k - 1), keys.position(k)))
         if merge == "agree":
-            for a, b in _blocks(n, xp.chunk):
+            for a, b in _blocks(xp, n):
                 lo = max(a, 1)
                 positions = xp.arange(lo - 1, b)
                 values = vals[positions if keys.order is None else keys.order[positions]]
@@ -1093,7 +1103,7 @@ class SymmetricTensor(SparseTensor):
         take = xp.empty(total, take_dtype)
         filled = 0
         for combo, dest in _group_perms(self.groups, self.ndim):
-            for a, b in _blocks(n, xp.chunk):
+            for a, b in _blocks(xp, n):
                 block = [idx[m, a:b] for m in range(self.ndim)]
                 keep = None
                 for g, slots in zip(self.groups, combo, strict=True):

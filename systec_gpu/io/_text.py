@@ -16,7 +16,7 @@ def is_gzip(path: str | os.PathLike[str]) -> bool:
 def open_binary(path: str | os.PathLike[str], mode: str = "rb") -> IO[bytes]:
     """Open a plain or gzip-compressed file (chosen by the .gz suffix)."""
     if is_gzip(path):
-        return gzip.open(path, mode, compresslevel=6) if "w" in mode else gzip.open(path, mode)
+        return gzip.open(path, mode, compresslevel=1) if "w" in mode else gzip.open(path, mode)
     return open(path, mode)  # noqa: SIM115 - returned to the caller, who closes it
 
 
