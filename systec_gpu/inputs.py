@@ -18,11 +18,14 @@ the `KernelArgs` the backends read. What is checked, and where each input kind g
   validated once per structure (in range, canonical, sorted, unique).
 
 Caches (all of them; nothing else in the call path keeps data between calls):
-- a storage's structure cache (`SparseTensor._cache`: kernel coordinates, CSR pointers, chunk
-  bounds, device copies of coordinates, the validity check) lives as long as the storage and is
-  shared by `with_values`; it never holds values;
-- conversions of foreign sparse inputs (scipy, pydata, torch sparse, and a `SparseTensor` given
-  for a symmetric operand): `_CONVERTED`, keyed weakly by the input object (dropped with it) and
+- a storage's structure cache (`SparseTensor._cache`: kernel coordinates, each mode made on
+  first use, in the storage's library and, for a device backend, on its device; CSR pointers,
+  chunk bounds, device copies of coordinates, the validity check) lives as long as the storage
+  and is shared by `with_values` (and by `.to()` when the structure did not move); it never
+  holds values;
+- conversions of foreign sparse inputs (scipy, pydata, torch sparse, and a numpy-held
+  `SparseTensor` given for a symmetric operand; a torch-held one is converted where it lives,
+  every call): `_CONVERTED`, keyed weakly by the input object (dropped with it) and
   reused only while the input's arrays still equal the copies taken when it was converted, so an
   input modified in place is converted again;
 - per kernel, the prepared launches (`runtime.Launch`) and their bind plans: no data.
