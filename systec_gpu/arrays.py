@@ -157,23 +157,48 @@ class NumpyOps:
 
     def sort_with_order(self, key: np.ndarray, bound: int, unique: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(sorted keys, order) of nonnegative int64 keys below `bound`, ties in input order
-        (`unique`: the keys have no ties). `key` is the caller's scratch and may be overwritten.
-        When the key and the position fit one int64 together, they are sorted as one number
-        (numpy's value sort is several times faster than its argsort, and needs no index
-        buffer)."""
+        (`unique`: the keys have no ties; the result is the same). `key` is the caller's scratch
+        and may be overwritten.
+
+        numpy's value sort of int64 is several times faster than any of its argsorts and needs
+        no index buffer, so the positions ride along in the low bits of one int64: the key and
+        its position sort as one number (stable by construction). A key too wide for that is
+        sorted digit by digit, least significant first (a radix sort whose passes are such
+        packed sorts)."""
         n = key.shape[0]
         pos_bits = max(n - 1, 0).bit_length()
-        if (max(bound - 1, 0).bit_length() + pos_bits) <= 63:
+        key_bits = max(bound - 1, 0).bit_length()
+        index = np.int32 if n <= 2**31 else np.int64  # positions are small: half the memory
+        if key_bits + pos_bits <= 63:
             key <<= pos_bits
-            for a in range(0, n, self.chunk):  # positions added block by block: no n-long temporary
-                key[a:a + self.chunk] |= np.arange(a, min(n, a + self.chunk), dtype=np.int64)
+            self._add_positions(key)
             key.sort()
-            order = np.empty(n, dtype=np.int32 if n <= 2**31 else np.int64)  # positions are small
+            order = np.empty(n, dtype=index)
             np.bitwise_and(key, (1 << pos_bits) - 1, out=order, casting="unsafe")
             key >>= pos_bits
             return key, order
-        order = np.argsort(key, kind=None if unique else "stable")
+        room = 63 - pos_bits
+        if room < 16:  # billions of entries: the digits would be too many
+            order = np.argsort(key, kind="stable")
+            return key[order], order
+        order = None
+        for shift in range(0, key_bits, room):  # least significant digit first
+            digit = key >> shift if order is None else key[order] >> shift
+            digit &= (1 << room) - 1
+            digit <<= pos_bits
+            self._add_positions(digit)
+            digit.sort()
+            step = np.empty(n, dtype=index)
+            np.bitwise_and(digit, (1 << pos_bits) - 1, out=step, casting="unsafe")
+            del digit
+            order = step if order is None else order[step]
         return key[order], order
+
+    def _add_positions(self, packed: np.ndarray) -> None:
+        """packed |= arange(n), block by block (no n-long temporary)."""
+        n = packed.shape[0]
+        for a in range(0, n, self.chunk):
+            packed[a:a + self.chunk] |= np.arange(a, min(n, a + self.chunk), dtype=np.int64)
 
     def lexsort(self, keys: list) -> np.ndarray:
         """Stable order sorting by `keys[0]`, then `keys[1]`, ... (major first)."""
