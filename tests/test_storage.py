@@ -664,3 +664,16 @@ def test_from_dense_peaks_at_its_output(monkeypatch):
     peak, s = _peak(lambda: SymmetricTensor.from_dense(a))
     output = s.indices.nbytes + s.values.nbytes
     assert peak <= output + 0.1 * a.nbytes, (peak - output) / a.nbytes  # was 4x the dense input
+
+
+@pytest.mark.parametrize("bound", [2**20, 2**50, 2**62])  # one packed sort; two and three digits
+def test_numpy_sort_with_order_is_a_stable_argsort(bound):
+    from systec_gpu.arrays import NUMPY
+
+    rng = np.random.default_rng(bound % 97)
+    key = rng.integers(0, bound, 5000)
+    key[:1000] = key[1000:2000]  # ties keep their input order
+    got, order = NUMPY.sort_with_order(key.copy(), bound)
+    want = np.argsort(key, kind="stable")
+    np.testing.assert_array_equal(order, want)
+    np.testing.assert_array_equal(got, key[want])
