@@ -233,6 +233,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write(out: str | None, trees: dict, rows: list[dict]) -> dict:
+    result = {"machine": machine(), "date": datetime.date.today().isoformat(), "trees": trees,
+              "method": __doc__, "results": rows, "loglog_slopes": slopes(rows)}
+    out = out or Path(__file__).parent / "results" / f"scaling-{platform.node()}-{result['date']}.json"
+    Path(out).write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", action="append", default=[], help="label=path of a checkout (repeatable)")
@@ -260,10 +268,8 @@ def main() -> None:
                 row = {"tree": label, **json.loads(done.stdout.strip().splitlines()[-1])}
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
-    result = {"machine": machine(), "date": datetime.date.today().isoformat(), "trees": trees,
-              "method": __doc__, "results": rows, "loglog_slopes": slopes(rows)}
-    out = args.out or Path(__file__).parent / "results" / f"scaling-{platform.node()}-{result['date']}.json"
-    Path(out).write_text(json.dumps(result, indent=1))
+                write(args.out, trees, rows)  # after every measurement: a cut run keeps its rows
+    result = write(args.out, trees, rows)
     print(table(rows))
     print(json.dumps(result["loglog_slopes"], indent=1))
 
