@@ -40,6 +40,7 @@ class Kernel:
         self._last: KernelArgs | None = None
         self._stats: dict | None = None
         self._launches: dict[str, Launch] = {}  # backend name -> prepared launch
+        self._kernel_op = None  # its torch op (torch_ops.kernel_op), once registered
 
     def __repr__(self) -> str:
         return f"Kernel({self.expression!r}, symmetry={self.symmetrized.exploit}, backend={self.backend!r})"

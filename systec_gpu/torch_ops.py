@@ -22,7 +22,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import algebra
-from .autodiff import GRAD_PREFIX, derivative_terms
+from .autodiff import derivative_terms, grad_name
 from .backends import registry
 from .inputs import as_torch as _as_torch
 from .inputs import check_tensor_names, to_storage
@@ -237,8 +237,8 @@ class KernelOp:
 
     def _sampleable(self, term) -> bool:
         """Whether the term can be evaluated at points by gathers: all its factors are dense tensors."""
-        grad_name = GRAD_PREFIX + self.kernel.program.einsum.output.tensor
-        return all(t == grad_name or not self.by_name[t].sparse for t, _ in term.factors)
+        name = grad_name(self.kernel.program)
+        return all(t == name or not self.by_name[t].sparse for t, _ in term.factors)
 
     def plan(self, target: str) -> list:
         """(weight, term, derivative KernelOp or None) for `target`: None where the term is evaluated
@@ -265,14 +265,14 @@ class KernelOp:
         if o.groups and not o.sparse:
             raise NotImplementedError(f"autograd w.r.t. the dense symmetric operand {target} is not implemented; "
                                       "pass it as a SymmetricTensor to differentiate its values")
-        grad_name = GRAD_PREFIX + self.kernel.program.einsum.output.tensor
+        gname = grad_name(self.kernel.program)
         dense = None
         for weight, _, deriv in self.plan(target):
             if deriv is None:
                 continue
             inputs: dict[str, Any] = {}
             for d in deriv.operands:
-                if d.name == grad_name:
+                if d.name == gname:
                     inputs[d.name] = grad
                     continue
                 src = self.by_name[d.name]
@@ -284,7 +284,7 @@ class KernelOp:
             return dense
         sampled = [(w, term) for w, term, deriv in self.plan(target) if deriv is None]
         tensors = {p.name: args[p.first] for p in self.operands if not p.sparse}
-        tensors[grad_name] = grad
+        tensors[gname] = grad
         indices = args[o.first]
         total = None
         for coords, keep in distinct_permutations(indices, o.groups):
@@ -356,10 +356,16 @@ def kernel_op(kernel, *, derivatives: bool = True) -> KernelOp:
                     # cache key does not cover this module's Python backward)
                     found.terms(o.name)
                     found.plan(o.name)
-    elif found.kernel.program != kernel.program:
+    elif found.kernel is not kernel and found.kernel.program != kernel.program:
         raise ValueError(f"kernel name {kernel.name!r} is already registered for a different expression "
                          f"({found.kernel.expression!r})")
+    kernel._kernel_op = found  # traced calls find it without comparing programs
     return found
+
+
+def _op_of(kernel) -> KernelOp:
+    found = getattr(kernel, "_kernel_op", None)
+    return found if found is not None else kernel_op(kernel)
 
 
 def _torch_indices(o: _Operand, storage: SparseTensor) -> torch.Tensor:
@@ -375,7 +381,7 @@ def _torch_indices(o: _Operand, storage: SparseTensor) -> torch.Tensor:
 
 def flatten(kernel, tensors: dict[str, Any], *, check: bool = True) -> list:
     """The op's arguments for a call's tensors by name (see `apply`)."""
-    op = kernel_op(kernel)
+    op = _op_of(kernel)
     if torch.compiler.is_compiling():
         # Traced by Dynamo: storage objects cross as their tensors; checks run in the op itself.
         flat: list[Any] = []
@@ -415,7 +421,10 @@ def apply(kernel, tensors: dict[str, Any], *, check: bool = True, out=None):
     tensor, whose canonical nonzeros are gathered differentiably. CuPy in -> CuPy out (DLPack).
     `out`: written with the result (outside autograd) and returned.
     """
-    result = kernel_op(kernel).op(*flatten(kernel, tensors, check=check))
+    op = _op_of(kernel)
+    result = op.op(*flatten(kernel, tensors, check=check))
+    if op.kernel is not kernel and not torch.compiler.is_compiling():
+        kernel._last, kernel._stats = op.kernel._last, None  # the op ran the kernel registered first
     if out is not None:
         with torch.no_grad():
             return out.copy_(result)
