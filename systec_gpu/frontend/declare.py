@@ -100,13 +100,6 @@ def build_program(
                 f"(tensors: {', '.join(sorted(arity))})"
             )
         groups = normalize_groups(tensor, spec, arity[tensor])
-        for group in groups:
-            for access in (einsum.output, *accesses(einsum.rhs)):
-                if access.tensor == tensor and len({access.indices[m] for m in group}) < len(group):
-                    raise DeclarationError(
-                        f"symmetric {tensor!r}: access {access} repeats an index inside group {group}; "
-                        "diagonal extraction of a symmetric tensor is not supported"
-                    )
         if groups:
             symmetries.append(Symmetry(tensor, groups))
     declared = {s.tensor for s in symmetries}
