@@ -14,3 +14,9 @@ from .test_properties import expressions, run_case  # noqa: E402
 @given(expressions(), st.integers(0, 2**16))
 def test_random_expressions_triton(case, seed):
     run_case(*case, backend="triton", seed=seed)
+
+
+def test_six_mode_mttkrp_triton():
+    from .test_properties import six_mode_mttkrp_case
+
+    six_mode_mttkrp_case("triton")
