@@ -134,3 +134,58 @@ def test_symmetric_diagonal_reads_canonical_storage():
     assert [s.indices for s in kernel.symmetrized.sets] == [(sg.ir.einsum.Index("i"), sg.ir.einsum.Index("j"))]
     (loop,) = [n for n in walk(kernel.loops.body) if isinstance(n, SparseLoop)]
     assert not loop.expanded
+
+
+# ---------------------------------------------------------------------------------------------
+# Known defects outside the compiler passes, recorded as strict xfails (they flip when fixed).
+
+
+def _nan_min_max_cases():
+    a = np.array([[1.0, np.nan, 5.0], [np.nan, 2.0, 2.0], [5.0, 2.0, 3.0]])
+    x = np.array([1.0, 2.0, -np.inf])
+    for reduce in ("min=", "max="):
+        for symmetric in (None, {"A": "full"}):
+            for fmt in ("dense", "coo"):
+                yield reduce, symmetric, fmt, a, x
+
+
+NAN_BACKENDS = [
+    "reference",
+    pytest.param("numba", marks=pytest.mark.xfail(strict=True, reason=(
+        "numba_backend emits Python min()/max(), which drop a nan operand (min(x, nan) == x)"))),
+    pytest.param("triton", marks=pytest.mark.xfail(strict=True, reason=(
+        "tl.minimum/tl.maximum do not propagate nan by default, nor do float atomic_min/atomic_max"))),
+]
+
+
+@pytest.mark.parametrize("backend", NAN_BACKENDS)
+def test_nan_propagates_through_min_and_max(backend):
+    # min(1 + nan, ...) is nan in numpy (the oracle) and in the reference backend.
+    for reduce, symmetric, fmt, a, x in _nan_min_max_cases():
+        kernel = sg.compile(f"y[i] {reduce} A[i,j] + x[j]", symmetric=symmetric, formats={"A": fmt},
+                            backend=backend)
+        if fmt == "dense":
+            operand = a
+        else:
+            operand = SymmetricTensor.from_dense(a, "full") if symmetric else SparseTensor.from_dense(a)
+        expected = interpret_einsum(kernel.program.einsum, {"A": a, "x": x})
+        np.testing.assert_array_equal(kernel(A=operand, x=x).numpy(), expected,
+                                      err_msg=f"{reduce} {symmetric} {fmt}")
+
+
+@pytest.mark.parametrize("symmetry", [
+    True,
+    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
+        "a sparse operand read densely holds its fill value, and 0 * inf is nan: the kernel without "
+        "symmetry drives A[i,i] and reads A[i,j] densely, the symmetric one drives A[i,j]"))),
+])
+def test_infinity_meeting_an_unstored_entry_does_not_depend_on_symmetry(symmetry):
+    # A[1,1] = inf is stored, A[1,0] is not: the point (1, 0) contributes nothing when unstored
+    # entries are skipped (as the sparse loop skips them), nan when they are read as 0.
+    a = np.array([[0.0, 0.0, 1.0], [0.0, np.inf, 0.0], [1.0, 0.0, 2.0]])
+    kernel = sg.compile("y[] += A[i,i]*A[i,j]", symmetric={"A": "full"}, symmetry=symmetry, backend="reference")
+    einsum = kernel.program.einsum
+    stored = a != 0
+    expected = interpret_einsum(einsum, {"A": a}, stored={access: stored for access in einsum.rhs.args})
+    assert expected == np.inf
+    np.testing.assert_array_equal(kernel(A=SymmetricTensor.from_dense(a, "full")).numpy(), expected)
