@@ -286,3 +286,14 @@ def test_too_many_distinct_updates_are_refused_with_the_limit():
     text = "y[] += A[i,j,k,l,m,n,o]*a[i]*b[j]*c[k]*d[l]*e[m]*f[n]*g[o]"
     with pytest.raises(SymmetryLimitError, match=r"more than 720 distinct updates per canonical point"):
         symmetrize(front(text, {"A": "full"}))
+
+
+def test_too_large_a_factor_table_is_refused_early_with_the_limit():
+    # 10 permutable indices (512 classes) and 3 of them distinguished: 720 distinct updates.
+    modes = "klmnopqrs"
+    text = f"C[i,j] += A[i,{','.join(modes)}]*v[k]*w[l]*" + "*".join(f"B[{m},j]" for m in modes[2:])
+    start = time.perf_counter()
+    with pytest.raises(SymmetryLimitError, match=r"more than 128 distinct updates per canonical point, which with "
+                                                 r"its 512 diagonal classes makes a factor table beyond the limit"):
+        symmetrize(front(text, {"A": "full"}))
+    assert time.perf_counter() - start < 30

@@ -26,6 +26,9 @@ from .normalize import normalize
 # no permutation of a set leaves unchanged has g! of them (720 at g = 6), and does as many updates
 # per stored entry as the non-symmetric kernel does points.
 MAX_ORBIT = 720
+# Entries of the factor table (diagonal classes x distinct updates) beyond which it is refused:
+# the counting walk grows with both (10 modes and 90 updates, or 12 modes and 12: seconds).
+MAX_TABLE = 2**16
 
 
 def distinct_permutations(ranks: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -76,6 +79,7 @@ class _Orbit:
 
     def __init__(self, sym: Symmetrized):
         self.sym = sym
+        self.limit = min(MAX_ORBIT, MAX_TABLE // max(len(sym.classes), 1))
         self.order = index_order(sym)
         einsum = sym.program.einsum
         start = Update(einsum.output, normalize(einsum.rhs, sym.program, self.order))
@@ -97,7 +101,7 @@ class _Orbit:
             found = self.number.get(image)
             if found is None:
                 found = len(self.updates)
-                if found >= MAX_ORBIT:
+                if found >= self.limit:
                     self._refuse()
                 self.updates.append(image)
                 self.number[image] = found
@@ -105,10 +109,15 @@ class _Orbit:
         return found
 
     def _refuse(self):
+        classes = len(self.sym.classes)
+        why = (f"more than {MAX_ORBIT} distinct updates per canonical point (the limit)"
+               if self.limit == MAX_ORBIT else
+               f"more than {self.limit} distinct updates per canonical point, which with its {classes} "
+               f"diagonal classes makes a factor table beyond the limit of {MAX_TABLE} entries")
         raise SymmetryLimitError(
             f"{format_einsum(self.sym.program.einsum)}: permuting the index sets {describe_sets(self.sym)} "
-            f"gives more than {MAX_ORBIT} distinct updates per canonical point (the limit), too many to "
-            "generate; compile with symmetry=False or declare smaller symmetric groups"
+            f"gives {why}, too many to generate; compile with symmetry=False or declare smaller "
+            "symmetric groups"
         )
 
     def count(self, later: tuple, remaining: tuple[tuple[int, ...], ...], element: int) -> dict[int, int]:
@@ -129,8 +138,6 @@ class _Orbit:
             tail = sorted(p for positions in remaining for p in positions)
             found = {}
             for rank, positions in enumerate(remaining):
-                if not positions:
-                    continue
                 after = self.move(element, set_number, tail, tail.index(positions[0]))
                 rest = (positions[1:],) if len(positions) > 1 else ()  # used-up ranks drop out
                 below = self.count(later, remaining[:rank] + rest + remaining[rank + 1:], after)
