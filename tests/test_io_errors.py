@@ -218,9 +218,12 @@ def test_tns_symmetry_detection_and_declaration(tmp_path, caplog):
     with caplog.at_level("INFO", logger="systec_gpu.io"):
         t = sio.load(write(tmp_path, "m.tns", missing))
     assert type(t) is SparseTensor and "has 5 of its 6 permutations" in caplog.text
-    one = "1 2 3 4\n2 2 2 5\n"  # one permutation per entry: fine when declared
-    s = sio.load(write(tmp_path, "o.tns", one), symmetric=True)
+    one = "1 2 3 4\n2 2 2 5\n"  # one permutation per entry: says so, or it is an error
+    s = sio.load(write(tmp_path, "o.tns", one), symmetric=True, stored="one")
     assert isinstance(s, SymmetricTensor) and s.n_expanded == 7
+    raises_at(write(tmp_path, "o.tns", one), 1, r"stores A\[0, 1, 2\] = 4 without its mirror "
+              r"A\[0, 2, 1\]", symmetric=True)
+    assert sio.load(write(tmp_path, "o.tns", one), symmetric=True, check=False).nnz == 2
     bad = full.replace("3 2 1 4", "3 2 1 6")
     raises_at(write(tmp_path, "x.tns", bad), 1, r"A is not symmetric in modes \(0, 1, 2\): "
               r"A\[0, 1, 2\] = 4 but A\[2, 1, 0\] = 6 \(0-based indices; file lines 1 and 6\)",

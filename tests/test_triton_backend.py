@@ -201,7 +201,7 @@ def test_segmented_coo_driver_with_uint32_coordinates():
     inputs = inputs_for("mttkrp3", "classes", rng)
     args = bind(kernel.loops, kernel.program, inputs)
     assert args.driver.pointers is None
-    args.driver.coords = tuple(c.astype(np.uint32) for c in args.driver.coords)
+    args.driver.structure.coords = tuple(c.astype(np.uint32) for c in args.driver.coords)
     run_triton(kernel.loops, args, SparseTileSchedule(nnz_per_tile=4, dense_block=2))
     result = finish(args, kernel.loops, kernel.program).numpy()
     np.testing.assert_allclose(result, oracle(kernel, inputs), rtol=1e-10, atol=1e-10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 
 from .. import __version__, algebra
 from ..ir.einsum import Access, Call, Literal
@@ -357,13 +358,43 @@ def numba_module(program: LoopProgram):
 
 
 def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
+    """Run `program` on `args`, in parallel chunks unless the work is small (or `threads` == 1)."""
+    prepare_numba(program)(program, args, threads)
+
+
+@functools.lru_cache(maxsize=256)
+def prepare_numba(program: LoopProgram):
+    """run_numba for one program with everything that does not depend on the data looked up once:
+    the generated module, its parameter list, the loop the chunks split (a prepared launch calls it)."""
     import numba
 
-    from ..runtime import allocate
+    from .arguments import allocate, has_loops
     from .parameters import argument_values
 
     module = numba_module(program)
-    serial = threads == 1 or (threads is None and estimated_points(program, args) < SERIAL_BELOW)
-    allocate(args, program, chunks=1 if serial else threads or numba.get_num_threads())
-    kernel = module.kernel_serial if serial else module.kernel
-    kernel(*argument_values(kernel_parameters(program), args))
+    params = kernel_parameters(program)
+    single = sparse_loop(program) is None and not has_loops(program)
+
+    def run(_program: LoopProgram, args, threads: int | None = None) -> None:
+        serial = single or threads == 1 or (threads is None and estimated_points(program, args) < SERIAL_BELOW)
+        # numba's workqueue threading layer (where neither OpenMP nor TBB loads) aborts the process
+        # on parallel kernels launched from two threads at once: until the layer is known to be
+        # another, one call runs in parallel and the others serially, each in its own thread.
+        guard = not serial and _THREADING_LAYER[0] in (None, "workqueue")
+        if guard and not _PARALLEL_LOCK.acquire(blocking=False):
+            serial, guard = True, False
+        try:
+            allocate(args, program, chunks=1 if serial else threads or numba.get_num_threads(), single=single)
+            kernel = module.kernel_serial if serial else module.kernel
+            kernel(*argument_values(params, args))
+            if not serial and _THREADING_LAYER[0] is None:
+                _THREADING_LAYER[0] = numba.threading_layer()
+        finally:
+            if guard:
+                _PARALLEL_LOCK.release()
+
+    return run
+
+
+_PARALLEL_LOCK = threading.Lock()
+_THREADING_LAYER: list[str | None] = [None]  # numba's, once a parallel kernel has run

@@ -12,6 +12,7 @@ bounds: masked-off nonzero lanes read coordinate 0).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -531,10 +532,38 @@ def _driver_copy(driver, what, device, source, make=None):
     return copy
 
 
-def _tile_starts(tiles: TileProgram, args) -> np.ndarray:
+@functools.lru_cache(maxsize=256)
+def _compiled(program: LoopProgram, schedule: Schedule) -> tuple:
+    """(tile program, parameters, their names, the loaded kernel) of `program` under `schedule`:
+    scheduled, emitted, hashed and loaded once per process (in front of the disk cache)."""
+    tiles = apply_schedule(program, schedule)
+    source, params, pnames = _emit(tiles)
+    return tiles, params, pnames, load_source(source, "triton").kernel
+
+
+# Device copies of constant host arrays (factor tables, tile starts), per array object and device:
+# the arrays are owned by caches that keep them alive (the bind plan, _tile_starts).
+_DEVICE_CONSTANTS = None
+
+
+def _device_constant(array: np.ndarray, device):
+    global _DEVICE_CONSTANTS
+    if _DEVICE_CONSTANTS is None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        _DEVICE_CONSTANTS = WeakIdKeyDictionary()
+    copies = _DEVICE_CONSTANTS.setdefault(array, {})
+    key = str(device)
+    if key not in copies:
+        copies[key] = _to_device(array, device)
+    return copies[key]
+
+
+@functools.lru_cache(maxsize=1024)
+def _tile_starts(tiles: TileProgram, extents: tuple[int, ...]) -> np.ndarray:
     """Block-start tuples of the grid axes that meet the canonical triangle (the only ones launched)."""
     axes = tiles.grid_axes
-    grids = [np.arange(0, args.extent(a.extent), a.block, dtype=np.int64) for a in axes]
+    grids = [np.arange(0, extent, a.block, dtype=np.int64) for a, extent in zip(axes, extents, strict=True)]
     if any(len(g) == 0 for g in grids):
         return np.zeros((0, len(axes)), dtype=np.int32)
     starts = np.stack([g.ravel() for g in np.meshgrid(*grids, indexing="ij")], axis=1)
@@ -557,83 +586,114 @@ def _strides(shape: tuple[int, ...]) -> list[int]:
     return strides[::-1]
 
 
+@dataclass
+class _Call:
+    """One launch's arguments, as the binders of `_launch_plan` read them."""
+
+    args: object  # KernelArgs
+    out: object  # the output buffer (a device tensor)
+    device: object
+    starts: np.ndarray | None  # dense kernels: the launched tiles' block starts
+
+
+def _coordinate(driver, m: int):
+    # uint32 coordinates (below 2**31, chosen for numba) are read as int32: same bits, no copy.
+    c = driver.coords[m]
+    return c.view(np.int32) if c.dtype == np.uint32 else c
+
+
+def _expanded_rows(driver):
+    # CSR drivers: the tiles walk nonzeros, so each needs its row; expand the pointers.
+    pointers = driver.pointers
+    return np.repeat(np.arange(len(pointers) - 1), np.diff(pointers)).astype(_coordinate(driver, 0).dtype)
+
+
+def _coords_binder(tiles: TileProgram, key: int):
+    """The binder of tile coordinate mode `key`: a device copy cached on the driver's structure."""
+    sparse = tiles.sparse
+
+    def bind(c: _Call):
+        driver = c.args.driver
+        if driver.pointers is not None:
+            if key == 0:
+                return _driver_copy(driver, ("rows",), c.device, driver.pointers, lambda: _expanded_rows(driver))
+            mode = len(driver.coords) - (len(sparse.indices) - 1) + key - 1
+        else:
+            mode = key
+        return _driver_copy(driver, ("coords", mode), c.device, driver.coords[mode],
+                            lambda: _coordinate(driver, mode))
+
+    return bind
+
+
+def _binder(tiles: TileProgram, p: TParam):
+    """A function of the call (`_Call`) giving parameter `p`'s value: everything about `p` that
+    does not depend on the data is decided here, once per program and schedule."""
+    match p.kind:
+        case "out":
+            return lambda c: c.out
+        case "coords":
+            return _coords_binder(tiles, p.key)
+        case "values":
+            # Values are read every call (never cached: they may change between calls).
+            return lambda c: _to_device(c.args.driver.values, c.device)
+        case "nnz":
+            return lambda c: int(c.args.driver.nnz)
+        case "dense":
+            return lambda c, key=p.key: _to_device(c.args.dense[key], c.device)
+        case "table":
+            return lambda c, key=p.key: _device_constant(c.args.tables[key], c.device)
+        case "stride":
+            tensor, mode = p.key
+            if tensor == "<out>":
+                return lambda c, m=mode: int(_strides(tuple(c.out.shape))[m])
+            return lambda c, t=tensor, m=mode: int(_strides(tuple(c.args.dense[t].shape))[m])
+        case "extent":
+            return lambda c, key=p.key: int(c.args.extent(key))
+        case "tiles":
+            return lambda c: _device_constant(c.starts, c.device)
+        case "block":
+            size = _block_size(tiles, p.key)
+            return lambda c: size
+    raise ValueError(f"unknown kernel parameter {p}")
+
+
+@functools.lru_cache(maxsize=256)
+def _launch_plan(program: LoopProgram, schedule: Schedule) -> tuple:
+    """(tile program, (name, binder) per parameter, kernel): a launch's data-independent part."""
+    tiles, params, pnames, kernel = _compiled(program, schedule)
+    return tiles, tuple((pnames[p], _binder(tiles, p)) for p in params), kernel
+
+
 def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, poison: float | None = None) -> None:
-    """Run `program` on `args` (runtime.KernelArgs); leaves the result in `args.partial`, one chunk,
-    a torch tensor on the device (dense operands already there are used in place, no copy).
+    """Run `program` on `args` (backends.arguments.KernelArgs); leaves the result in `args.partial`,
+    one chunk, a torch tensor on the device (dense operands already there are used in place).
 
     `poison` (tests): fill the output with this value instead of the identity before launch,
     for kernels that store rather than accumulate, so that an unwritten element shows.
     """
-    from ..runtime import allocate
+    from .arguments import allocate
 
-    tiles = apply_schedule(program, schedule or choose_schedule(program, args))
-    source, params, pnames = _emit(tiles)
-    kernel = load_source(source, "triton").kernel
+    tiles, binders, kernel = _launch_plan(program, schedule or choose_schedule(program, args))
     device = _device(args)
     # The output lives on the device from the start; finish() takes it from there.
-    allocate(args, program, 1, device=device)
+    allocate(args, program, 1, device=device, single=True)
     # The kernel stores both halves of a symmetric output itself: finish() must not mirror.
     args.output_mirrored = tiles.mirror
     if poison is not None:
         args.partial.fill_(poison)
-    out = args.partial[0]
-
-    sparse = tiles.sparse
-    coords = None
-    if sparse is not None:
-        driver = args.driver
-
-        def coord(m):
-            # uint32 coordinates (below 2**31, chosen for numba) are read as int32: same bits, no copy.
-            c = driver.coords[m]
-            return c.view(np.int32) if c.dtype == np.uint32 else c
-
-        # (what, source, make) per tile coordinate mode
-        coords = [(("coords", m), driver.coords[m], lambda m=m: coord(m)) for m in range(len(driver.coords))]
-        if driver.pointers is not None:
-            # CSR drivers: the tiles walk nonzeros, so each needs its row; expand the pointers.
-            def rows():
-                pointers = driver.pointers
-                return np.repeat(np.arange(len(pointers) - 1), np.diff(pointers)).astype(coord(0).dtype)
-
-            coords = [(("rows",), driver.pointers, rows), *coords[-(len(sparse.indices) - 1):]]
-        grid = (-(-driver.nnz // sparse.size),)
-        n_work = driver.nnz
+    starts = None
+    if tiles.sparse is not None:
+        n_work = args.driver.nnz
+        grid = (-(-n_work // tiles.sparse.size),)
     else:
-        starts = _tile_starts(tiles, args)
-        grid = (len(starts),)
+        starts = _tile_starts(tiles, tuple(args.extent(a.extent) for a in tiles.grid_axes))
         n_work = len(starts)
-
-    values: dict[str, object] = {}
-    for p in params:
-        match p.kind:
-            case "out":
-                value = out
-            case "coords":
-                what, source, make = coords[p.key]
-                value = _driver_copy(args.driver, what, device, source, make)
-            case "values":
-                value = _driver_copy(args.driver, ("values",), device, args.driver.values)
-            case "nnz":
-                value = int(args.driver.nnz)
-            case "dense":
-                value = _to_device(args.dense[p.key], device)
-            case "table":
-                value = _to_device(args.tables[p.key], device)
-            case "stride":
-                tensor, mode = p.key
-                shape = out.shape if tensor == "<out>" else args.dense[tensor].shape
-                value = int(_strides(tuple(shape))[mode])
-            case "extent":
-                value = int(args.extent(p.key))
-            case "tiles":
-                value = _to_device(starts, device)
-            case "block":
-                value = _block_size(tiles, p.key)
-        values[pnames[p]] = value
+        grid = (n_work,)
     if n_work == 0:
         return  # nothing to visit: the output stays the identity
-    kernel[grid](**values)  # writes args.partial in place, on the device
+    call = _Call(args, args.partial[0], device, starts)
+    kernel[grid](**{name: bind(call) for name, bind in binders})  # writes args.partial in place
 
 
 def _block_size(tiles: TileProgram, key) -> int:

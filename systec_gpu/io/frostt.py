@@ -13,13 +13,19 @@ Parsing is vectorized: numpy finds lines and tokens; coordinates (and integer va
 with ``np.fromstring(sep=" ")`` and float values with the same routine (correctly rounded).
 A file whose value fields are all integers loads with int64 values.
 
-Writing: a SymmetricTensor writes its canonical entries only (read it back with
-``symmetric=True`` or the same groups); a ParTI header is written only when the mode sizes
-differ from what a reader would infer. Floats are written as ``repr`` (shortest exact).
+Symmetric data: a file read with ``symmetric=...`` must store every permutation of each entry
+(an entry without its mirror is an error naming both), unless it says otherwise: a
+SymmetricTensor writes its canonical entries only, under a first comment line
+``# systec_gpu: canonical entries, symmetric in modes ((0, 1, 2),)`` that the reader honours
+(``symmetric=None`` then gives that SymmetricTensor back). ``stored="one"`` reads a foreign file
+that stores each symmetric entry once, in any arrangement. A ParTI header is written only when
+the mode sizes differ from what a reader would infer. Floats are written as ``repr`` (shortest
+exact).
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import re
@@ -104,10 +110,28 @@ def _header(raw: bytes, path: str | os.PathLike[str]) -> tuple[int, list[int] | 
     return body, dims, k, origin
 
 
+_CANONICAL_MARK = b"# systec_gpu: canonical entries, symmetric in modes "
+
+
+def _canonical_groups(raw: bytes, path: str | os.PathLike[str]) -> tuple | None:
+    """The groups a file written by write_tns marks as holding canonical entries only."""
+    if not raw.startswith(_CANONICAL_MARK):
+        return None
+    line = raw[len(_CANONICAL_MARK):raw.find(b"\n")].decode(errors="replace").strip()
+    try:
+        return ast.literal_eval(line)
+    except (ValueError, SyntaxError):
+        raise FormatError(path, f"unreadable symmetry groups {line!r} in the systec_gpu comment", 1) from None
+
+
 def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: bool = True,
-             atol: float = 0.0, rtol: float = 0.0) -> SparseTensor:
-    """Read a FROSTT file; ``symmetric=None`` detects full symmetry (logged on systec_gpu.io)."""
+             atol: float = 0.0, rtol: float = 0.0, stored: str | None = None) -> SparseTensor:
+    """Read a FROSTT file; ``symmetric=None`` detects full symmetry (logged on systec_gpu.io).
+
+    ``stored``: "full" (every permutation of each entry is in the file) or "one" (each entry
+    once); None: "one" for a file marked as canonical by write_tns, else "full"."""
     raw = read_bytes(path)
+    marked = _canonical_groups(raw, path)
     body, dims, k, origin = _header(raw, path)
     # integer values load as int64; comment lines do not count (header lines hold integers)
     text = re.sub(rb"(?m)^[ \t]*[#%].*$", b"", raw) if has_any(raw, b"#%") else raw
@@ -152,10 +176,19 @@ def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: b
                               f"header ({header})", line_of(j))
     idx -= 1
     groups = wanted_groups(symmetric, ndim)
+    if marked is not None:
+        shape = _shape(idx, dims, marked, path)
+        t = declare(path, idx, vals, shape, marked, check=check, atol=atol, rtol=rtol,
+                    line_of=line_of, stored="one")
+        if groups is None or normalize_groups(groups, shape) == getattr(t, "groups", ()):
+            return t
+        e = t.expanded() if isinstance(t, SymmetricTensor) else t
+        return declare(path, e.indices, e.values, shape, groups, check=check, atol=atol,
+                       rtol=rtol, line_of=lambda p: None)
     shape = _shape(idx, dims, groups, path)
     if groups is not None:
         return declare(path, idx, vals, shape, groups, check=check, atol=atol, rtol=rtol,
-                       line_of=line_of)
+                       line_of=line_of, stored=stored or "full")
     sym, why = _detect_full(idx, vals, shape, atol, rtol)
     if sym is not None:
         logger.info("%s: every entry's permutations are present with equal values: loaded as a "
@@ -312,6 +345,8 @@ def write_tns(path: str | os.PathLike[str], t: SparseTensor) -> None:
         for p in g:
             inferred[p] = m
     with open_binary(path, "wb") as f:
+        if getattr(t, "groups", ()):
+            f.write(_CANONICAL_MARK + repr(tuple(t.groups)).encode() + b"\n")
         if tuple(inferred) != t.shape or t.nnz == 0:
             f.write(f"{t.ndim}\n{' '.join(map(str, t.shape))}\n".encode())
         row = " ".join(["%d"] * t.ndim) + (" %d\n" if vals.dtype.kind in "iu" else " %r\n")

@@ -141,14 +141,15 @@ def _fmm_error(path: str | os.PathLike[str], err: Exception,
 
 
 def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: bool = True,
-             atol: float = 0.0, rtol: float = 0.0) -> SparseTensor:
-    """Read a Matrix Market file (``symmetric=None``: as its header says)."""
+             atol: float = 0.0, rtol: float = 0.0, stored: str | None = None) -> SparseTensor:
+    """Read a Matrix Market file (``symmetric=None``: as its header says). A ``general`` file read
+    as symmetric must store both triangles (``stored="one"``: it stores one)."""
     with gzip_errors(path):
-        return _read_mtx(path, symmetric, check=check, atol=atol, rtol=rtol)
+        return _read_mtx(path, symmetric, check=check, atol=atol, rtol=rtol, stored=stored)
 
 
 def _read_mtx(path: str | os.PathLike[str], symmetric: object, *, check: bool, atol: float,
-              rtol: float) -> SparseTensor:
+              rtol: float, stored: str | None) -> SparseTensor:
     with open_binary(path) as src:
         header, nhead = _read_header(src)
         try:
@@ -216,8 +217,10 @@ def _read_mtx(path: str | os.PathLike[str], symmetric: object, *, check: bool, a
             mirror = np.conj(mirror)
         idx = np.concatenate([idx, idx[::-1, off]], axis=1)
         vals = np.concatenate([vals, mirror])
+    # a general file's entries are what they are: stored="one" only where the caller says so
     return declare(path, idx, vals, shape, () if groups is None else groups, check=check,
-                   atol=atol, rtol=rtol, line_of=line_of)
+                   atol=atol, rtol=rtol, line_of=line_of,
+                   stored=(stored or "full") if sym == "general" else "full")
 
 
 _CORE = getattr(fmm, "_fmm_core", None)  # fmm's parser core (an internal module)
