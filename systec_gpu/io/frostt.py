@@ -90,8 +90,9 @@ def _header(raw: bytes, path: str | os.PathLike[str]) -> tuple[int, list[int] | 
     if len(counts) >= 2 and counts[0] == 1 and (len(counts) == 2 or counts[2] == counts[1] + 1) \
             and ints(0, "the order line")[0] == counts[1]:
         head, dims = 2, ints(1, "dimensions")  # ParTI: order, then the dimensions
-    elif len(counts) >= 2 and counts[0] == counts[1] - 1:
+    elif len(counts) >= 2 and counts[0] == counts[1] - 1 and all(t.isdigit() for t in first[0][2]):
         head, dims = 1, ints(0, "dimensions")  # a dimensions line above the entries
+    # (a first line with a value that is not an integer is an entry: the field counts disagree)
     if len(counts) > head:
         k = counts[head]
     elif dims is not None:
@@ -142,6 +143,7 @@ def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: b
     idx = np.empty((ndim, cap), dtype=np.int64)
     vals = np.empty(cap, dtype=np.int64 if is_int else np.float64)
     n, line0, pos = 0, raw.count(b"\n", 0, body), body
+    body_line = line0  # lines before the entries
     while pos < len(raw):  # blocks of whole lines keep the temporaries small
         stop = raw.rfind(b"\n", pos, pos + _BLOCK) + 1 or raw.find(b"\n", pos) + 1 or len(raw)
         block = raw[pos:stop]
@@ -169,8 +171,9 @@ def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: b
         over = idx > np.array(dims, dtype=np.int64)[:, None]
         if over.any():
             j = int(np.argmax(over.any(axis=0)))
-            raise FormatError(path, f"index past the declared dimensions {tuple(dims)}",
-                              line_of(j))
+            header = "line 1" if body_line == 1 else f"lines 1-{body_line}"
+            raise FormatError(path, f"index past the dimensions {tuple(dims)} declared in the "
+                              f"header ({header})", line_of(j))
     idx -= 1
     groups = wanted_groups(symmetric, ndim)
     if marked is not None:
