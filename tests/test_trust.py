@@ -150,3 +150,19 @@ def test_op_revalidates_indices_written_in_place():
     indices[1, 1] = 9  # bumps the tensor's version: the cached structure is not reused
     with pytest.raises(ValueError, match="outside the mode size 4"):
         kernel.op(indices, values, [4, 4], x)
+
+
+@pytest.mark.parametrize("where", ["matrix", "vector", "stored values", "torch"])
+def test_integers_that_float64_cannot_hold_are_refused(where):
+    kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"})
+    big = 2**53 + 1
+    a = np.array([[1, 2], [2, big]], dtype=np.int64)
+    x = np.array([1, 1], dtype=np.int64)
+    inputs = {"matrix": {"A": a, "x": x},
+              "vector": {"A": np.eye(2, dtype=np.int64), "x": np.array([big, 1])},
+              "stored values": {"A": sg.SymmetricTensor.from_dense(a), "x": x},
+              "torch": {"A": torch.from_numpy(a), "x": torch.from_numpy(x)}}[where]
+    with pytest.raises(ValueError, match=r"the integer 9007199254740993 does not fit float64 exactly"):
+        kernel(**inputs)
+    exact = np.array([[1, 2], [2, 2**53]], dtype=np.int64)  # 2**53 itself is exact
+    np.testing.assert_array_equal(kernel(A=exact, x=x).numpy(), [3.0, 2.0 + 2**53])
