@@ -8,7 +8,6 @@ then the explained program and generated source of one kernel.
 from __future__ import annotations
 
 import time
-from importlib import resources
 
 import numpy as np
 
@@ -20,18 +19,14 @@ from .storage import SymmetricTensor
 TENSOR_NODES = 120  # the demo keeps the sub-hypergraph of the first nodes: its dense oracle stays small
 
 
-def shipped(name: str):
-    return resources.files("systec_gpu") / "data" / name
-
-
 def demo_inputs(rng: np.random.Generator) -> dict[str, dict]:
     """Inputs of each catalog kernel: real data where the package ships it."""
+    from . import example_path
     from .io import load
 
-    with resources.as_file(shipped("bcsstk01.mtx.gz")) as path:
-        matrix = load(path)  # bcsstk01: a real symmetric stiffness matrix (SuiteSparse)
-    with resources.as_file(shipped("contact-high-school_sym3_canonical.tns.gz")) as path:
-        hyper = load(path, symmetric=True)  # real hypergraph: canonical entries of a symmetric tensor
+    matrix = load(example_path("bcsstk01.mtx.gz"))  # a real symmetric stiffness matrix (SuiteSparse)
+    # a real hypergraph: canonical entries of a symmetric tensor
+    hyper = load(example_path("contact-high-school_sym3_canonical.tns.gz"), symmetric=True)
     keep = np.all(hyper.indices < TENSOR_NODES, axis=0)
     tensor3 = SymmetricTensor.from_canonical(hyper.indices[:, keep], np.asarray(hyper.values)[keep],
                                              (TENSOR_NODES,) * 3, "full")
