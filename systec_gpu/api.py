@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ class Kernel:
         self._last: KernelArgs | None = None
         self._stats: dict | None = None
         self._launches: dict[str, Launch] = {}  # backend name -> prepared launch
+        self._kernel_op = None  # its torch op (torch_ops.kernel_op), once registered
 
     def __repr__(self) -> str:
         return f"Kernel({self.expression!r}, symmetry={self.symmetrized.exploit}, backend={self.backend!r})"
@@ -65,11 +67,32 @@ class Kernel:
         """Run the kernel. `check` verifies declared symmetry of the inputs; with
         `canonical_output` a symmetric output holds only its canonical part (the rest is the
         reduction's identity); `out` is a preallocated result tensor (shape, dtype, device
-        checked) that is written and returned."""
-        args, result = self.launch(self._backend_for(tensors))(tensors, check=check, canonical=canonical_output,
-                                                                out=out)
+        checked) that is written and returned.
+
+        Calls that autograd records (an input requiring grad), calls traced by torch.compile and
+        calls under torch.func transforms go through the kernel's custom op (`kernel.op`), whose
+        implementation is the same launch as every other call's."""
+        if "torch" in sys.modules:  # only torch inputs can need the op, and they import torch
+            from . import torch_ops
+
+            if torch_ops.needs_op(tensors):
+                if canonical_output:
+                    raise NotImplementedError("canonical_output=True has no gradient and cannot be traced: call "
+                                              "the kernel outside autograd (torch.no_grad()) for canonical storage")
+                return torch_ops.apply(self, tensors, check=check, out=out)
+        return self.call_direct(tensors, backend=self._backend_for(tensors), check=check,
+                                canonical=canonical_output, out=out)
+
+    def call_direct(self, tensors: dict[str, Any], *, backend: str, check: bool = True, canonical: bool = False,
+                    out=None):
+        """The kernel's launch on `backend`, without the torch op (no autograd): what every call runs."""
+        args, result = self.launch(backend)(tensors, check=check, canonical=canonical, out=out)
         self._last, self._stats = args, None
         return result
+
+    def related(self, expression: str, *, symmetric=None, formats=None) -> Kernel:
+        """Another expression compiled with this kernel's backend (e.g. a derivative)."""
+        return _compile(expression, symmetric=symmetric, formats=formats, backend=self.backend, register=False)
 
     @property
     def stats(self) -> dict:
@@ -92,10 +115,18 @@ class Kernel:
 
     @property
     def op(self):
-        """The kernel as a PyTorch custom op (torch.ops.systec.<name>): torch.compile and autograd."""
+        """The kernel as a PyTorch custom op (torch.ops.systec.<name>): torch.compile and autograd.
+        Arguments: one tensor per dense operand, (indices, values, shape) per sparse one, in the
+        order of first use in the expression, then `check`; `op_arguments` builds them."""
         from .torch_ops import kernel_op
 
         return kernel_op(self).op
+
+    def op_arguments(self, *, check: bool = True, **tensors: Any) -> list:
+        """The arguments of `kernel.op` for a call's tensors by name (e.g. for torch.library.opcheck)."""
+        from .torch_ops import flatten
+
+        return flatten(self, tensors, check=check)
 
     def explain(self) -> str:
         """The symmetrized program: what symmetry was found, the loops, the factor table."""
@@ -132,6 +163,14 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     backend: "auto" (Triton on CUDA tensors, Numba otherwise), "numba", "triton", "reference".
     loop_order: index names, outermost first (a sparse operand's indices come first).
     """
+    return _compile(expr, symmetric=symmetric, formats=formats, symmetry=symmetry, backend=backend,
+                    loop_order=loop_order, name=name)
+
+
+def _compile(expr: str, *, symmetric=None, formats=None, symmetry: bool = True, backend: str = "auto",
+             loop_order=None, name: str | None = None, register: bool = True) -> Kernel:
+    """`compile`; `register=False` leaves the torch op to be registered by the caller (derivative
+    kernels: their ops are registered without derivatives of their own)."""
     registry.check_name(backend)
     if name is not None and not _NAME.fullmatch(name):
         raise ValueError(f"kernel name {name!r} must be an identifier (letters, digits, _; not starting with a "
@@ -139,4 +178,10 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     program = front(expr, symmetric, formats)
     symmetrized = symmetrize(program, exploit=symmetry)
     loops = lower_and_optimize(symmetrized, loop_order)
-    return Kernel(expr, program, symmetrized, loops, backend, name or _kernel_name(expr, program, symmetry))
+    kernel = Kernel(expr, program, symmetrized, loops, backend, name or _kernel_name(expr, program, symmetry))
+    if register:
+        # torch.ops.systec.<name> exists from now on (torch is imported here, not by `import systec_gpu`)
+        from .torch_ops import kernel_op
+
+        kernel_op(kernel)
+    return kernel

@@ -55,6 +55,25 @@ def _union_groups(items: list, pairs: list[tuple]) -> list[tuple]:
     return [tuple(c) for c in components.values() if len(c) > 1]
 
 
+def _access_sets(access, program) -> list[tuple[Index, ...]]:
+    """Index sets a symmetric access is invariant under, from each of its symmetric groups.
+
+    Usually a group's indices (A[i,j] symmetric: (i, j)). A repeated index (A[i,i,j]) or one
+    also used outside the group (A[i,j,i] symmetric in (0, 1)) is not interchangeable with the
+    others: the sets are the components of the swaps that leave the normalized access unchanged
+    (A[i,i,j,j] fully symmetric: (i, j); A[i,i,j]: none)."""
+    target = normalize(access, program)
+    found = []
+    for group in program.groups_of(access.tensor):
+        candidates = list(dict.fromkeys(access.indices[m] for m in group))
+        pairs = [
+            (a, b) for a, b in itertools.combinations(candidates, 2)
+            if normalize(substitute(access, _swap(a, b)), program) == target
+        ]
+        found += _union_groups(candidates, pairs)
+    return found
+
+
 def identify_symmetry(sym: Symmetrized) -> Symmetrized:
     if not sym.exploit:
         return sym
@@ -68,18 +87,18 @@ def identify_symmetry(sym: Symmetrized) -> Symmetrized:
 
     # (a) symmetric operands
     for access in accesses(einsum.rhs):
-        for group in program.groups_of(access.tensor):
-            indices = tuple(access.indices[m] for m in group)
+        for indices in _access_sets(access, program):
             if any(set(indices) == set(s.indices) for s in sets):
                 continue
+            modes = tuple(m for m, i in enumerate(access.indices) if i in indices)
             clash = set(indices) & taken()
             if clash:
                 notes.append(
-                    f"{access} symmetric in modes {group} not exploited: "
+                    f"{access} symmetric in modes {modes} not exploited: "
                     f"{', '.join(sorted(i.name for i in clash))} already in a permutable set"
                 )
                 continue
-            sets.append(PermutableSet(indices, f"{access.tensor} is symmetric in modes {group}"))
+            sets.append(PermutableSet(indices, f"{access.tensor} is symmetric in modes {modes}"))
 
     # (b) output symmetry: declared groups, then groups found by swap-and-normalize
     output = einsum.output
