@@ -226,9 +226,9 @@ def index_width_probe(data_dir: Path, budget: float) -> list[dict]:
             for width in (np.uint32, np.int32, np.int64):
                 col = d.coords[1].astype(width)
 
-                def run(col=col):
-                    partial = np.empty((th, t.shape[0]))
-                    handwritten.ssymv(partial, d.pointers, col, d.values, inputs["x"], bounds, first)
+                def run(col=col, th=th, n=t.shape[0], d=d, x=inputs["x"], bounds=bounds, first=first):
+                    partial = np.zeros((th, n))
+                    handwritten.ssymv(partial, d.pointers, col, d.values, x, bounds, first)
                 fns[np.dtype(width).name] = run
             timed = time_interleaved(fns, budget)
             out.append({"data": stem, "threads": th, **{w: v["median"] for w, v in timed.items()}})

@@ -5,8 +5,8 @@ pointers for matrices, uint32 coordinates, dense operands in the kernel's layout
 a person would write for that schedule, nothing cleverer:
 
 - one chunk of nonzeros per thread (the same chunk bounds, balanced by nonzeros), each into its
-  own partial output that its thread zeroes over the rows it can touch, then one parallel pass
-  adding the partials over those rows;
+  own partial output (np.zeros; Bellman's min= fills +inf over the rows a chunk can touch), then
+  one parallel pass adding the partials over the rows each chunk touched;
 - CSR matrices: the diagonal entry is the first of its sorted canonical row, so it is peeled
   before the row's loop; `x[i]` is read once per row; `y[i]` accumulates in a register;
 - COO tensors: the strictly off-diagonal class takes a branch-free path with constant factors
@@ -48,8 +48,6 @@ def ssymv(partial, ptr, col, val, x, bounds, first_rows):
     chunks = partial.shape[0]
     for c in numba.prange(chunks):
         acc = partial[c]
-        lo = first_rows[c]
-        acc[lo:] = 0.0
         for i in range(bounds[c], bounds[c + 1]):
             start, stop = ptr[i], ptr[i + 1]
             xi = x[i]
@@ -123,8 +121,6 @@ def ssymm(partial, ptr, col, val, X, bounds, first_rows):
     R = X.shape[1]
     for c in numba.prange(chunks):
         acc = partial[c]
-        lo = first_rows[c]
-        acc[lo:, :] = 0.0
         for i in range(bounds[c], bounds[c + 1]):
             start, stop = ptr[i], ptr[i + 1]
             if start < stop and col[start] == i:
@@ -148,15 +144,13 @@ def ssymm(partial, ptr, col, val, X, bounds, first_rows):
 @numba.njit(parallel=True, cache=True)
 def ttm(partial, i0, i1, i2, val, B, bounds, first_rows, mult):
     """C[j,l,:] (canonical j <= l, layout (j, l, r)) += A[k,j,l] B[k,:] over the 3 distinct
-    updates of each canonical (k <= j <= l); diagonal classes read the table."""
+    updates of each canonical (k <= j <= l); diagonal classes read the table. Each thread zeroes
+    the canonical part of the rows it can touch; the combine adds them and copies every row's
+    canonical part to the other half in 16 x 16 blocks."""
     chunks = partial.shape[0]
+    n = partial.shape[1]
     R = B.shape[1]
-    flat = partial.reshape((chunks, partial.size // chunks))
-    row = flat.shape[1] // max(partial.shape[1], 1)
     for c in numba.prange(chunks):
-        lo = first_rows[c]
-        if lo < partial.shape[1]:
-            flat[c, lo * row:] = 0.0
         acc = partial[c]
         for p in range(bounds[c], bounds[c + 1]):
             k, j, l = i0[p], i1[p], i2[p]
@@ -168,15 +162,25 @@ def ttm(partial, i0, i1, i2, val, B, bounds, first_rows, mult):
                     acc[k, j, r] += a * B[l, r]
             else:
                 cls = (k == j) * 1 + (j == l) * 2
-                m0, m1, m2 = mult[cls, 0], mult[cls, 1], mult[cls, 2]
+                m0, m1, m2 = mult[cls, 0] * a, mult[cls, 1] * a, mult[cls, 2] * a
                 for r in range(R):
                     if m0 != 0:
-                        acc[j, l, r] += m0 * a * B[k, r]
+                        acc[j, l, r] += m0 * B[k, r]
                     if m1 != 0:
-                        acc[k, l, r] += m1 * a * B[j, r]
+                        acc[k, l, r] += m1 * B[j, r]
                     if m2 != 0:
-                        acc[k, j, r] += m2 * a * B[l, r]
-    _combine(flat, first_rows, partial.shape[1])
+                        acc[k, j, r] += m2 * B[l, r]
+    out = partial[0]
+    for part in numba.prange(chunks):
+        for r0 in range(part * 16, n, chunks * 16):
+            r1 = min(r0 + 16, n)
+            for c in range(1, chunks):
+                for row in range(max(r0, first_rows[c]), r1):
+                    out[row, row:, :] += partial[c, row, row:, :]
+            for c0 in range(r0, n, 16):
+                for col in range(c0, min(c0 + 16, n)):
+                    for row in range(r0, min(r1, col)):
+                        out[col, row, :] = out[row, col, :]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -186,9 +190,6 @@ def mttkrp3(partial, i0, i1, i2, val, B, bounds, first_rows, mult):
     R = B.shape[1]
     flat = partial.reshape((chunks, partial.size // chunks))
     for c in numba.prange(chunks):
-        lo = first_rows[c]
-        if lo < partial.shape[1]:
-            flat[c, lo * R:] = 0.0
         acc = partial[c]
         for p in range(bounds[c], bounds[c + 1]):
             i, k, l = i0[p], i1[p], i2[p]
@@ -218,9 +219,6 @@ def mttkrp4(partial, i0, i1, i2, i3, val, B, bounds, first_rows, mult):
     R = B.shape[1]
     flat = partial.reshape((chunks, partial.size // chunks))
     for c in numba.prange(chunks):
-        lo = first_rows[c]
-        if lo < partial.shape[1]:
-            flat[c, lo * R:] = 0.0
         acc = partial[c]
         for p in range(bounds[c], bounds[c + 1]):
             i, k, l, m = i0[p], i1[p], i2[p], i3[p]
@@ -256,9 +254,6 @@ def mttkrp5(partial, i0, i1, i2, i3, i4, val, B, bounds, first_rows, mult):
     R = B.shape[1]
     flat = partial.reshape((chunks, partial.size // chunks))
     for c in numba.prange(chunks):
-        lo = first_rows[c]
-        if lo < partial.shape[1]:
-            flat[c, lo * R:] = 0.0
         acc = partial[c]
         for p in range(bounds[c], bounds[c + 1]):
             i, k, l, m, n = i0[p], i1[p], i2[p], i3[p], i4[p]
@@ -323,19 +318,19 @@ def runner(kernel: str, loops, args, threads: int):
         fn = {"ssymv": ssymv, "bellman": bellman, "ssymm": ssymm}[kernel]
 
         def run():
-            partial = np.empty(shape, dtype=args.dtype)
+            partial = (np.empty if kernel == "bellman" else np.zeros)(shape, dtype=args.dtype)
             fn(partial, d.pointers, d.coords[1], d.values, dense, bounds, first_rows)
             return partial[0]
     elif kernel == "syprd":
         def run():
-            partial = np.empty(shape, dtype=args.dtype)
+            partial = (np.empty if kernel == "bellman" else np.zeros)(shape, dtype=args.dtype)
             syprd(partial, d.pointers, d.coords[1], d.values, dense, bounds)
             return partial[0]
     else:
         fn = {"ttm": ttm, "mttkrp3": mttkrp3, "mttkrp4": mttkrp4, "mttkrp5": mttkrp5}[kernel]
 
         def run():
-            partial = np.empty(shape, dtype=args.dtype)
+            partial = (np.empty if kernel == "bellman" else np.zeros)(shape, dtype=args.dtype)
             fn(partial, *d.coords, d.values, dense, bounds, first_rows, table)
             return partial[0]
     return run

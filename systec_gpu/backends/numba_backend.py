@@ -44,6 +44,8 @@ from .cache import load_source
 from .parameters import Param, kernel_parameters, sparse_loop
 from .writer import CodeWriter, Namer, format_call, format_class_row
 
+MIRROR_BLOCK = 16  # rows and columns per block of the in-kernel mirror of a symmetric output
+
 # A factor table with more classes than this keeps its table loads (code size grows with the
 # number of classes: 16 is the 5-way group of 5-D MTTKRP).
 MAX_PEELED_CLASSES = 16
@@ -162,6 +164,53 @@ def touched_rows_rule(program: LoopProgram) -> tuple[bool, bool]:
     return rows <= after_lead, rows == {lead}
 
 
+@functools.lru_cache(maxsize=256)
+def mirrors_output(program: LoopProgram) -> bool:
+    """True when the kernel writes both halves of a symmetric output itself: one pair of modes
+    that are the leading two of the kernel layout, in order (rows r, columns c >= r). Its chunks
+    then initialize and combine the canonical part only, and the combine copies each row's
+    canonical part to the other half while it is in cache."""
+    groups = program.output_groups
+    if len(groups) != 1 or len(groups[0]) != 2:
+        return False
+    perm = program.layout_of(program.output.tensor) or tuple(range(len(program.output.indices)))
+    return tuple(perm[:2]) == groups[0]
+
+
+def _scaled_name(invariant: list) -> str:
+    parts = [f"x{int(f.value)}" if isinstance(f, Literal) and float(f.value).is_integer() else
+             (f.name if isinstance(f, Ref) else "c") for f in invariant]
+    return "_".join(parts)
+
+
+def hoist_invariant_factors(body: tuple, outside: set[str], reduce: algebra.Operator) -> tuple[tuple, tuple]:
+    """(lets to bind before a dense loop, its body): a product's factors that do not change in
+    the loop (the constant factor of the class, the nonzero's value) are multiplied once before
+    it, `2.0 * (A_val * B_k_j)` becoming `A_val_x2 * B_k_j`."""
+    if reduce.idempotent:
+        return (), body
+    lets: dict[str, Let] = {}
+    rewritten = []
+    for stmt in body:
+        if not isinstance(stmt, Update) or isinstance(stmt.factor, Ref | Factor):
+            rewritten.append(stmt)
+            continue
+        value = stmt.value
+        factors = list(value.args) if isinstance(value, Call) and value.op == "mul" else [value]
+        if stmt.factor is not None:
+            factors.insert(0, stmt.factor)
+        invariant = [f for f in factors if isinstance(f, Literal) or (isinstance(f, Ref) and f.name in outside)]
+        variant = [f for f in factors if f not in invariant]
+        if len(invariant) < 2 or not variant:
+            rewritten.append(stmt)
+            continue
+        name = _scaled_name(invariant)
+        lets.setdefault(name, Let(name, Call("mul", tuple(invariant))))
+        product = (Ref(name), *variant)
+        rewritten.append(dataclasses.replace(stmt, value=Call("mul", product), factor=None))
+    return tuple(lets.values()), tuple(rewritten)
+
+
 # ---------------------------------------------------------------------------------------------
 # The emitter
 
@@ -200,6 +249,8 @@ class _Emitter:
         self.first_loop = True
         self.registers = self._plan_registers()
         self.live: dict[Access, str] = {}  # output location -> its open register
+        self.emitted: set[str] = set()  # lets bound so far (loop invariants of later loops)
+        self.mirrored = mirrors_output(program)
 
     # -- registers --------------------------------------------------------------------------
     def _plan_registers(self) -> dict[tuple, list[tuple[Access, str]]]:
@@ -282,6 +333,12 @@ class _Emitter:
 
     # -- statements -------------------------------------------------------------------------
     def block(self, stmts: tuple) -> None:
+        """A nested block: the lets it binds are out of scope after it."""
+        outer = set(self.emitted)
+        self.block_statements(stmts)
+        self.emitted = outer
+
+    def block_statements(self, stmts: tuple) -> None:
         """Statements in order; at the class row (with a peelable table) the rest of the block
         is emitted once per class with constant factors."""
         if not stmts:
@@ -309,10 +366,13 @@ class _Emitter:
                 self.block(body)
             case Let(name=name, value=value):
                 w.line(f"{self.let(name)} = {self.expr(value)}")
+                self.emitted.add(name)
             case Update():
                 self.update(stmt)
             case SparseLoop():
+                outer = set(self.emitted)
                 self.sparse_loop(stmt)
+                self.emitted = outer
             case DenseLoop(index=i, extent=extent, lower=lo, upper=hi, body=body):
                 start = self.index(lo) if lo is not None else "0"
                 stop = f"{self.index(hi)} + 1" if hi is not None else self.param_names[Param("extent", extent)]
@@ -324,9 +384,12 @@ class _Emitter:
                 else:
                     header = f"for {self.index(i)} in range({start}, {stop}):"
                 key = ("loop", i.name)
+                scaled, inner = hoist_invariant_factors(body.body, self.emitted, self.reduce)
+                for let in scaled:
+                    self.stmt(let)
                 self.open_registers(key)
                 with w.block(header):
-                    self.block(body.body)
+                    self.block(inner)
                 self.flush_registers(key)
             case Guard(lhs=a, rhs=b, body=body):
                 key = ("guard", a.name, b.name)
@@ -486,17 +549,12 @@ class _Emitter:
         w.line("import numba")
         w.line("import numpy as np  # noqa: F401")
         w.line()
+        w.line(f"MIRRORS_OUTPUT = {self.mirrored}  # the kernel writes both halves of the symmetric output")
+        w.line()
         w.line()
         for line in self.touched_rows_function():
             w.line(line)
         args = ", ".join(self.param_names[p] for p in self.params)
-        chunks = self.param_names[Param("chunks")]
-        partial, bounds = self.param_names[Param("partial")], self.param_names[Param("bounds")]
-        lead = self.lead_argument()
-        flat, row_size = self.names.fresh("flat"), self.names.fresh("row_size")
-        lo, hi, first, last, part, other, e = (
-            self.names.fresh(n) for n in ("lo", "hi", "first", "last", "part", "other", "e"))
-        identity = _literal(self.reduce.identity)
         # Two functions, not two dispatchers of one: numba's disk cache is keyed by function name.
         for name, decorator, loop in (
             ("kernel", "@numba.njit(parallel=True, cache=True, nogil=True)", "numba.prange"),
@@ -508,24 +566,68 @@ class _Emitter:
                 w.line("# Small inputs: starting the thread pool costs more than the work.")
             w.line(decorator)
             self.first_loop = True
+            self.emitted = set()
             with w.block(f"def {name}({args}):"):
-                w.line(f"{flat} = {partial}.reshape(({chunks}, {partial}.size // {chunks}))")
-                w.line(f"{row_size} = {flat}.shape[1] // max({partial}.shape[1], 1)")
-                with w.block(f"for {self.chunk} in {loop}({chunks}):"):
-                    w.line(f"{lo}, {hi} = touched_rows({self.chunk}, {bounds}, {lead}, {partial})")
-                    w.line(f"{flat}[{self.chunk}, {lo} * {row_size}:{hi} * {row_size}] = {identity}")
-                    w.line(f"{self.acc} = {partial}[{self.chunk}]")
-                    self.block(program.body.body)
-                w.line("# Combine the chunks into partial[0], each over the rows it touched.")
-                with w.block(f"for {part} in {loop}({chunks} if {chunks} > 1 else 0):"):
-                    w.line(f"{first} = {partial}.shape[1] * {part} // {chunks}")
-                    w.line(f"{last} = {partial}.shape[1] * ({part} + 1) // {chunks}")
-                    with w.block(f"for {other} in range(1, {chunks}):"):
-                        w.line(f"{lo}, {hi} = touched_rows({other}, {bounds}, {lead}, {partial})")
-                        w.line(f"{lo}, {hi} = max({lo}, {first}), min({hi}, {last})")
-                        with w.block(f"for {e} in range({lo} * {row_size}, {hi} * {row_size}):"):
-                            self.accumulate(f"{flat}[0, {e}]", f"{flat}[{other}, {e}]")
+                self.function_body(loop)
         return w.text()
+
+    def function_body(self, loop: str) -> None:
+        """Chunks into their partial outputs (each initialized by its thread over the rows it
+        touches), then the parallel combine into partial[0] (and the mirror of a symmetric
+        output), each thread over its own rows."""
+        w, n = self.w, self.names
+        chunks = self.param_names[Param("chunks")]
+        partial, bounds = self.param_names[Param("partial")], self.param_names[Param("bounds")]
+        lead = self.lead_argument()
+        flat, row_size, rows, cell = (n.fresh(x) for x in ("flat", "row_size", "rows", "cell"))
+        lo, hi, first, last, part, other, r, c, e = (
+            n.fresh(x) for x in ("lo", "hi", "first", "last", "part", "other", "r", "c", "e"))
+        identity = _literal(self.reduce.identity)
+        w.line(f"{rows} = {partial}.shape[1]")
+        w.line(f"{flat} = {partial}.reshape(({chunks}, {partial}.size // {chunks}))")
+        w.line(f"{row_size} = {flat}.shape[1] // max({rows}, 1)")
+        if self.mirrored:
+            w.line(f"{cell} = {row_size} // max({partial}.shape[2], 1)  # one (row, column) cell")
+        with w.block(f"for {self.chunk} in {loop}({chunks}):"):
+            if self.reduce.identity != 0.0:  # zeros come from np.zeros (fresh pages are zero)
+                w.line(f"{lo}, {hi} = touched_rows({self.chunk}, {bounds}, {lead}, {partial})")
+                if self.mirrored:
+                    with w.block(f"for {r} in range({lo}, {hi}):  # canonical part: columns >= row"):
+                        w.line(f"{flat}[{self.chunk}, {r} * {row_size} + {r} * {cell}:({r} + 1) * {row_size}] = "
+                               f"{identity}")
+                else:
+                    w.line(f"{flat}[{self.chunk}, {lo} * {row_size}:{hi} * {row_size}] = {identity}")
+            w.line(f"{self.acc} = {partial}[{self.chunk}]")
+            self.block(self.program.body.body)
+        if not self.mirrored:
+            w.line("# Combine the chunks into partial[0], each over the rows it touched.")
+            with w.block(f"for {part} in {loop}({chunks} if {chunks} > 1 else 0):"):
+                w.line(f"{first} = {rows} * {part} // {chunks}")
+                w.line(f"{last} = {rows} * ({part} + 1) // {chunks}")
+                with w.block(f"for {other} in range(1, {chunks}):"):
+                    w.line(f"{lo}, {hi} = touched_rows({other}, {bounds}, {lead}, {partial})")
+                    w.line(f"{lo}, {hi} = max({lo}, {first}), min({hi}, {last})")
+                    with w.block(f"for {e} in range({lo} * {row_size}, {hi} * {row_size}):"):
+                        self.accumulate(f"{flat}[0, {e}]", f"{flat}[{other}, {e}]")
+            return
+        r0, r1, c0, c1 = (n.fresh(x) for x in ("r0", "r1", "c0", "c1"))
+        w.line("# Combine the chunks' canonical parts into partial[0], then copy them to the other")
+        w.line(f"# half: blocks of {MIRROR_BLOCK} rows dealt cyclically (the triangle balances), each")
+        w.line(f"# copied {MIRROR_BLOCK} x {MIRROR_BLOCK} cells at a time (a blocked transpose: both sides in cache).")
+        with (w.block(f"for {part} in {loop}({chunks}):"),
+              w.block(f"for {r0} in range({part} * {MIRROR_BLOCK}, {rows}, {chunks} * {MIRROR_BLOCK}):")):
+            w.line(f"{r1} = min({r0} + {MIRROR_BLOCK}, {rows})")
+            with w.block(f"for {other} in range(1, {chunks}):"):
+                w.line(f"{lo}, {hi} = touched_rows({other}, {bounds}, {lead}, {partial})")
+                with (w.block(f"for {r} in range(max({r0}, {lo}), min({r1}, {hi})):"),
+                      w.block(f"for {e} in range({r} * {row_size} + {r} * {cell}, ({r} + 1) * {row_size}):")):
+                    self.accumulate(f"{flat}[0, {e}]", f"{flat}[{other}, {e}]")
+            with w.block(f"for {c0} in range({r0}, {rows}, {MIRROR_BLOCK}):"):
+                w.line(f"{c1} = min({c0} + {MIRROR_BLOCK}, {rows})")
+                with (w.block(f"for {c} in range({c0}, {c1}):"), w.block(f"for {r} in range({r0}, min({r1}, {c})):"),
+                      w.block(f"for {e} in range({cell}):")):
+                    w.line(f"{flat}[0, {c} * {row_size} + {r} * {cell} + {e}] = "
+                           f"{flat}[0, {r} * {row_size} + {c} * {cell} + {e}]")
 
 
 @functools.lru_cache(maxsize=256)
@@ -561,15 +663,17 @@ def numba_module(program: LoopProgram):
 
 
 def _allocate(args, program: LoopProgram, chunks: int) -> None:
-    """Chunk bounds and uninitialized per-chunk buffers: each chunk's thread initializes the rows
-    it touches (first touch, in parallel) and the kernel combines the chunks into partial[0]."""
+    """Chunk bounds and the per-chunk buffers. Zero-filled for `+=` (np.zeros: a large buffer is
+    fresh pages, zero without a memset, and the rows nobody touches are never paged in);
+    otherwise uninitialized, each chunk's thread filling the rows it touches with the identity."""
     import numpy as np
 
     if args.driver is None and not any(isinstance(n, DenseLoop) for n in walk(program.body)):
         chunks = 1  # no loop at all: nothing to share
     args.chunks = chunks
     args.bounds = args.driver.chunk_bounds(chunks) if args.driver is not None else np.zeros(chunks + 1, np.int64)
-    args.partial = np.empty((chunks, *args.out_shape), dtype=args.dtype)
+    make = np.zeros if algebra.operator(program.reduce).identity == 0.0 else np.empty
+    args.partial = make((chunks, *args.out_shape), dtype=args.dtype)
 
 
 def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
@@ -583,3 +687,4 @@ def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
     kernel = module.kernel_serial if serial else module.kernel
     kernel(*argument_values(numba_parameters(program), args))
     args.partial = args.partial[:1]  # the kernel combined the chunks into partial[0]
+    args.output_mirrored = module.MIRRORS_OUTPUT
