@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .backends.plans import cpu_plan, describe_plan, run_cpu_plan
 from .ir.einsum import Program, format_program
 from .ir.loop import LoopProgram, format_loop_program
 from .ir.symmetrized import Symmetrized
@@ -55,24 +56,31 @@ class Kernel:
         `canonical_output` a symmetric output holds only its canonical part (the rest is the
         reduction's identity)."""
         backend = self._backend_for(tensors)
+        loops = self.loops
+        if backend == "numba":  # the CPU plan: generated kernel, expanded kernel or BLAS (backends/plans.py)
+            plan = cpu_plan(self.program, self.loops)
+            if (ran := run_cpu_plan(plan, self.program, tensors, check=check, canonical=canonical_output)) is not None:
+                (self._last, result), self._stats = ran, None
+                return result
+            loops = plan.loops
         # Triton: dense torch/CuPy operands stay on their device, and so does the result.
-        args = bind(self.loops, self.program, tensors, check=check, device_tensors=backend == "triton")
+        args = bind(loops, self.program, tensors, check=check, device_tensors=backend == "triton")
         if backend == "reference":
             from .backends.reference import run_reference
 
-            run_reference(self.loops, args)
+            run_reference(loops, args)
         elif backend == "numba":
             from .backends.numba_backend import run_numba
 
-            run_numba(self.loops, args)
+            run_numba(loops, args)
         elif backend == "triton":
             from .backends.triton_backend import run_triton
 
-            run_triton(self.loops, args)
+            run_triton(loops, args)
         else:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         self._last, self._stats = args, None
-        return finish(args, self.loops, self.program, canonical=canonical_output)
+        return finish(args, loops, self.program, canonical=canonical_output)
 
     @property
     def stats(self) -> dict:
@@ -110,6 +118,7 @@ class Kernel:
             names = ", ".join(i.name for i in permutable.indices)
             lines.append(f"permutable ({names}): {permutable.origin}; visit {order}")
         lines.append(format_loop_program(self.loops))
+        lines.append(describe_plan(self.program, self.loops))
         return "\n".join(lines) + "\n"
 
     def source(self, backend: str = "numba") -> str:

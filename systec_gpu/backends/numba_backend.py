@@ -22,6 +22,9 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numba
+import numpy as np
+
 from .. import __version__, algebra
 from ..ir.einsum import Access, Call, Index, Literal
 from ..ir.loop import (
@@ -41,7 +44,7 @@ from ..ir.loop import (
 from ..ir.traverse import walk
 from ..passes.loop_nest import unnest
 from .cache import load_source
-from .parameters import Param, kernel_parameters, sparse_loop
+from .parameters import Param, argument_values, kernel_parameters, sparse_loop
 from .writer import CodeWriter, Namer, format_call, format_class_row
 
 MIRROR_BLOCK = 16  # rows and columns per block of the in-kernel mirror of a symmetric output
@@ -666,8 +669,6 @@ def _allocate(args, program: LoopProgram, chunks: int) -> None:
     """Chunk bounds and the per-chunk buffers. Zero-filled for `+=` (np.zeros: a large buffer is
     fresh pages, zero without a memset, and the rows nobody touches are never paged in);
     otherwise uninitialized, each chunk's thread filling the rows it touches with the identity."""
-    import numpy as np
-
     if args.driver is None and not any(isinstance(n, DenseLoop) for n in walk(program.body)):
         chunks = 1  # no loop at all: nothing to share
     args.chunks = chunks
@@ -676,15 +677,17 @@ def _allocate(args, program: LoopProgram, chunks: int) -> None:
     args.partial = make((chunks, *args.out_shape), dtype=args.dtype)
 
 
+@functools.lru_cache(maxsize=256)
+def _launcher(program: LoopProgram):
+    """(generated module, its parameters): looked up once per program, not per call."""
+    return numba_module(program), numba_parameters(program)
+
+
 def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
-    import numba
-
-    from .parameters import argument_values
-
-    module = numba_module(program)
+    module, params = _launcher(program)
     serial = threads == 1 or (threads is None and estimated_points(program, args) < SERIAL_BELOW)
     _allocate(args, program, chunks=1 if serial else threads or numba.get_num_threads())
     kernel = module.kernel_serial if serial else module.kernel
-    kernel(*argument_values(numba_parameters(program), args))
+    kernel(*argument_values(params, args))
     args.partial = args.partial[:1]  # the kernel combined the chunks into partial[0]
     args.output_mirrored = module.MIRRORS_OUTPUT
