@@ -8,9 +8,12 @@ shared machine hits every contender alike), medians over the rounds:
 
 - `sym` / `nosym`: the symmetric kernel and the symmetry=False kernel of the same expression,
   end to end (`kernel(**tensors, check=False)`, what a user pays, Python binding included);
-- `sym_kernel` / `nosym_kernel`: the same with the arguments bound once (`run_numba` on bound
-  arguments: allocation, the generated kernel, the combine of the threads' partial outputs);
-- `hand_kernel`: a hand-written Numba kernel of the same schedule (perf/handwritten.py) on the
+- `sym_kernel` / `nosym_kernel`: the same with the arguments bound once: the CPU plan the
+  symmetric kernel runs (backends/plans.py: the generated kernel, allocation and the combine of
+  the threads' partial outputs included; the expanded kernel for SSYMM; BLAS ?syrk + mirror for
+  dense SSYRK) and the symmetry=False generated kernel;
+- `schedule_kernel`: where the plan is not the symmetric schedule (SSYMM), that schedule's kernel;
+- `hand_kernel`: a hand-written Numba kernel of the symmetric schedule (perf/handwritten.py) on the
   same bound arrays: `generated_vs_hand` = hand time / generated time (1.0 = as fast);
 - `bind`: the binding alone (`runtime.bind`), the part of end to end outside the kernel;
 - SSYMV: scipy's CSR SpMV of the full matrix (`csr @ x`); SSYRK: numpy's `A @ A.T` (BLAS).
@@ -44,9 +47,28 @@ import handwritten  # noqa: E402
 from timing import cpu_model  # noqa: E402
 
 import systec_gpu as sg  # noqa: E402
+from systec_gpu.backends import plans  # noqa: E402
 from systec_gpu.backends.numba_backend import run_numba  # noqa: E402
 from systec_gpu.catalog import compile_catalog  # noqa: E402
 from systec_gpu.runtime import bind  # noqa: E402
+
+
+def set_blas_threads(n: int) -> None:
+    """Threads of every OpenBLAS loaded (numpy's and scipy's are separate builds), through their
+    own setter (what threadpoolctl does; it is not in this venv): BLAS peers and the BLAS plan
+    run with the same thread count as the Numba kernels."""
+    import ctypes
+    import re
+
+    with open("/proc/self/maps") as maps:
+        libs = set(re.findall(r"(/\S*openblas\S*\.so\S*)", maps.read()))
+    for lib in libs:
+        handle = ctypes.CDLL(lib)
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            if hasattr(handle, name):
+                getattr(handle, name)(ctypes.c_int(n))
+                break
 
 # SySTeC paper (CGO 2025), single core, symmetric over non-symmetric kernel; issue 13's targets.
 PAPER_TARGETS = {"ssymv": 1.4, "syprd": 1.9, "ssymm": 1.3, "ttm": 1.3, "mttkrp3": 2.5, "mttkrp4": 5.0,
@@ -159,24 +181,32 @@ def run_case(kernel: str, label: str, t, rank: int, threads: list[int], budget: 
         a = inputs["A"]
         ok = ok and _close(a @ a.T, y_sym)
         peer = ("numpy_blas", lambda: a @ a.T)
-    sym_args = bind(sym.loops, sym.program, inputs, check=False)
+    # Kernel-only: the plan the symmetric kernel runs (backends/plans.py), arguments bound once.
+    plan = plans.cpu_plan(sym.program, sym.loops)
+    sym_args = bind(plan.loops, sym.program, inputs, check=False)
     nosym_args = bind(nosym.loops, nosym.program, inputs, check=False)
-    plan = getattr(sym, "plan", None)
+    schedule_args = bind(sym.loops, sym.program, inputs, check=False)  # the symmetric schedule itself
     rows = []
     for th in threads:
         numba.set_num_threads(th)
+        set_blas_threads(th)
         fns = {
             "sym": lambda: sym(check=False, **inputs),
             "nosym": lambda: nosym(check=False, **inputs),
-            "bind": lambda: bind(sym.loops, sym.program, inputs, check=False),
+            "bind": lambda: bind(plan.loops, sym.program, inputs, check=False),
             "nosym_kernel": lambda th=th: run_numba(nosym.loops, nosym_args, threads=th),
         }
-        if kernel != "ssyrk":
-            fns["sym_kernel"] = lambda th=th: run_numba(sym.loops, sym_args, threads=th)
+        if plan.syrk is not None:
+            tensor, aat = plan.syrk
+            fns["sym_kernel"] = lambda a=sym_args.dense[tensor], aat=aat: plans.syrk_full(a, aat)
+        else:
+            fns["sym_kernel"] = lambda th=th: run_numba(plan.loops, sym_args, threads=th)
+        if plan.loops != sym.loops and plan.syrk is None:
+            fns["schedule_kernel"] = lambda th=th: run_numba(sym.loops, schedule_args, threads=th)
         if kernel in handwritten.HANDWRITTEN:
-            hand = handwritten.runner(kernel, sym.loops, sym_args, th)
-            run_numba(sym.loops, sym_args, threads=th)
-            ok = ok and _close(hand(), sym_args.partial[0])
+            hand = handwritten.runner(kernel, sym.loops, schedule_args, th)
+            run_numba(sym.loops, schedule_args, threads=th)
+            ok = ok and _close(hand(), schedule_args.partial[0])
             fns["hand_kernel"] = hand
         if peer is not None:
             fns[peer[0]] = peer[1]
@@ -185,15 +215,18 @@ def run_case(kernel: str, label: str, t, rank: int, threads: list[int], budget: 
             "kernel": kernel, "data": label, "threads": th, "shape": [int(s) for s in np.shape(t)],
             "nnz_canonical": None if kernel == "ssyrk" else int(t.nnz),
             "nnz_expanded": None if kernel == "ssyrk" else int(t.n_expanded),
-            "rank": rank, "ok": ok, "work_ratio": work, "plan": plan, **timed,
+            "rank": rank, "ok": ok, "work_ratio": work, "plan": plan.name, "load": os.getloadavg()[0], **timed,
             "speedup_vs_nosym": timed["nosym"]["median"] / timed["sym"]["median"],
             "paper_target": PAPER_TARGETS.get(kernel),
             "binding_share": timed["bind"]["median"] / timed["sym"]["median"],
         }
         if "sym_kernel" in timed:
             row["kernel_speedup_vs_nosym"] = timed["nosym_kernel"]["median"] / timed["sym_kernel"]["median"]
-        if "hand_kernel" in timed:
-            row["generated_vs_hand"] = timed["hand_kernel"]["median"] / timed["sym_kernel"]["median"]
+        if "schedule_kernel" in timed:
+            row["schedule_speedup_vs_nosym"] = timed["nosym_kernel"]["median"] / timed["schedule_kernel"]["median"]
+        if "hand_kernel" in timed:  # the hand-written kernel has the symmetric schedule
+            generated = timed.get("schedule_kernel", timed["sym_kernel"])["median"]
+            row["generated_vs_hand"] = timed["hand_kernel"]["median"] / generated
         if peer is not None:
             p = timed[peer[0]]["median"]
             row["speedup_vs_peer"] = p / timed["sym"]["median"]
@@ -219,6 +252,7 @@ def index_width_probe(data_dir: Path, budget: float) -> list[dict]:
         d = args.driver
         for th in (1, 2):
             numba.set_num_threads(th)
+            set_blas_threads(th)
             bounds = d.chunk_bounds(th)
             first = np.minimum(bounds[:-1], t.shape[0])
             first[0] = 0

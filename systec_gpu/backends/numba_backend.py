@@ -574,17 +574,21 @@ class _Emitter:
                 self.function_body(loop)
         return w.text()
 
+    @functools.cached_property
+    def locals(self) -> tuple[str, ...]:
+        """Names of the chunk and combine bookkeeping (the same in both functions)."""
+        return tuple(self.names.fresh(x) for x in ("flat", "row_size", "rows", "cell", "lo", "hi", "first",
+                                                   "last", "part", "other", "r", "c", "e", "r0", "r1", "c0", "c1"))
+
     def function_body(self, loop: str) -> None:
         """Chunks into their partial outputs (each initialized by its thread over the rows it
         touches), then the parallel combine into partial[0] (and the mirror of a symmetric
         output), each thread over its own rows."""
-        w, n = self.w, self.names
+        w = self.w
         chunks = self.param_names[Param("chunks")]
         partial, bounds = self.param_names[Param("partial")], self.param_names[Param("bounds")]
         lead = self.lead_argument()
-        flat, row_size, rows, cell = (n.fresh(x) for x in ("flat", "row_size", "rows", "cell"))
-        lo, hi, first, last, part, other, r, c, e = (
-            n.fresh(x) for x in ("lo", "hi", "first", "last", "part", "other", "r", "c", "e"))
+        flat, row_size, rows, cell, lo, hi, first, last, part, other, r, c, e, r0, r1, c0, c1 = self.locals
         identity = _literal(self.reduce.identity)
         w.line(f"{rows} = {partial}.shape[1]")
         w.line(f"{flat} = {partial}.reshape(({chunks}, {partial}.size // {chunks}))")
@@ -613,7 +617,6 @@ class _Emitter:
                     with w.block(f"for {e} in range({lo} * {row_size}, {hi} * {row_size}):"):
                         self.accumulate(f"{flat}[0, {e}]", f"{flat}[{other}, {e}]")
             return
-        r0, r1, c0, c1 = (n.fresh(x) for x in ("r0", "r1", "c0", "c1"))
         w.line("# Combine the chunks' canonical parts into partial[0], then copy them to the other")
         w.line(f"# half: blocks of {MIRROR_BLOCK} rows dealt cyclically (the triangle balances), each")
         w.line(f"# copied {MIRROR_BLOCK} x {MIRROR_BLOCK} cells at a time (a blocked transpose: both sides in cache).")
