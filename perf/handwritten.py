@@ -21,11 +21,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+# Two prange loops over the same count (the chunks, then the combine) must not be fused into one.
+PARALLEL = {"fusion": False}
+
 # ---------------------------------------------------------------------------------------------
 # Partial outputs: zeroed by their own thread from `lo` rows on, combined in parallel
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PARALLEL, cache=True)
 def _combine(flat, first_rows, n_rows):
     """partial[0] += partial[c] over the rows chunk c touched, rows split between threads."""
     chunks = flat.shape[0]
@@ -42,7 +45,7 @@ def _combine(flat, first_rows, n_rows):
 # Matrices (CSR of the canonical upper triangle)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PARALLEL, cache=True)
 def ssymv(partial, ptr, col, val, x, bounds, first_rows):
     """y = A x, A symmetric, upper triangle in CSR: y[i] += a x[j] and y[j] += a x[i] per entry."""
     chunks = partial.shape[0]
@@ -64,7 +67,7 @@ def ssymv(partial, ptr, col, val, x, bounds, first_rows):
     _combine(partial, first_rows, partial.shape[1])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PARALLEL, cache=True)
 def syprd(partial, ptr, col, val, x, bounds):
     """x^T A x: per row, x[i] * (a_ii x[i] + 2 sum_{j>i} a_ij x[j])."""
     chunks = partial.shape[0]
@@ -85,7 +88,7 @@ def syprd(partial, ptr, col, val, x, bounds):
     partial[0, 0] = s
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PARALLEL, cache=True)
 def bellman(partial, ptr, col, val, x, bounds, first_rows):
     """y[i] = min_j a_ij + x[j] over an undirected graph stored once."""
     chunks = partial.shape[0]
@@ -114,7 +117,7 @@ def bellman(partial, ptr, col, val, x, bounds, first_rows):
                 partial[0, e] = min(partial[0, e], partial[c, e])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PARALLEL, cache=True)
 def ssymm(partial, ptr, col, val, X, bounds, first_rows):
     """Y = A X, A symmetric (CSR upper triangle), X dense n x R: rows of R lanes."""
     chunks = partial.shape[0]
@@ -141,7 +144,7 @@ def ssymm(partial, ptr, col, val, X, bounds, first_rows):
 # Tensors (canonical COO, sorted)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PARALLEL, cache=True)
 def ttm(partial, i0, i1, i2, val, B, bounds, first_rows, mult):
     """C[j,l,:] (canonical j <= l, layout (j, l, r)) += A[k,j,l] B[k,:] over the 3 distinct
     updates of each canonical (k <= j <= l); diagonal classes read the table. Each thread zeroes
@@ -183,7 +186,7 @@ def ttm(partial, i0, i1, i2, val, B, bounds, first_rows, mult):
                         out[col, row, :] = out[row, col, :]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PARALLEL, cache=True)
 def mttkrp3(partial, i0, i1, i2, val, B, bounds, first_rows, mult):
     """C[i,:] += A[i,k,l] B[k,:]*B[l,:] and its 2 mirrored updates per canonical (i <= k <= l)."""
     chunks = partial.shape[0]
@@ -212,7 +215,7 @@ def mttkrp3(partial, i0, i1, i2, val, B, bounds, first_rows, mult):
     _combine(flat, first_rows, partial.shape[1])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PARALLEL, cache=True)
 def mttkrp4(partial, i0, i1, i2, i3, val, B, bounds, first_rows, mult):
     """4-D MTTKRP over canonical (i <= k <= l <= m): leave-one-out products by prefix/suffix."""
     chunks = partial.shape[0]
@@ -247,7 +250,7 @@ def mttkrp4(partial, i0, i1, i2, i3, val, B, bounds, first_rows, mult):
     _combine(flat, first_rows, partial.shape[1])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PARALLEL, cache=True)
 def mttkrp5(partial, i0, i1, i2, i3, i4, val, B, bounds, first_rows, mult):
     """5-D MTTKRP over canonical (i <= k <= l <= m <= n)."""
     chunks = partial.shape[0]

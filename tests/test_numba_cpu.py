@@ -119,13 +119,26 @@ def test_symmetric_output_mirrored_in_the_kernel(reduce, chunks):
     rng = np.random.default_rng(chunks)
     inputs = {"A": symmetric_sparse(3, 37, rng, per_class=20), "B": rng.uniform(-1, 1, (37, 3))}
     expected = oracle(kernel, inputs)
-    np.testing.assert_allclose(run_chunks(kernel, inputs, chunks), expected, rtol=1e-12)
+    for _ in range(5):  # uninitialized buffers: a race or a missed row would show garbage
+        np.testing.assert_allclose(run_chunks(kernel, inputs, chunks), expected, rtol=1e-12)
     canonical = run_chunks(kernel, inputs, chunks, canonical=True)
     j, l = np.meshgrid(np.arange(37), np.arange(37), indexing="ij")
     upper = np.broadcast_to((j <= l)[None], expected.shape)
     np.testing.assert_allclose(canonical[upper], expected[upper], rtol=1e-12)
     identity = 0.0 if reduce == "+=" else -np.inf
     assert np.all(canonical[~upper] == identity)
+
+
+def test_combine_is_not_fused_with_the_chunks_loop():
+    # Found by the property tests: with both loops over n_chunks numba fused them, and a thread
+    # combined partial outputs another thread had not written yet (garbage from np.empty).
+    kernel = sg.compile("Y[i,j] max= A[i,j] + A[j,i] + A[j,i]", symmetric={"A": "full"},
+                        formats={"A": "dense"}, backend="numba")
+    assert 'parallel={"fusion": False}' in kernel.source("numba")
+    for seed in range(30):
+        a = np.random.default_rng(seed).uniform(0.5, 2.0, (5, 5))
+        a = np.triu(a) + np.triu(a, 1).T
+        np.testing.assert_allclose(run_chunks(kernel, {"A": a}, 2), 3 * a, rtol=1e-12)
 
 
 def test_invariant_factors_are_multiplied_once_before_the_rank_loop():

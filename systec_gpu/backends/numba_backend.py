@@ -180,6 +180,10 @@ def mirrors_output(program: LoopProgram) -> bool:
     return tuple(perm[:2]) == groups[0]
 
 
+def _product(factors) -> object:
+    return factors[0] if len(factors) == 1 else Call("mul", tuple(factors))
+
+
 def _scaled_name(invariant: list) -> str:
     parts = [f"x{int(f.value)}" if isinstance(f, Literal) and float(f.value).is_integer() else
              (f.name if isinstance(f, Ref) else "c") for f in invariant]
@@ -247,6 +251,7 @@ class _Emitter:
         self.acc = self.names.fresh("acc")
         self.position = self.names.fresh("p")
         self.start, self.stop = self.names.fresh("start"), self.names.fresh("stop")
+        self.row_registers: dict[tuple, str] = {}  # (output, invariant factors) -> row register
         self.reduce = algebra.operator(program.reduce)
         self.peel = class_peel(program)
         self.first_loop = True
@@ -466,27 +471,68 @@ class _Emitter:
             for let in hoisted:
                 self.stmt(let)
             self.open_registers(nonzeros_key)
+            start, stop = self.start, self.stop
+            w.line(f"{start} = {ptr}[{row}]")
+            w.line(f"{stop} = {ptr}[{row} + 1]")
             if diagonal_at is None:
-                with w.block(f"for {p} in range({ptr}[{row}], {ptr}[{row} + 1]):"):
-                    coordinates()
-                    self.block(body)
+                self.nonzero_loop(body, coordinates, "")
             else:
                 before, rest = body[:diagonal_at], body[diagonal_at + 1:]
-                start, stop = self.start, self.stop
                 column = self.param_names[Param("coords", 1)]
-                w.line(f"{start} = {ptr}[{row}]")
-                w.line(f"{stop} = {ptr}[{row} + 1]")
                 w.line("# Rows are sorted and canonical (row <= column): the diagonal entry is first.")
                 with w.block(f"if {start} < {stop} and {column}[{start}] == {row}:  # {self.peel.labels[1]}"):
                     w.line(f"{p} = {start}")
                     coordinates()
                     self.block(specialize(before + rest, self.peel, 1, self.reduce.idempotent))
                     w.line(f"{start} += 1")
-                with w.block(f"for {p} in range({start}, {stop}):  # {self.peel.labels[0]}"):
-                    coordinates()
-                    self.block(specialize(before + rest, self.peel, 0, self.reduce.idempotent))
+                off_diagonal = specialize(before + rest, self.peel, 0, self.reduce.idempotent)
+                self.nonzero_loop(off_diagonal, coordinates, f"  # {self.peel.labels[0]}")
             self.flush_registers(nonzeros_key)
         self.flush_registers(rows_key)
+
+    def nonzero_loop(self, body: tuple, coordinates, comment: str) -> None:
+        """The loop over one CSR row's nonzeros. An update into a register opened outside it whose
+        product has factors fixed along the row (x[i], a constant factor) sums the other factors
+        in a row register and multiplies once after the loop: x_i * sum_j (A_ij * x_j). The
+        product is taken only if the loop ran (an empty row adds nothing, not inf * 0)."""
+        w, p, start, stop = self.w, self.position, self.start, self.stop
+        rows, body = self.factor_row_invariants(body)
+        for name in rows:
+            w.line(f"{name} = {_literal(self.reduce.identity)}")
+            self.live[Access(name, ())] = name
+        with w.block(f"for {p} in range({start}, {stop}):{comment}"):
+            coordinates()
+            self.block(body)
+        for name, (output, invariant) in rows.items():
+            del self.live[Access(name, ())]
+            with w.block(f"if {stop} > {start}:"):
+                self.accumulate(self.live[output], f"{self.expr(_product(invariant))} * {name}")
+
+    def factor_row_invariants(self, body: tuple) -> tuple[dict, tuple]:
+        """({row register: (output, invariant factors)}, the body accumulating into them)."""
+        if self.reduce.name != "add":
+            return {}, body
+        rows: dict[str, tuple[Access, tuple]] = {}
+        rewritten = []
+        for stmt in body:
+            if isinstance(stmt, Update) and stmt.output in self.live and not isinstance(stmt.factor, Ref | Factor):
+                value = stmt.value
+                factors = list(value.args) if isinstance(value, Call) and value.op == "mul" else [value]
+                if stmt.factor is not None:
+                    factors.insert(0, stmt.factor)
+                invariant = tuple(f for f in factors if isinstance(f, Literal)
+                                  or (isinstance(f, Ref) and f.name in self.emitted))
+                variant = [f for f in factors if f not in invariant]
+                if invariant and variant:
+                    key = (stmt.output, invariant)
+                    if key not in self.row_registers:
+                        self.row_registers[key] = self.names.fresh(f"{stmt.output.tensor}_row")
+                    name = self.row_registers[key]
+                    rows[name] = key
+                    rewritten.append(Update(Access(name, ()), stmt.reduce, _product(variant), None))
+                    continue
+            rewritten.append(stmt)
+        return rows, tuple(rewritten)
 
     def update(self, update: Update) -> None:
         local = self.live.get(update.output)
@@ -560,7 +606,9 @@ class _Emitter:
         args = ", ".join(self.param_names[p] for p in self.params)
         # Two functions, not two dispatchers of one: numba's disk cache is keyed by function name.
         for name, decorator, loop in (
-            ("kernel", "@numba.njit(parallel=True, cache=True, nogil=True)", "numba.prange"),
+            # No fusion: numba would fuse the chunks' loop and the combine (both over n_chunks)
+            # into one, and a thread would combine a chunk another thread is still writing.
+            ("kernel", '@numba.njit(parallel={"fusion": False}, cache=True, nogil=True)', "numba.prange"),
             ("kernel_serial", "@numba.njit(cache=True, nogil=True)", "range"),
         ):
             w.line()
