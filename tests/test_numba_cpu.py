@@ -129,6 +129,20 @@ def test_symmetric_output_mirrored_in_the_kernel(reduce, chunks):
     assert np.all(canonical[~upper] == identity)
 
 
+@pytest.mark.parametrize("fmt", ["dense", "coo"])
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+def test_generated_syrk_kernels_write_both_halves(fmt, chunks):
+    # Dense A: the mirror pass after the combine (blocks of 16: 37 rows make 3); sparse A: both
+    # halves written beside each update. (kernel(...) would run BLAS for dense A: run_numba here.)
+    kernel = sg.compile("C[i,j] += A[i,k]*A[j,k]", formats={"A": fmt}, backend="numba")
+    a = np.random.default_rng(chunks).uniform(-1, 1, (37, 4))
+    a[np.abs(a) < 0.4] = 0
+    for _ in range(3):
+        np.testing.assert_allclose(run_chunks(kernel, {"A": a}, chunks), a @ a.T, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(run_chunks(kernel, {"A": a}, chunks, canonical=True), np.triu(a @ a.T),
+                                   rtol=1e-12, atol=1e-12)
+
+
 def test_combine_is_not_fused_with_the_chunks_loop():
     # Found by the property tests: with both loops over n_chunks numba fused them, and a thread
     # combined partial outputs another thread had not written yet (garbage from np.empty).

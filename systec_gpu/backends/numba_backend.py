@@ -150,6 +150,12 @@ def _prune(stmts: tuple) -> tuple:
 # Which output rows a chunk can touch
 
 
+def mirrors_at_update(program: LoopProgram) -> bool:
+    """A symmetric output's other half written beside each update (scattered by a sparse
+    driver: no pass over the dense output), rather than by a mirror pass after the combine."""
+    return mirrors_output(program) and program.driver is not None
+
+
 @functools.lru_cache(maxsize=256)
 def touched_rows_rule(program: LoopProgram) -> tuple[bool, bool]:
     """(from the chunk's first leading coordinate, up to its last one): which output rows
@@ -163,16 +169,20 @@ def touched_rows_rule(program: LoopProgram) -> tuple[bool, bool]:
         return False, False
     lead = loop.indices[0]
     after_lead = {lead} | {i for chain in program.sets if chain[0] == lead for i in chain}
-    rows = {n.output.indices[0] for n in walk(program.body) if isinstance(n, Update)}
+    outputs = [n.output.indices for n in walk(program.body) if isinstance(n, Update)]
+    rows = {indices[0] for indices in outputs}
+    if mirrors_at_update(program):  # the mirrored entry's row is the update's second index
+        rows |= {indices[1] for indices in outputs}
     return rows <= after_lead, rows == {lead}
 
 
 @functools.lru_cache(maxsize=256)
 def mirrors_output(program: LoopProgram) -> bool:
     """True when the kernel writes both halves of a symmetric output itself: one pair of modes
-    that are the leading two of the kernel layout, in order (rows r, columns c >= r). Its chunks
-    then initialize and combine the canonical part only, and the combine copies each row's
-    canonical part to the other half while it is in cache."""
+    that are the leading two of the kernel layout, in order (rows r, columns c >= r). With a
+    sparse driver each update also writes its mirrored entry (mirrors_at_update); with dense
+    loops the chunks fill the canonical part and the combine copies each block of rows to the
+    other half while it is in cache."""
     groups = program.output_groups
     if len(groups) != 1 or len(groups[0]) != 2:
         return False
@@ -258,7 +268,11 @@ class _Emitter:
         self.registers = self._plan_registers()
         self.live: dict[Access, str] = {}  # output location -> its open register
         self.emitted: set[str] = set()  # lets bound so far (loop invariants of later loops)
-        self.mirrored = mirrors_output(program)
+        # A symmetric output's other half: written beside each update when a sparse driver
+        # scatters them (no pass over the dense output), or by a mirror pass after the combine.
+        self.mirror_at_update = mirrors_at_update(program)
+        self.mirrored = mirrors_output(program) and not self.mirror_at_update  # the mirror pass
+        self.class_value: int | None = None  # the diagonal class of the code being emitted
 
     # -- registers --------------------------------------------------------------------------
     def _plan_registers(self) -> dict[tuple, list[tuple[Access, str]]]:
@@ -288,7 +302,37 @@ class _Emitter:
     def flush_registers(self, key: tuple) -> None:
         for output, local in self.registers.get(key, ()):
             del self.live[output]
-            self.accumulate(f"{self.acc}[{self.subscript(output.indices)}]", local)
+            self.write(output, local)
+
+    def write(self, output: Access, value: str) -> None:
+        """acc[output] (op)= value, and its mirrored entry when the kernel writes both halves of
+        a symmetric output beside each update (not on the output's diagonal, where they are one
+        entry: the class of the code says where that is known, a test where it is not)."""
+        self.accumulate(f"{self.acc}[{self.subscript(output.indices)}]", value)
+        if not self.mirror_at_update:
+            return
+        a, b, *rest = output.indices
+        equal = True if a == b else self.known_equal(a, b)
+        if equal:
+            return
+        mirrored = f"{self.acc}[{self.subscript((b, a, *rest))}]"
+        if equal is False:
+            self.accumulate(mirrored, value)
+            return
+        with self.w.block(f"if {self.index(a)} != {self.index(b)}:"):
+            self.accumulate(mirrored, value)
+
+    def known_equal(self, a: Index, b: Index) -> bool | None:
+        """Whether a == b at every point of the class being emitted (None: not known)."""
+        if self.class_value is None or self.peel is None:
+            return None
+        bit = 0
+        for chain in self.peel.row.chains:
+            if a in chain and b in chain:
+                p, q = sorted((chain.index(a), chain.index(b)))
+                return all(self.class_value >> (bit + t) & 1 for t in range(p, q))
+            bit += len(chain) - 1
+        return None
 
     # -- names and expressions --------------------------------------------------------------
     def _param_name(self, param: Param) -> str:
@@ -365,7 +409,9 @@ class _Emitter:
         for value, label in enumerate(self.peel.labels):
             header = "else:" if value == last else f"{'if' if value == 0 else 'elif'} {cls} == {value}:"
             with self.w.block(f"{header}  # {label}"):
+                self.class_value = value
                 self.block(specialize(rest, self.peel, value, self.reduce.idempotent))
+                self.class_value = None
 
     def stmt(self, stmt) -> None:
         w = self.w
@@ -483,10 +529,13 @@ class _Emitter:
                 with w.block(f"if {start} < {stop} and {column}[{start}] == {row}:  # {self.peel.labels[1]}"):
                     w.line(f"{p} = {start}")
                     coordinates()
+                    self.class_value = 1
                     self.block(specialize(before + rest, self.peel, 1, self.reduce.idempotent))
                     w.line(f"{start} += 1")
                 off_diagonal = specialize(before + rest, self.peel, 0, self.reduce.idempotent)
+                self.class_value = 0
                 self.nonzero_loop(off_diagonal, coordinates, f"  # {self.peel.labels[0]}")
+                self.class_value = None
             self.flush_registers(nonzeros_key)
         self.flush_registers(rows_key)
 
@@ -536,16 +585,21 @@ class _Emitter:
 
     def update(self, update: Update) -> None:
         local = self.live.get(update.output)
-        target = local or f"{self.acc}[{self.subscript(update.output.indices)}]"
         value = self.expr(update.value)
         factor = update.factor
+
+        def write(scaled: str) -> None:
+            if local:
+                self.accumulate(local, scaled)
+            else:
+                self.write(update.output, scaled)
+
         if isinstance(factor, Factor | Ref):  # a table lookup (the table was not peeled)
             f = self.expr(factor)
             with self.w.block(f"if {f} != 0:"):  # a zero factor skips the update: 0 * inf is not 0
-                self.accumulate(target, value if self.reduce.idempotent else f"{f} * {value}")
+                write(value if self.reduce.idempotent else f"{f} * {value}")
         else:
-            scaled = value if factor is None or self.reduce.idempotent else f"{self.expr(factor)} * {value}"
-            self.accumulate(target, scaled)
+            write(value if factor is None or self.reduce.idempotent else f"{self.expr(factor)} * {value}")
 
     def accumulate(self, target: str, value: str) -> None:
         if self.reduce.infix:
@@ -598,7 +652,8 @@ class _Emitter:
         w.line("import numba")
         w.line("import numpy as np  # noqa: F401")
         w.line()
-        w.line(f"MIRRORS_OUTPUT = {self.mirrored}  # the kernel writes both halves of the symmetric output")
+        w.line(f"MIRRORS_OUTPUT = {self.mirrored or self.mirror_at_update}  # the kernel writes both halves "
+               "of the symmetric output")
         w.line()
         w.line()
         for line in self.touched_rows_function():
