@@ -1,9 +1,11 @@
 """Numba backend: a printer from loop IR to readable Numba source, parallel over chunks.
 
 Each chunk of the outer loop (contiguous nonzeros balanced by count, or a cyclic share of the
-first dense loop) accumulates into its own slice of `partial`, which its own thread initializes
-over the output rows the chunk can touch; a second parallel loop then adds the slices into
-`partial[0]` over those rows only. No two threads write the same memory, so no update is lost.
+first dense loop) accumulates into its own slice of `partial` (zeros from np.zeros, or the
+reduction's identity written by its own thread over the rows the chunk can touch); a second
+parallel loop adds the slices into `partial[0]` over those rows only. No two threads write the
+same memory, so no update is lost. A symmetric output is written whole by the kernel: both
+halves beside each update when a sparse driver scatters them, a blocked mirror pass otherwise.
 
 The code is what one would write by hand for the same schedule:
 - diagonal classes are peeled: below the class test each class gets its own copy of the code
@@ -12,7 +14,9 @@ The code is what one would write by hand for the same schedule:
   entry can only be its first: the row loop peels it, and the nonzero loop is the
   strictly-off-diagonal class alone, without any test;
 - reads that depend on the row only (`x[i]`) are read once per row, not per nonzero;
-- outputs fixed across a loop accumulate in a register and are written once after it.
+- outputs fixed across a loop accumulate in a register and are written once after it; factors
+  fixed along a CSR row are applied once to the row's sum (`x_i * sum_j A_ij x_j`), and those
+  fixed along a rank loop are multiplied once before it (`2 * A_val`).
 """
 
 from __future__ import annotations
