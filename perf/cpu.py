@@ -238,7 +238,7 @@ def run_case(kernel: str, label: str, t, rank: int, threads: list[int], budget: 
     return rows
 
 
-def index_width_probe(data_dir: Path, budget: float) -> list[dict]:
+def index_width_probe(data_dir: Path, budget: float, threads: list[int]) -> list[dict]:
     """The hand-written SSYMV with uint32 / int32 / int64 column indices (bcsstk16, EX5):
     which width the driver arrays should have on this machine."""
     import numba
@@ -250,7 +250,7 @@ def index_width_probe(data_dir: Path, budget: float) -> list[dict]:
         k = compile_catalog("ssymv", backend="numba")
         args = bind(k.loops, k.program, inputs, check=False)
         d = args.driver
-        for th in (1, 2):
+        for th in threads:
             numba.set_num_threads(th)
             set_blas_threads(th)
             bounds = d.chunk_bounds(th)
@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="skip the large graphs and tensors")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of interleaved rounds per case")
     ap.add_argument("--kernels", default="", help="comma-separated catalog kernels (default: all)")
+    ap.add_argument("--threads", default="1,2", help="thread counts, e.g. 2 (default: 1,2)")
     args = ap.parse_args(argv)
     import numba
 
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "timing": "medians of interleaved rounds (each contender once per round, order rotated) "
                       "after two warm-up calls"}
     wanted = set(filter(None, args.kernels.split(",")))
-    threads = [1, 2]
+    threads = [int(t) for t in args.threads.split(",")]
     rows: list[dict] = []
     t_start = time.time()
     for kernel, label, loader, rank in cases(args.data, args.quick):
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kernel:8s} {label:22s} thr={r['threads']} sym={r['sym']['median'] * 1e3:.3f}ms "
                   f"nosym={r['nosym']['median'] * 1e3:.3f}ms x{r['speedup_vs_nosym']:.2f}{extra} ok={r['ok']} "
                   f"({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
-    widths = [] if wanted and "ssymv" not in wanted else index_width_probe(args.data, args.budget / 2)
+    widths = [] if wanted and "ssymv" not in wanted else index_width_probe(args.data, args.budget / 2, threads)
     meta["threading_layer"] = numba.threading_layer()
     meta["elapsed_s"] = time.time() - t_start
     meta["load_end"] = os.getloadavg()
