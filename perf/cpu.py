@@ -60,6 +60,8 @@ def set_blas_threads(n: int) -> None:
     import ctypes
     import re
 
+    import scipy.linalg.blas  # noqa: F401  (load scipy's OpenBLAS now, so that it is set too)
+
     with open("/proc/self/maps") as maps:
         libs = set(re.findall(r"(/\S*openblas\S*\.so\S*)", maps.read()))
     for lib in libs:
