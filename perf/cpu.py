@@ -107,6 +107,27 @@ def time_interleaved(fns: dict, budget_s: float, min_rounds: int = 7, max_rounds
     return out
 
 
+def contention(timed: dict) -> float:
+    """The worst median / min ratio of a round's contenders: ~1 on a quiet machine; on this
+    shared 2-core VM a busy neighbour deschedules one of two threads for a time slice (~4-8 ms),
+    which multiplies a 2-thread median by 10-100."""
+    return max(t["median"] / t["min"] for t in timed.values())
+
+
+def time_quietly(fns: dict, budget_s: float, attempts: int) -> tuple[dict, int]:
+    """time_interleaved, repeated (after a pause) while the machine is visibly contended;
+    returns the least contended attempt and how many were made."""
+    best = None
+    for attempt in range(1, attempts + 1):
+        timed = time_interleaved(fns, budget_s)
+        if best is None or contention(timed) < contention(best):
+            best = timed
+        if contention(best) < 1.5:
+            return best, attempt
+        time.sleep(2.0)
+    return best, attempts
+
+
 def _rng_dense(shape: tuple[int, ...], seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).random(shape)
 
@@ -161,7 +182,7 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a, b, rtol=1e-6, atol=1e-9 * max(scale, 1.0), equal_nan=True))
 
 
-def run_case(kernel: str, label: str, t, rank: int, threads: list[int], budget: float) -> list[dict]:
+def run_case(kernel: str, label: str, t, rank: int, threads: list[int], budget: float, attempts: int = 1) -> list[dict]:
     import numba
     import scipy.sparse as sp
 
@@ -212,12 +233,13 @@ def run_case(kernel: str, label: str, t, rank: int, threads: list[int], budget: 
             fns["hand_kernel"] = hand
         if peer is not None:
             fns[peer[0]] = peer[1]
-        timed = time_interleaved(fns, budget)
+        timed, tries = time_quietly(fns, budget, attempts)
         row = {
             "kernel": kernel, "data": label, "threads": th, "shape": [int(s) for s in np.shape(t)],
             "nnz_canonical": None if kernel == "ssyrk" else int(t.nnz),
             "nnz_expanded": None if kernel == "ssyrk" else int(t.n_expanded),
-            "rank": rank, "ok": ok, "work_ratio": work, "plan": plan.name, "load": os.getloadavg()[0], **timed,
+            "rank": rank, "ok": ok, "work_ratio": work, "plan": plan.name, "load": os.getloadavg()[0],
+            "contention": contention(timed), "attempts": tries, **timed,
             "speedup_vs_nosym": timed["nosym"]["median"] / timed["sym"]["median"],
             "paper_target": PAPER_TARGETS.get(kernel),
             "binding_share": timed["bind"]["median"] / timed["sym"]["median"],
@@ -355,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of interleaved rounds per case")
     ap.add_argument("--kernels", default="", help="comma-separated catalog kernels (default: all)")
     ap.add_argument("--threads", default="1,2", help="thread counts, e.g. 2 (default: 1,2)")
+    ap.add_argument("--attempts", type=int, default=4,
+                    help="repeat a contended measurement (median > 1.5 x min) up to this many times")
     args = ap.parse_args(argv)
     import numba
 
@@ -376,12 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as e:
             print(f"skip {kernel} on {label}: {e}", file=sys.stderr)
             continue
-        new = run_case(kernel, label, t, rank, threads, args.budget)
+        new = run_case(kernel, label, t, rank, threads, args.budget, args.attempts)
         rows.extend(new)
         for r in new:
             extra = "".join(f" {k}={r[k]:.2f}" for k in ("kernel_speedup_vs_nosym", "generated_vs_hand",
                                                         "speedup_vs_peer", "kernel_speedup_vs_peer") if k in r)
-            print(f"{kernel:8s} {label:22s} thr={r['threads']} sym={r['sym']['median'] * 1e3:.3f}ms "
+            print(f"{kernel:8s} {label:22s} thr={r['threads']} contention={r['contention']:.1f} "
+                  f"sym={r['sym']['median'] * 1e3:.3f}ms "
                   f"nosym={r['nosym']['median'] * 1e3:.3f}ms x{r['speedup_vs_nosym']:.2f}{extra} ok={r['ok']} "
                   f"({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
     widths = [] if wanted and "ssymv" not in wanted else index_width_probe(args.data, args.budget / 2, threads)
