@@ -122,7 +122,7 @@ def time_quietly(fns: dict, budget_s: float, attempts: int) -> tuple[dict, int]:
         timed = time_interleaved(fns, budget_s)
         if best is None or contention(timed) < contention(best):
             best = timed
-        if contention(best) < 1.5:
+        if contention(best) < 2.0:
             return best, attempt
         time.sleep(2.0)
     return best, attempts
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernels", default="", help="comma-separated catalog kernels (default: all)")
     ap.add_argument("--threads", default="1,2", help="thread counts, e.g. 2 (default: 1,2)")
     ap.add_argument("--attempts", type=int, default=4,
-                    help="repeat a contended measurement (median > 1.5 x min) up to this many times")
+                    help="repeat a contended measurement (median > 2 x min) up to this many times")
     args = ap.parse_args(argv)
     import numba
 
