@@ -17,6 +17,7 @@ Statement kernels are made by the compiler of single statements, which the API p
 from __future__ import annotations
 
 import collections
+import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,10 +47,17 @@ def is_program(expr: str, formats: Mapping | None, outputs) -> bool:
     """Whether `expr` needs this module: several statements, `outputs=`, or a sparse output."""
     if outputs is not None:
         return True
+    if not isinstance(expr, str):
+        return False  # the single-statement compiler names the type
     try:
         statements = parse_statements(expr)
-    except (ParseError, TypeError):
-        return False  # the single-statement compiler raises its own error for it
+    except ParseError as program_error:
+        try:
+            parse(expr)
+        except ParseError as single_error:
+            if program_error.position > single_error.position:
+                raise program_error from None  # a program, wrong past its first statement
+        return False  # wrong within its first statement: the single-statement compiler's error
     if len(statements) > 1:
         return True
     output = statements[0].einsum.output.tensor
@@ -127,6 +135,7 @@ class ProgramKernel:
         self.inputs = flow.inputs
         self.outputs = flow.outputs
         self._result = collections.namedtuple("ProgramResult", flow.outputs) if len(flow.outputs) > 1 else None
+        self._unchained: Callable[[], ProgramKernel] | None = None  # set by compile_program when needed
 
     def __repr__(self) -> str:
         return (f"ProgramKernel({self.expression!r}, statements={len(self.kernels)}, outputs={self.outputs}, "
@@ -157,6 +166,11 @@ class ProgramKernel:
             from .torch_ops import needs_op
 
             traced = needs_op(tensors)
+        if traced and self._unchained is not None:
+            # Under autograd or tracing: the statements that read an intermediate as symmetric have
+            # no derivative w.r.t. a dense symmetric operand yet; the unchained program does the same
+            # arithmetic on full intermediates and has them all.
+            return self._unchained()(check=check, canonical_output=canonical_output, **tensors)
         values = dict(tensors)
         if check and not traced:
             values.update(self._checked(tensors))
@@ -262,9 +276,9 @@ def compile_program(
     """Compile a program (or one statement with a sparse output: a SparseOutputKernel).
 
     `compile_statement(text, symmetric=, formats=, symmetry=, backend=, name=)` compiles one
-    statement with a dense output (the API's compiler). `chain=False` compiles each statement
-    alone, without the symmetry proved for the intermediates it reads: the unchained composition
-    that work ratios are compared against."""
+    statement with a dense output (the API's compiler). `chain=False` compiles each statement as
+    if alone, without the symmetry proved for the intermediates it reads (same statements, same
+    storage): the unchained composition that work ratios are compared against."""
     flow = analyze(expr, outputs)
     if loop_order is not None:
         raise DeclarationError("loop_order= orders the loops of one statement; a program has several "
@@ -274,6 +288,7 @@ def compile_program(
     formats = _by_tensor("formats", formats, tensors)
     arity = {a.tensor: len(a.indices) for s in flow.statements for a in (s.einsum.output, *accesses(s.einsum.rhs))}
     known = {t: normalize_groups(t, spec, arity[t]) for t, spec in symmetric.items()}
+    known_declared = dict(known)
     declared_inputs = {t: g for t, g in known.items() if t in flow.inputs and g}
 
     single = len(flow.statements) == 1 and outputs is None
@@ -333,8 +348,15 @@ def compile_program(
                                               tuple(why for g, why in reasons if g in passed), storage,
                                               storage_reason, canonical)
         kernels.append(kernel)
-    return ProgramKernel(expr, flow, tuple(kernels), intermediates, declared_inputs, output_reasons, backend,
-                         symmetry, chain)
+    program = ProgramKernel(expr, flow, tuple(kernels), intermediates, declared_inputs, output_reasons, backend,
+                            symmetry, chain)
+    if chain and any(i.groups and i.storage == "dense" and i.groups != known_declared.get(i.tensor, ())
+                     for i in intermediates.values()):
+        options = {"compile_statement": compile_statement, "symmetric": symmetric or None, "formats": formats or None,
+                   "symmetry": symmetry, "backend": backend, "name": f"{name}_unchained" if name else None,
+                   "outputs": outputs, "chain": False}
+        program._unchained = functools.cache(lambda: compile_program(expr, **options))
+    return program
 
 
 def _choose_storage(tensor: str, text: str, sym: dict, fmt: dict, formats: Mapping) -> tuple[str, str]:
