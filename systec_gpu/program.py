@@ -38,8 +38,8 @@ STORAGE_RULE = (
     "an intermediate is stored sparse, as its canonical nonzeros (a SymmetricTensor; csr for a matrix), when "
     "its producer's output is sparse: a Gram product A[i,k]*A[j,k] of a sparse A, the form with a sparse-output "
     "kernel; otherwise dense, its producer writing only the canonical part of its symmetric modes (the rest "
-    "holds the reduction's identity; the mirror is never written) and its consumers reading only that part. "
-    "formats={name: 'dense' | 'coo' | 'csr'} overrides the rule."
+    "holds the reduction's identity: the producer never writes the mirror) and its consumers visiting only "
+    "that part. formats={name: 'dense' | 'coo' | 'csr'} overrides the rule."
 )
 
 
