@@ -6,7 +6,9 @@ Row-wise (Gustavson) SpGEMM on the canonical triangle, in two phases:
   they are the suffix of column k from the position of (i, k) itself (`tpos`), so the triangle
   costs no search;
 - numeric: the same walk accumulates R[i,k]·w[k]·R[j,k] into a dense accumulator of the row,
-  lists its columns as first met, sorts them and writes the row once.
+  lists its columns as first met and writes the row once, its columns in order (a bitmap of the
+  row's span read word by word, or a sort of the list when the span is long);
+- a repeat call on the same structure runs the numeric phase alone, straight into the kept slots.
 
 Rows are dealt to threads cyclically (row i has the most work for small i); each thread owns its
 accumulator and marker arrays, and each output row is written by one thread: no races.
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .numba_backend import _PARALLEL_LOCK, _THREADING_LAYER
 
 SERIAL_BELOW = 200_000  # canonical products below which the thread pool costs more than it saves
-# A row's columns come out in order by scanning its span when the span is below this many slots per
-# entry (a sequential pass over the marker array is cheaper than sorting the entries).
-SCAN_PER_ENTRY = 16
+# A row's columns come out in order through a bitmap of its span when the span is below this many
+# 64-bit words per entry (reading the words is cheaper than sorting the entries).
+WORDS_PER_ENTRY = 8
 
 
 @numba.njit(cache=True, nogil=True)
@@ -44,11 +47,13 @@ def _count_rows(rowptr, col, tpos, colptr, csc_row, n, first, step, counts):
 @numba.njit(cache=True, nogil=True)
 def _fill_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, first, step, out_ptr, out_row,
                out_col, out_val):
-    """Numeric phase of rows first, first + step, ...: each row accumulated densely, written once
-    with its columns in order: read off the marker array over the row's span [i, last] when the
-    span is short (banded matrices), else the columns listed as met, sorted."""
+    """Numeric phase of rows first, first + step, ...: each row accumulated densely, its columns
+    listed as first met, then written once in order: through a bitmap of the row's span [i, last]
+    read word by word (banded rows: the span is short), else by sorting the list."""
     mark = np.full(n, -1, dtype=np.int64)
+    words = np.zeros((n >> 6) + 1, dtype=np.uint64)
     acc = np.zeros(n, dtype=out_val.dtype)
+    one = np.uint64(1)
     for i in range(first, n, step):
         start = out_ptr[i]
         end = start
@@ -65,20 +70,31 @@ def _fill_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, firs
                     if j > last:
                         last = j
                 acc[j] += a * csc_val[q]
-        found = end - start
-        if last - i < SCAN_PER_ENTRY * found:
-            # branch-free: t stays below `end` until the last marked column, `last` itself
+        low, high = i >> 6, last >> 6
+        if high - low < WORDS_PER_ENTRY * (end - start):
+            for t in range(start, end):
+                j = out_col[t]
+                words[j >> 6] |= one << np.uint64(j & 63)
             t = start
-            for j in range(i, last + 1):
-                out_col[t] = j
-                t += mark[j] == i
+            for w in range(low, high + 1):
+                bits = words[w]
+                if bits:
+                    words[w] = 0
+                    while bits:
+                        j = (w << 6) + trailing_zeros(bits)
+                        bits &= bits - one
+                        out_col[t] = j
+                        out_row[t] = i
+                        out_val[t] = acc[j]
+                        acc[j] = 0
+                        t += 1
         else:
             out_col[start:end].sort()
-        for t in range(start, end):
-            j = out_col[t]
-            out_row[t] = i
-            out_val[t] = acc[j]
-            acc[j] = 0
+            for t in range(start, end):
+                j = out_col[t]
+                out_row[t] = i
+                out_val[t] = acc[j]
+                acc[j] = 0
 
 
 @numba.njit(cache=True, nogil=True)
