@@ -153,29 +153,41 @@ class GramStructure:
         return self.device_copies[key]
 
 
+def _compressed_by_column(rowptr: np.ndarray, cols: np.ndarray, shape: tuple[int, int]):
+    """(colptr, rows, positions) of a CSR pattern regrouped by column, rows ascending within each
+    column, `positions` the CSR position of each entry: scipy's counting sort (csr_tocsc)."""
+    import scipy.sparse as sp
+
+    positions = np.arange(cols.shape[0], dtype=np.int64)
+    csc = sp.csr_matrix((positions, cols, rowptr), shape=shape).tocsc()
+    return (csc.indptr.astype(np.int64, copy=False), csc.indices.astype(np.int64, copy=False),
+            csc.data.astype(np.int64, copy=False))
+
+
 def gram_structure(storage: SparseTensor, transposed: bool) -> GramStructure:
     """The GramStructure of R = storage (or its transpose), cached on the storage's structure."""
     key = ("gram_structure", transposed)
     found = storage._cache.get(key)
     if found is not None:
         return found
-    rows, cols = (storage.indices[1], storage.indices[0]) if transposed else (storage.indices[0], storage.indices[1])
-    n, m = (storage.shape[1], storage.shape[0]) if transposed else storage.shape
+    rows_a = np.ascontiguousarray(storage.indices[0], dtype=np.int64)
+    cols_a = np.ascontiguousarray(storage.indices[1], dtype=np.int64)
+    rowptr_a = np.zeros(storage.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows_a, minlength=storage.shape[0]), out=rowptr_a[1:])
     value_order = None
-    if transposed:
-        value_order = np.lexsort((cols, rows))
-        rows, cols = rows[value_order], cols[value_order]
-    rows, cols = np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(cols, dtype=np.int64)
-    rowptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=rowptr[1:])
-    csc_perm = np.argsort(cols, kind="stable")  # rows stay sorted within each column
+    if transposed:  # R's rows are A's columns: R in CSR is A grouped by column
+        n, m = storage.shape[1], storage.shape[0]
+        rowptr, cols, value_order = _compressed_by_column(rowptr_a, cols_a, storage.shape)
+    else:
+        n, m = storage.shape
+        rowptr, cols = rowptr_a, cols_a
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(rowptr))
+    colptr, csc_row, csc_perm = _compressed_by_column(rowptr, cols, (n, m))
     tpos = np.empty_like(csc_perm)
     tpos[csc_perm] = np.arange(csc_perm.shape[0], dtype=np.int64)
-    per_column = np.bincount(cols, minlength=m).astype(np.int64)
-    colptr = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(per_column, out=colptr[1:])
+    per_column = np.diff(colptr)
     structure = GramStructure(
-        n, m, rows, rowptr, cols, tpos, colptr, np.ascontiguousarray(rows[csc_perm]), csc_perm, value_order,
+        n, m, rows, rowptr, np.ascontiguousarray(cols), tpos, colptr, csc_row, csc_perm, value_order,
         int((per_column * (per_column + 1) // 2).sum()), int((per_column * per_column).sum()))
     storage._cache[key] = structure
     return structure
