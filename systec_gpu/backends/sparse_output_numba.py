@@ -22,7 +22,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .numba_backend import _PARALLEL_LOCK, _THREADING_LAYER
 
-SERIAL_BELOW = 200_000  # canonical products below which the thread pool costs more than it saves
+SERIAL_BELOW = 1_000_000  # canonical products (a few ms on one core) below which threads do not pay
 # A row's columns come out in order through a bitmap of its span when the span is below this many
 # 64-bit words per entry (reading the words is cheaper than sorting the entries).
 WORDS_PER_ENTRY = 8
