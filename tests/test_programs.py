@@ -267,3 +267,21 @@ def test_program_source_lists_every_statement():
     p = compile_program_catalog("ttv4_chain")
     source = p.source("numba")
     assert source.count("# ---- statement") == 3 and "def kernel(" in source
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "T[i,j] min= A[i,k] + A[j,k]; y[i] min= T[i,j] + x[j]",
+        "T[i,j] max= A[i,k] + A[j,k]\ny[i] += T[i,j]*x[j]",
+        "s[] += x[i]*x[i]; y[i] += s[]*A[i,k]*A[j,k]*x[j]",
+    ],
+    ids=["min-plus", "max-then-sum", "scalar-intermediate"],
+)
+def test_other_semirings_and_scalar_intermediates(text, backend):
+    rng = np.random.default_rng(6)
+    inputs = {"A": rng.uniform(0, 1, (6, 4)), "x": rng.uniform(0, 1, 6)}
+    p = sg.compile(text, backend=backend)
+    (want,) = oracle(p.flow, inputs)
+    np.testing.assert_allclose(p(**inputs).numpy(), want, rtol=1e-12)
