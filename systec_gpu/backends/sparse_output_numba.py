@@ -26,6 +26,7 @@ SERIAL_BELOW = 1_000_000  # canonical products (a few ms on one core) below whic
 # A row's columns come out in order through a bitmap of its span when the span is below this many
 # 64-bit words per entry (reading the words is cheaper than sorting the entries).
 WORDS_PER_ENTRY = 8
+INSERTION_BELOW = 32  # rows this short are sorted in place by insertion (no call, no allocation)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -71,7 +72,11 @@ def _fill_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, firs
                         last = j
                 acc[j] += a * csc_val[q]
         low, high = i >> 6, last >> 6
-        if high - low < WORDS_PER_ENTRY * (end - start):
+        found = end - start
+        # cheapest way to order the row: insertion sort (short rows, ~found^2/4 steps), a bitmap
+        # of its span (one read per 64 columns), or a sort of the list
+        short = found <= INSERTION_BELOW and found * found < 4 * (high - low + 1)
+        if not short and high - low < WORDS_PER_ENTRY * found:
             for t in range(start, end):
                 j = out_col[t]
                 words[j >> 6] |= one << np.uint64(j & 63)
@@ -89,7 +94,16 @@ def _fill_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, firs
                         acc[j] = 0
                         t += 1
         else:
-            out_col[start:end].sort()
+            if found <= INSERTION_BELOW:
+                for t in range(start + 1, end):  # insertion sort: short rows of a wide span
+                    j = out_col[t]
+                    u = t
+                    while u > start and out_col[u - 1] > j:
+                        out_col[u] = out_col[u - 1]
+                        u -= 1
+                    out_col[u] = j
+            else:
+                out_col[start:end].sort()
             for t in range(start, end):
                 j = out_col[t]
                 out_row[t] = i
