@@ -174,3 +174,28 @@ def test_real_matrix_rows(backend):
     dense = part.to_dense()
     np.testing.assert_allclose(c.to_dense(), dense @ dense.T, rtol=1e-12)
     assert c.nnz < (dense @ dense.T != 0).sum()  # half (plus the diagonal) is stored
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_orders_rows_every_way(threads):
+    """Rows ordered by insertion (short, wide span), by a sort (long, wide span) and through the
+    bitmap (long, narrow span) all come out sorted and equal to scipy's."""
+    from systec_gpu.backends.sparse_output_numba import gram_canonical
+
+    n = 40_000
+    wide_long = np.arange(0, n, 1000)  # 40 entries over the whole range: sorted
+    wide_short = np.arange(7, n, 4000)  # 10 entries: insertion
+    narrow_long = np.arange(100, 160)  # 60 adjacent entries: bitmap
+    rows = np.concatenate([wide_long, wide_short, narrow_long])
+    cols = np.concatenate([np.zeros(40), np.ones(10), np.full(60, 2)]).astype(np.int64)
+    vals = np.random.default_rng(0).uniform(-1, 1, rows.shape[0])
+    a = sp.csr_matrix((vals, (rows, cols)), shape=(n, 3))
+    coo = a.tocoo()
+    tensor = SparseTensor.from_coo(np.vstack([coo.row, coo.col]), coo.data, a.shape)
+    structure = gram_structure(tensor, False)
+    indices, values, _ = gram_canonical(structure, np.asarray(tensor.values), np.ones(3), threads=threads)
+    c = SymmetricTensor(indices, values, (n, n), [(0, 1)], check=True)
+    assert_canonical_sorted(c)
+    want = sp.triu(a @ a.T).tocoo()
+    got = sp.coo_matrix((values, tuple(indices)), shape=(n, n))
+    assert abs(got - want).max() < 1e-12 and got.nnz == want.nnz
