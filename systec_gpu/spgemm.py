@@ -137,10 +137,25 @@ class GramStructure:
     products: int  # canonical products: sum over columns of c (c + 1) / 2
     full_products: int  # products of the non-symmetric SpGEMM R·Rᵀ: sum of c²
     device_copies: dict = field(default_factory=dict, repr=False)
-    # the output's structure as a backend found it (backend -> its arrays): structure only, no values
+    # derived from the structure only, never from values: the output's structure as a backend found
+    # it (backend -> its arrays), row blocks per thread count
     outputs: dict = field(default_factory=dict, repr=False)
 
     nnz = property(lambda self: int(self.col.shape[0]))
+
+    def row_bounds(self, chunks: int) -> np.ndarray:
+        """Boundaries of `chunks` contiguous row blocks with equal shares of the canonical products
+        (int64, chunks + 1 entries; cached per chunk count)."""
+        key = ("row_bounds", chunks)
+        if key not in self.outputs:
+            per_nonzero = self.colptr[self.col + 1] - self.tpos
+            work = np.zeros(self.n + 1, dtype=np.int64)
+            np.cumsum(np.bincount(self.row, weights=per_nonzero, minlength=self.n).astype(np.int64), out=work[1:])
+            targets = np.linspace(0, work[-1], chunks + 1)
+            bounds = np.searchsorted(work, targets, side="left").astype(np.int64)
+            bounds[0], bounds[-1] = 0, self.n
+            self.outputs[key] = np.maximum.accumulate(bounds)
+        return self.outputs[key]
 
     def on(self, device) -> dict:
         """The index arrays as torch tensors on `device` (made once per device)."""

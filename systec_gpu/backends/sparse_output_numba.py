@@ -10,8 +10,10 @@ Row-wise (Gustavson) SpGEMM on the canonical triangle, in two phases:
   row's span read word by word, or a sort of the list when the span is long);
 - a repeat call on the same structure runs the numeric phase alone, straight into the kept slots.
 
-Rows are dealt to threads cyclically (row i has the most work for small i); each thread owns its
-accumulator and marker arrays, and each output row is written by one thread: no races.
+Each thread takes a contiguous block of rows holding an equal share of the canonical products (row i
+has the most work for small i; blocks, not rows dealt in turn, so that two threads never write
+the same cache line of the output); each thread owns its accumulator and marker arrays, and each
+output row is written by one thread: no races.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ INSERTION_BELOW = 32  # rows this short are sorted in place by insertion (no cal
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_rows(rowptr, col, tpos, colptr, csc_row, n, first, step, counts):
-    """Symbolic phase of rows first, first + step, ...: distinct columns j >= i of row i."""
+def _count_rows(rowptr, col, tpos, colptr, csc_row, n, first, stop, counts):
+    """Symbolic phase of rows first..stop - 1: distinct columns j >= i of row i."""
     mark = np.full(n, -1, dtype=np.int64)
-    for i in range(first, n, step):
+    for i in range(first, stop):
         found = 0
         for p in range(rowptr[i], rowptr[i + 1]):
             k = col[p]
@@ -46,16 +48,16 @@ def _count_rows(rowptr, col, tpos, colptr, csc_row, n, first, step, counts):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, first, step, out_ptr, out_row,
+def _fill_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, first, stop, out_ptr, out_row,
                out_col, out_val):
-    """Numeric phase of rows first, first + step, ...: each row accumulated densely, its columns
+    """Numeric phase of rows first..stop - 1: each row accumulated densely, its columns
     listed as first met, then written once in order: through a bitmap of the row's span [i, last]
     read word by word (banded rows: the span is short), else by sorting the list."""
     mark = np.full(n, -1, dtype=np.int64)
     words = np.zeros((n >> 6) + 1, dtype=np.uint64)
     acc = np.zeros(n, dtype=out_val.dtype)
     one = np.uint64(1)
-    for i in range(first, n, step):
+    for i in range(first, stop):
         start = out_ptr[i]
         end = start
         last = i
@@ -112,12 +114,12 @@ def _fill_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, firs
 
 
 @numba.njit(cache=True, nogil=True)
-def _numeric_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, first, step, out_ptr, out_col,
+def _numeric_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, first, stop, out_ptr, out_col,
                   out_val):
     """Numeric phase on a known output structure (a repeat call): each product added straight
     into its output slot, found through the row's column -> slot map. `out_val` starts zeroed."""
     slot = np.zeros(n, dtype=np.int64)
-    for i in range(first, n, step):
+    for i in range(first, stop):
         for t in range(out_ptr[i], out_ptr[i + 1]):
             slot[out_col[t]] = t
         for p in range(rowptr[i], rowptr[i + 1]):
@@ -128,24 +130,24 @@ def _numeric_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, f
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _count(rowptr, col, tpos, colptr, csc_row, n, n_chunks, counts):
-    for chunk in numba.prange(n_chunks):
-        _count_rows(rowptr, col, tpos, colptr, csc_row, n, chunk, n_chunks, counts)
+def _count(rowptr, col, tpos, colptr, csc_row, n, bounds, counts):
+    for chunk in numba.prange(bounds.shape[0] - 1):
+        _count_rows(rowptr, col, tpos, colptr, csc_row, n, bounds[chunk], bounds[chunk + 1], counts)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _fill(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, n_chunks, out_ptr, out_row, out_col,
+def _fill(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, bounds, out_ptr, out_row, out_col,
           out_val):
-    for chunk in numba.prange(n_chunks):
-        _fill_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, chunk, n_chunks, out_ptr, out_row,
-                   out_col, out_val)
+    for chunk in numba.prange(bounds.shape[0] - 1):
+        _fill_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, bounds[chunk], bounds[chunk + 1],
+                   out_ptr, out_row, out_col, out_val)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _numeric(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, n_chunks, out_ptr, out_col, out_val):
-    for chunk in numba.prange(n_chunks):
-        _numeric_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, chunk, n_chunks, out_ptr, out_col,
-                      out_val)
+def _numeric(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, bounds, out_ptr, out_col, out_val):
+    for chunk in numba.prange(bounds.shape[0] - 1):
+        _numeric_rows(rowptr, col, val, weight, tpos, colptr, csc_row, csc_val, n, bounds[chunk], bounds[chunk + 1],
+                      out_ptr, out_col, out_val)
 
 
 def gram_canonical(structure, values: np.ndarray, weight: np.ndarray, threads: int | None = None):
@@ -166,31 +168,31 @@ def gram_canonical(structure, values: np.ndarray, weight: np.ndarray, threads: i
     if guard and not _PARALLEL_LOCK.acquire(blocking=False):
         serial, guard = True, False  # another thread runs a parallel kernel: workqueue cannot nest
     try:
-        chunks = 1 if serial else threads or numba.get_num_threads()
+        bounds = s.row_bounds(1 if serial else threads or numba.get_num_threads())
         arrays = (s.rowptr, s.col, values, weight, s.tpos, s.colptr, s.csc_row, csc_val, s.n)
         known = s.outputs.get("numba")
         if known is not None:
             out_ptr, indices, counts = known
             out_val = np.zeros(indices.shape[1], dtype=dtype)
             if serial:
-                _numeric_rows(*arrays, 0, 1, out_ptr, indices[1], out_val)
+                _numeric_rows(*arrays, 0, s.n, out_ptr, indices[1], out_val)
             else:
-                _numeric(*arrays, chunks, out_ptr, indices[1], out_val)
+                _numeric(*arrays, bounds, out_ptr, indices[1], out_val)
         else:
             counts = np.zeros(s.n, dtype=np.int64)
             if serial:
-                _count_rows(s.rowptr, s.col, s.tpos, s.colptr, s.csc_row, s.n, 0, 1, counts)
+                _count_rows(s.rowptr, s.col, s.tpos, s.colptr, s.csc_row, s.n, 0, s.n, counts)
             else:
-                _count(s.rowptr, s.col, s.tpos, s.colptr, s.csc_row, s.n, chunks, counts)
+                _count(s.rowptr, s.col, s.tpos, s.colptr, s.csc_row, s.n, bounds, counts)
             out_ptr = np.zeros(s.n + 1, dtype=np.int64)
             np.cumsum(counts, out=out_ptr[1:])
             nnz = int(out_ptr[-1])
             indices = np.empty((2, nnz), dtype=np.int64)
             out_val = np.empty(nnz, dtype=dtype)
             if serial:
-                _fill_rows(*arrays, 0, 1, out_ptr, indices[0], indices[1], out_val)
+                _fill_rows(*arrays, 0, s.n, out_ptr, indices[0], indices[1], out_val)
             else:
-                _fill(*arrays, chunks, out_ptr, indices[0], indices[1], out_val)
+                _fill(*arrays, bounds, out_ptr, indices[0], indices[1], out_val)
             s.outputs["numba"] = (out_ptr, indices, counts)
         if not serial and _THREADING_LAYER[0] is None:
             _THREADING_LAYER[0] = numba.threading_layer()
