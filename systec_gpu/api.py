@@ -14,7 +14,9 @@ from .ir.einsum import Program, format_program
 from .ir.loop import LoopProgram, format_loop_program
 from .ir.symmetrized import Symmetrized
 from .pipeline import front, lower_and_optimize, symmetrize
+from .program import ProgramKernel, compile_program, is_program
 from .runtime import KernelArgs, Launch
+from .spgemm import SparseOutputKernel
 
 BACKENDS = (registry.AUTO, *registry.BACKENDS)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -160,15 +162,26 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     backend: str = "auto",
     loop_order: Sequence[str] | None = None,
     name: str | None = None,
-) -> Kernel:
+    outputs: Sequence[str] | str | None = None,
+) -> Kernel | ProgramKernel | SparseOutputKernel:
     """Compile `expr` (e.g. "y[i] += A[i,j]*x[j]") into a kernel.
 
     symmetric: tensor -> "full" or mode groups (naming the output declares output symmetry).
-    formats: tensor -> "dense" | "coo" | "csr" (symmetric inputs default to "coo").
+    formats: tensor -> "dense" | "coo" | "csr" (symmetric inputs default to "coo"); "coo"/"csr" for
+        the output of a Gram product (C[i,j] += A[i,k]*A[j,k]) gives a sparse symmetric output.
     symmetry: False compiles the same expression without exploiting symmetry (the baseline).
     backend: "auto" (Triton on CUDA tensors, Numba otherwise), "numba", "triton", "reference".
     loop_order: index names, outermost first (a sparse operand's indices come first).
+    outputs: for a program (statements separated by ';' or line breaks), the tensors to return
+        (default: the last statement's output).
+
+    One statement with a dense output gives a Kernel; a program a ProgramKernel (systec_gpu/program.py);
+    one statement with a sparse output a SparseOutputKernel (systec_gpu/spgemm.py).
     """
+    if is_program(expr, formats, outputs):
+        registry.check_name(backend)
+        return compile_program(expr, compile_statement=_compile, symmetric=symmetric, formats=formats,
+                               symmetry=symmetry, backend=backend, loop_order=loop_order, name=name, outputs=outputs)
     return _compile(expr, symmetric=symmetric, formats=formats, symmetry=symmetry, backend=backend,
                     loop_order=loop_order, name=name)
 
