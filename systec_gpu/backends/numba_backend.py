@@ -59,6 +59,10 @@ MIRROR_BLOCK = 16  # rows and columns per block of the in-kernel mirror of a sym
 MAX_PEELED_CLASSES = 16
 
 
+# min/max spelled so that nan propagates (Python's min(x, nan) returns x)
+_FUNCTIONS = {"min": "np.minimum", "max": "np.maximum"}
+
+
 def _literal(value: float) -> str:
     if math.isinf(value):
         return "np.inf" if value > 0 else "-np.inf"
@@ -385,7 +389,7 @@ class _Emitter:
             case Factor(table=t, row=row, column=column):
                 return f"{self.names.user('tensor', t)}[{self.expr(row)}, {column}]"
             case Call(op=op, args=args):
-                return format_call(op, [self.expr(a) for a in args], {"min": "min", "max": "max"})
+                return format_call(op, [self.expr(a) for a in args], _FUNCTIONS)
         raise TypeError(f"not a loop expression: {expr!r}")
 
     # -- statements -------------------------------------------------------------------------
@@ -610,7 +614,7 @@ class _Emitter:
         if self.reduce.infix:
             self.w.line(f"{target} {self.reduce.symbol}= {value}")
         else:
-            self.w.line(f"{target} = {self.reduce.symbol}({target}, {value})")
+            self.w.line(f"{target} = {_FUNCTIONS[self.reduce.name]}({target}, {value})")
 
     # -- the module -------------------------------------------------------------------------
     @functools.cached_property
