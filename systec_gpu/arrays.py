@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from typing import Any
 
 import numpy as np
 
 
 def is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
+    # isinstance, not the type's module name: torch.compile traces isinstance
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def is_cupy(x: Any) -> bool:

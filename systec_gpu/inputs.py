@@ -135,7 +135,7 @@ def value_dtype(name: str, obj) -> np.dtype:
         import torch
 
         if dtype.is_complex:
-            kind = "c"
+            dtype = np.dtype(np.complex128)
         elif dtype in (torch.float16, torch.bfloat16):
             return np.dtype(np.float16)
         else:
@@ -166,7 +166,9 @@ def exact_in_float64(name: str, values) -> None:
     array = values if isinstance(values, np.ndarray) else None
     if array is None or array.dtype.kind not in "iu" or array.dtype.itemsize < 8 or array.size == 0:
         return
-    big = np.abs(array.astype(np.float64)) > _EXACT_INTEGER
+    big = array > _EXACT_INTEGER  # compared as integers: float64 would round 2**53 + 1 down
+    if array.dtype.kind == "i":
+        big |= array < -_EXACT_INTEGER
     if big.any():
         k = int(np.argmax(big))
         raise ValueError(f"{name}: the integer {int(array.reshape(-1)[k])} does not fit float64 exactly "
@@ -400,7 +402,7 @@ def _device_values(name: str, storage: SparseTensor, dtype):
     values = as_torch(storage.values).detach()
     if values.device != storage.indices.device:
         values = values.to(storage.indices.device)
-    if values.dtype == torch.int64 and bool((values.abs() > _EXACT_INTEGER).any()):
+    if values.dtype == torch.int64 and bool(((values > _EXACT_INTEGER) | (values < -_EXACT_INTEGER)).any()):
         exact_in_float64(name, to_numpy(values))  # raises, naming the value
     return values.to(torch_dtype(dtype)).contiguous()
 

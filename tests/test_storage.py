@@ -677,3 +677,20 @@ def test_numpy_sort_with_order_is_a_stable_argsort(bound):
     want = np.argsort(key, kind="stable")
     np.testing.assert_array_equal(order, want)
     np.testing.assert_array_equal(got, key[want])
+
+
+def test_torch_storage_saves_and_converts_like_numpy(tmp_path):
+    import systec_gpu as sg
+    from systec_gpu.io.convert import to_numpy, to_scipy, to_torch
+
+    for build in (lambda a: a, torch.from_numpy):
+        s = SymmetricTensor.from_dense(build(SYM2))
+        for suffix in ("mtx", "mtx.gz", "tns"):
+            path = tmp_path / f"a.{suffix}"
+            sg.save(path, s)
+            back = sg.load(path)
+            np.testing.assert_array_equal(host(back.to_dense()), SYM2)
+        np.testing.assert_array_equal(to_numpy(s), SYM2)
+        np.testing.assert_array_equal(to_scipy(s).toarray(), SYM2)
+        np.testing.assert_array_equal(to_torch(s).to_dense().numpy(), SYM2)
+        np.testing.assert_array_equal(to_torch(s, "strided").numpy(), SYM2)

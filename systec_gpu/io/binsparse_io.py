@@ -158,6 +158,7 @@ def from_binsparse(bt: Any, symmetric: Any = None, *, header: dict[str, Any] | N
 def to_binsparse(t: SparseTensor) -> tuple[Any, dict[str, Any]]:
     """A ``binsparse.BinsparseTensor`` and the extra descriptor keys that carry symmetry."""
     bs = _bs()
+    t = t.numpy()  # host arrays: views of CPU tensors, copies of device ones
     vals = _to_numpy(t.values)  # numpy, or torch values (e.g. from with_values)
     rows = tuple(t.indices)
     extra: dict[str, Any] = {}

@@ -64,7 +64,7 @@ def from_numpy(a: Any, symmetric: Any = None, *, check: bool = True, atol: float
 
 def to_numpy(t: SparseTensor) -> np.ndarray:
     """Dense numpy array (all permutations filled for a SymmetricTensor)."""
-    return t.to_dense()
+    return _to_numpy(t.to_dense())
 
 
 def from_scipy(m: Any, symmetric: Any = None, *, check: bool = True, atol: float = 0.0,
@@ -81,7 +81,7 @@ def to_scipy(t: SparseTensor, format: str = "csr") -> Any:
     """A scipy.sparse array of the expanded matrix in the given format (csr, coo, csc, ...)."""
     import scipy.sparse as sp
 
-    e = _expanded(t)
+    e = _expanded(t).numpy()
     vals = _to_numpy(e.values)
     if e.ndim != 2:
         raise ValueError(f"to_scipy: scipy.sparse holds matrices; this tensor has {e.ndim} modes")
@@ -118,9 +118,9 @@ def to_torch(t: SparseTensor, layout: Any = "coo", *, device: Any = None) -> Any
     names = {torch.sparse_coo: "coo", torch.sparse_csr: "csr", torch.strided: "strided"}
     kind = names.get(layout, layout)
     if kind == "strided":
-        out = torch.from_numpy(t.to_dense())
+        out = torch.as_tensor(t.to_dense())
     else:
-        e = _expanded(t)
+        e = _expanded(t).numpy()
         vals = torch.as_tensor(_to_numpy(e.values))
         if kind == "coo":
             # our COO is sorted and unique: valid and coalesced by construction
@@ -153,7 +153,7 @@ def to_pydata(t: SparseTensor, format: str = "coo") -> Any:
     """A pydata ``sparse`` array (format "coo" or "gcxs", ...) of the expanded tensor."""
     import sparse
 
-    e = _expanded(t)
+    e = _expanded(t).numpy()
     coo = sparse.COO(e.indices, _to_numpy(e.values), shape=e.shape, has_duplicates=False,
                      sorted=True)
     return coo if format == "coo" else coo.asformat(format)

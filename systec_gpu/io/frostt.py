@@ -17,10 +17,11 @@ Symmetric data: a file read with ``symmetric=...`` must store every permutation 
 (an entry without its mirror is an error naming both), unless it says otherwise: a
 SymmetricTensor writes its canonical entries only, under a first comment line
 ``# systec_gpu: canonical entries, symmetric in modes ((0, 1, 2),)`` that the reader honours
-(``symmetric=None`` then gives that SymmetricTensor back). ``stored="one"`` reads a foreign file
-that stores each symmetric entry once, in any arrangement. A ParTI header is written only when
-the mode sizes differ from what a reader would infer. Floats are written as ``repr`` (shortest
-exact).
+(``symmetric=None`` then gives that SymmetricTensor back); a SparseTensor writes
+``# systec_gpu: general entries, no symmetry`` (read back as a SparseTensor, no detection).
+``stored="one"`` reads a foreign file that stores each symmetric entry once, in any arrangement.
+A ParTI header is written only when the mode sizes differ from what a reader would infer. Floats
+are written as ``repr`` (shortest exact).
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def _header(raw: bytes, path: str | os.PathLike[str]) -> tuple[int, list[int] | 
     if len(counts) >= 2 and counts[0] == 1 and (len(counts) == 2 or counts[2] == counts[1] + 1) \
             and ints(0, "the order line")[0] == counts[1]:
         head, dims = 2, ints(1, "dimensions")  # ParTI: order, then the dimensions
-    elif len(counts) >= 2 and counts[0] == counts[1] - 1:
+    elif len(counts) >= 2 and counts[0] == counts[1] - 1 and all(t.isdigit() for t in first[0][2]):
         head, dims = 1, ints(0, "dimensions")  # a dimensions line above the entries
+    # (a first line with a value that is not an integer is an entry: the field counts disagree)
     if len(counts) > head:
         k = counts[head]
     elif dims is not None:
@@ -112,8 +114,14 @@ def _header(raw: bytes, path: str | os.PathLike[str]) -> tuple[int, list[int] | 
 _CANONICAL_MARK = b"# systec_gpu: canonical entries, symmetric in modes "
 
 
+_GENERAL_MARK = b"# systec_gpu: general entries, no symmetry"
+
+
 def _canonical_groups(raw: bytes, path: str | os.PathLike[str]) -> tuple | None:
-    """The groups a file written by write_tns marks as holding canonical entries only."""
+    """The groups a file written by write_tns marks as holding canonical entries only (() for a
+    file it marks as holding a tensor without symmetry), None for any other file."""
+    if raw.startswith(_GENERAL_MARK):
+        return ()
     if not raw.startswith(_CANONICAL_MARK):
         return None
     line = raw[len(_CANONICAL_MARK):raw.find(b"\n")].decode(errors="replace").strip()
@@ -142,6 +150,7 @@ def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: b
     idx = np.empty((ndim, cap), dtype=np.int64)
     vals = np.empty(cap, dtype=np.int64 if is_int else np.float64)
     n, line0, pos = 0, raw.count(b"\n", 0, body), body
+    body_line = line0  # lines before the entries
     while pos < len(raw):  # blocks of whole lines keep the temporaries small
         stop = raw.rfind(b"\n", pos, pos + _BLOCK) + 1 or raw.find(b"\n", pos) + 1 or len(raw)
         block = raw[pos:stop]
@@ -169,8 +178,9 @@ def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: b
         over = idx > np.array(dims, dtype=np.int64)[:, None]
         if over.any():
             j = int(np.argmax(over.any(axis=0)))
-            raise FormatError(path, f"index past the declared dimensions {tuple(dims)}",
-                              line_of(j))
+            header = "line 1" if body_line == 1 else f"lines 1-{body_line}"
+            raise FormatError(path, f"index past the dimensions {tuple(dims)} declared in the "
+                              f"header ({header})", line_of(j))
     idx -= 1
     groups = wanted_groups(symmetric, ndim)
     if marked is not None:
@@ -331,6 +341,7 @@ def _detect_full(idx: np.ndarray, vals: np.ndarray, shape: tuple[int, ...], atol
 
 def write_tns(path: str | os.PathLike[str], t: SparseTensor) -> None:
     """Write entries (canonical ones for a SymmetricTensor), values in exact text form."""
+    t = t.numpy()  # host arrays: views of CPU tensors, copies of device ones
     vals = _to_numpy(t.values)  # numpy, or torch values (e.g. from with_values)
     if vals.dtype.kind == "c":
         raise FormatError(path, "FROSTT .tns cannot store complex values")
@@ -342,8 +353,11 @@ def write_tns(path: str | os.PathLike[str], t: SparseTensor) -> None:
         for p in g:
             inferred[p] = m
     with open_binary(path, "wb") as f:
+        # what the tensor is, so that reading it back gives the same tensor (no detection)
         if getattr(t, "groups", ()):
             f.write(_CANONICAL_MARK + repr(tuple(t.groups)).encode() + b"\n")
+        else:
+            f.write(_GENERAL_MARK + b"\n")
         if tuple(inferred) != t.shape or t.nnz == 0:
             f.write(f"{t.ndim}\n{' '.join(map(str, t.shape))}\n".encode())
         row = " ".join(["%d"] * t.ndim) + (" %d\n" if vals.dtype.kind in "iu" else " %r\n")

@@ -25,7 +25,7 @@ import scipy.sparse
 
 from ..storage import EntryError, SparseTensor, SymmetricTensor, _to_numpy, normalize_groups
 from ._common import declare, entry_error, wanted_groups
-from ._text import line_counts, open_binary, regular_lines
+from ._text import gzip_errors, line_counts, open_binary, regular_lines
 from .errors import FormatError
 
 _DIGITS = b"0123456789"
@@ -144,6 +144,12 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
              atol: float = 0.0, rtol: float = 0.0, stored: str | None = None) -> SparseTensor:
     """Read a Matrix Market file (``symmetric=None``: as its header says). A ``general`` file read
     as symmetric must store both triangles (``stored="one"``: it stores one)."""
+    with gzip_errors(path):
+        return _read_mtx(path, symmetric, check=check, atol=atol, rtol=rtol, stored=stored)
+
+
+def _read_mtx(path: str | os.PathLike[str], symmetric: object, *, check: bool, atol: float,
+              rtol: float, stored: str | None) -> SparseTensor:
     with open_binary(path) as src:
         header, nhead = _read_header(src)
         try:
@@ -151,6 +157,9 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
         except (ValueError, RuntimeError) as e:
             raise _fmm_error(path, e, None) from None
         field, sym, shape = h.field, h.symmetry, (int(h.nrows), int(h.ncols))
+        if sym != "general" and shape[0] != shape[1]:
+            raise FormatError(path, f"the header says {sym}, but the size line gives a "
+                              f"{shape[0]} x {shape[1]} matrix, which is not square", nhead)
         groups = wanted_groups(symmetric, 2)
         if groups is not None:
             try:
@@ -169,6 +178,9 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
                 idx, vals = _read_coo(stream, flip=canonical)
         except (ValueError, RuntimeError, OverflowError) as e:
             raise _fmm_error(path, e, stream.finish()) from None
+        except BaseException:  # e.g. truncated gzip data: stop the checking thread first
+            stream.finish()
+            raise
         err = stream.finish()
         if err is not None:
             raise FormatError(path, err[1], err[0])
@@ -257,6 +269,7 @@ def write_mtx(path: str | os.PathLike[str], t: SparseTensor) -> None:
     if t.ndim != 2:
         raise FormatError(path, f"Matrix Market stores matrices; this tensor has {t.ndim} modes "
                           "(use .tns or binsparse)")
+    t = t.numpy()  # host arrays: views of CPU tensors, copies of device ones
     vals = _to_numpy(t.values)  # numpy, or torch values (e.g. from with_values)
     field = {"b": "integer", "i": "integer", "u": "integer", "f": "real", "c": "complex"}
     if vals.dtype.kind not in field:
