@@ -212,6 +212,11 @@ def _op(collective: str):
     return getattr(dist.ReduceOp, collective)
 
 
+# torch 2.13 renamed the single-tensor collectives (the old names warn); torch >= 2.4 is supported.
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 # Combining two partial outputs on one device: the local analogue of each collective.
 _COMBINE = {"SUM": torch.add, "MIN": torch.minimum, "MAX": torch.maximum}
 
@@ -310,7 +315,7 @@ def _reduce_scatter(local: torch.Tensor, collective: str, identity: float, group
     world = dist.get_world_size(group)
     padded, block = _padded(local, world, identity)
     out = padded.new_empty((block, *padded.shape[1:]))
-    dist.reduce_scatter_tensor(out, padded, op=_op(collective), group=group)
+    _reduce_scatter_single(out, padded, op=_op(collective), group=group)
     start, stop = row_block(local.shape[0], dist.get_rank(group), world)
     return out[:stop - start], padded, out
 
@@ -333,11 +338,11 @@ class _ReduceScatter(torch.autograd.Function):
         mine = grad.new_zeros((block, *grad.shape[1:]))
         mine[:grad.shape[0]] = grad
         gathered = grad.new_empty((world * block, *grad.shape[1:]))
-        dist.all_gather_into_tensor(gathered, mine.contiguous(), group=group)
+        _all_gather_single(gathered, mine.contiguous(), group=group)
         if ctx.collective != "SUM":
             padded, out = ctx.saved_tensors
             reduced = out.new_empty(padded.shape)
-            dist.all_gather_into_tensor(reduced, out.contiguous(), group=group)
+            _all_gather_single(reduced, out.contiguous(), group=group)
             gathered = torch.where(_owned(padded, reduced, group), gathered, torch.zeros_like(gathered))
         rows = []
         for s in range(world):
@@ -488,10 +493,8 @@ def _agree(group, plan: _Plan, tensors, local, problems, failure, output) -> Non
     everyone: list[Any] = [None] * world
     dist.all_gather_object(everyone, mine, group=group)
     message = _disagreement(everyone, plan)
-    if failure is not None:
-        raise failure
     if message is not None:
-        raise ShardError(message)
+        raise ShardError(message) from failure  # the rank that failed keeps its own exception as the cause
 
 
 def _disagreement(everyone: list[dict], plan: _Plan) -> str | None:
