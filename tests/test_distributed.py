@@ -248,17 +248,28 @@ ERRORS = {  # case -> (exception type on every rank, words of its message)
 # The group
 
 
-def _worker(rank: int, world: int, port: int, out: str, files: dict) -> None:
-    torch.set_num_threads(1)
-    os.environ["NUMBA_NUM_THREADS"] = "1"  # before numba is imported: ranks share 2 cores
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=TIMEOUT // 2))
+def _run_cases(world: int, rank: int, group, files: dict) -> dict:
     results = {}
     for case_id, case in CASES.items():
         try:
-            results[case_id] = ("ok", case(world, rank, dist.group.WORLD, files))
+            results[case_id] = ("ok", case(world, rank, group, files))
         except Exception as e:  # recorded, compared by the test
             results[case_id] = ("error", type(e).__name__, str(e))
+    return results
+
+
+def _worker(rank: int, port: int, out: str, files: dict) -> None:
+    """Every case on all MAX_WORLD ranks, then again on a group of the first two ranks (one
+    spawn for both world sizes: starting processes is most of the time on 2 cores)."""
+    torch.set_num_threads(1)
+    os.environ["NUMBA_NUM_THREADS"] = "1"  # before numba is imported: the ranks share 2 cores
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=max(WORLDS),
+                            timeout=timedelta(seconds=TIMEOUT // 2))
+    smaller = {w: dist.new_group(list(range(w))) for w in WORLDS if w < max(WORLDS)}  # called by every rank
+    results = {max(WORLDS): _run_cases(max(WORLDS), rank, dist.group.WORLD, files)}
+    for w, group in smaller.items():
+        if rank < w:
+            results[w] = _run_cases(w, dist.get_rank(group), group, files)
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
@@ -270,8 +281,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_group(world: int, out: Path, files: dict) -> list[dict]:
-    context = mp.start_processes(_worker, args=(world, _free_port(), str(out), files), nprocs=world, join=False,
+def _run_group(out: Path, files: dict) -> list[dict]:
+    world = max(WORLDS)
+    context = mp.start_processes(_worker, args=(_free_port(), str(out), files), nprocs=world, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + TIMEOUT
     while not context.join(timeout=2):
@@ -292,14 +304,19 @@ def files(tmp_path_factory) -> dict:
     return paths
 
 
-@pytest.fixture(scope="module", params=WORLDS, ids=lambda w: f"{w}ranks")
-def group_results(request, files, tmp_path_factory):
-    world = request.param
+@pytest.fixture(scope="module")
+def all_groups(files, tmp_path_factory) -> dict:
+    """world size -> (single-process results per rank, each rank's results) per case."""
     # the kernels are compiled here first: the ranks load them from numba's disk cache
-    expected = {case_id: [case(world, r, None, files) for r in range(world)] for case_id, case in CASES.items()
-                if not case_id.startswith("error/")}
-    got = _run_group(world, tmp_path_factory.mktemp(f"group{world}"), files)
-    return world, expected, got
+    expected = {w: {case_id: [case(w, r, None, files) for r in range(w)] for case_id, case in CASES.items()
+                    if not case_id.startswith("error/")} for w in WORLDS}
+    got = _run_group(tmp_path_factory.mktemp("group"), files)
+    return {w: (w, expected[w], [got[r][w] for r in range(w)]) for w in WORLDS}
+
+
+@pytest.fixture(params=WORLDS, ids=lambda w: f"{w}ranks")
+def group_results(request, all_groups):
+    return all_groups[request.param]
 
 
 def _close(got, want, exact: bool) -> None:
