@@ -93,11 +93,13 @@ def _tensor(how, scale: int = 1) -> sg.SymmetricTensor:
         A = sg.load(DATA / how[1])
         if scale == 1:
             return A
-        # same shape, `scale` times the nonzeros: the matrix plus shifted copies of its entries
+        # same shape, ~`scale` times the nonzeros: the matrix plus copies of its entries with rows and
+        # columns shifted by different amounts (a shift of both by one amount would mostly land on the
+        # grid's own entries)
         n = A.shape[0]
         rows, cols = [A.indices[0]], [A.indices[1]]
         for s in range(1, scale):
-            lo, hi = (A.indices[0] + s * 7919) % n, (A.indices[1] + s * 7919) % n
+            lo, hi = (A.indices[0] + s * 7919) % n, (A.indices[1] + s * 104_729) % n
             rows.append(np.minimum(lo, hi))
             cols.append(np.maximum(lo, hi))
         idx = np.stack([np.concatenate(rows), np.concatenate(cols)])

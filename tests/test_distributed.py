@@ -205,6 +205,15 @@ def stream_case(name: str, chunk: int):
     return case
 
 
+def _canonical(world, rank, group):
+    """A symmetric output in canonical storage (the identity off its canonical part)."""
+    A, dense = inputs("minplus_symout")
+    k = kernel("minplus_symout")
+    if group is None:
+        return k(A=A, **dense, canonical_output=True)
+    return k(A=distributed.shard(A, rank, world), **dense, group=group, canonical_output=True)
+
+
 def _empty_shards(world, rank, group):
     """Fewer nonzeros than ranks (some shards hold none), then a tensor with no nonzeros."""
     results = []
@@ -220,6 +229,7 @@ def _empty_shards(world, rank, group):
 CASES = {
     **{f"full/{name}": full_case(name) for name in KERNELS},
     "full/ttm/unchecked": full_case("ttm", check=False),
+    "full/minplus_symout/canonical": lambda world, rank, group, files: _canonical(world, rank, group),
     **{f"rows/{name}": rows_case(name) for name in ("ssymv", "ssymm", "ttm", "mttkrp3", "bellman", "maxplus",
                                                      "minplus_symout")},
     "rows/ssymv/fewer-nonzeros-than-ranks": rows_case("ssymv", nnz=1),
@@ -473,6 +483,20 @@ def test_loaded_shares_tile_the_file(files, fmt, world):
     infos = [distributed.shard_info(p) for p in parts]
     assert infos[0].start == infos[0].begin and infos[-1].stop == infos[-1].end
     assert all(a.stop == b.start for a, b in zip(infos, infos[1:], strict=False))
+
+
+@pytest.mark.parametrize("suffix", ["npz", "h5"])
+def test_binsparse_matrix_shares_are_the_shards(tmp_path, suffix):
+    """A symmetric matrix is a binsparse COOR file with structure symmetric_upper."""
+    A, _ = inputs("ssymv")
+    path = tmp_path / f"A.{suffix}"
+    sg.save(path, A)
+    for r in range(3):
+        part = distributed.load_shard(path, r, 3)
+        want = distributed.shard(A, r, 3)
+        assert part.groups == A.groups
+        np.testing.assert_array_equal(part.indices, want.indices)
+        np.testing.assert_array_equal(part.values, want.values)
 
 
 def test_tns_shares_name_the_bad_line(tmp_path):
