@@ -639,7 +639,8 @@ def _stream_cuda(kernel, plan: _Plan, tensors, storage: SparseTensor, chunk: int
             consumed[s].record(compute_stream)
         used[s] = True
     caller.wait_stream(compute_stream)
-    result.record_stream(caller)
+    if result.is_cuda:
+        result.record_stream(caller)
     return result
 
 
@@ -660,7 +661,8 @@ def load_shard(path: str | os.PathLike[str], rank: int | None = None, world_size
     (canonical, sorted, unique) and across ranks at the call (`check=True`). Values load as
     float64 (a rank cannot see whether other shares hold only integers). The shape comes from
     the file's dimensions header, else `shape=`, else the largest index over all ranks of
-    `group`.
+    `group`. Symmetry comes from the comment line `sg.save` writes, or from `symmetric=`
+    (the lines must then be canonical already); without either a share is a SparseTensor.
 
     binsparse `.h5`/`.hdf5` (h5py slices) and `.npz` (uncompressed, as `sg.save` writes it: the
     share is read at its offset in the archive) in COO form (COOR, a vector, or the custom COO
