@@ -221,7 +221,7 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 _COMBINE = {"SUM": torch.add, "MIN": torch.minimum, "MAX": torch.maximum}
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # int64 maps as large as the output: few
 def _symmetric_maps(shape: tuple[int, ...], groups: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions, mirror) of an output symmetric in `groups`: the flat positions of its
     canonical entries (coordinates nondecreasing within each group), in order; and for every

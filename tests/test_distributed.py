@@ -427,6 +427,19 @@ def test_shard_refuses_bad_arguments():
         distributed.shard(distributed.shard(A, 0, 2), 0, 2)
 
 
+@pytest.mark.parametrize("name,shape", [("ttm", (5, 5, 5)), ("minplus_symout", (6, 6)), ("mttkrp3", (7, 2))])
+def test_symmetric_outputs_travel_as_their_canonical_half(name, shape):
+    k = kernel(name)
+    positions, mirror = distributed._symmetric_maps(shape, k.loops.output_groups, "cpu")
+    assert distributed.payload_elements(k, shape) == (positions.numel() if k.loops.output_groups else np.prod(shape))
+    if k.loops.output_groups:
+        full = torch.arange(float(np.prod(shape))).reshape(shape)
+        mirrored = full.reshape(-1)[positions][mirror].reshape(shape)  # pack, then unpack into both halves
+        for a, b in k.loops.output_groups:
+            assert torch.equal(mirrored, mirrored.transpose(a, b))
+        assert torch.equal(mirrored.reshape(-1)[positions], full.reshape(-1)[positions])
+
+
 @pytest.mark.parametrize("n,world", [(11, 4), (3, 4), (8, 4), (0, 2)])
 def test_row_blocks_tile_the_rows(n, world):
     blocks = [distributed.row_block(n, r, world) for r in range(world)]
