@@ -66,8 +66,9 @@ def free_triton_launch():
     for path, module in cache._loaded.items():
         if path.name.startswith("triton_"):
             module.kernel = _FreeLaunch()
-    triton_backend._compiled.cache_clear()  # the in-memory caches hold the kernels they loaded
-    triton_backend._launch_plan.cache_clear()
+    for memo in ("_compiled", "_launch_plan"):  # the in-memory caches hold the kernels they loaded
+        if hasattr(triton_backend, memo):
+            getattr(triton_backend, memo).cache_clear()
 
 
 def run(repeats: int) -> dict:

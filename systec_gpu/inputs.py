@@ -131,7 +131,7 @@ def value_dtype(name: str, obj) -> np.dtype:
         import torch
 
         if dtype.is_complex:
-            kind = "c"
+            dtype = np.dtype(np.complex128)
         elif dtype in (torch.float16, torch.bfloat16):
             return np.dtype(np.float16)
         else:
@@ -162,7 +162,9 @@ def exact_in_float64(name: str, values) -> None:
     array = values if isinstance(values, np.ndarray) else None
     if array is None or array.dtype.kind not in "iu" or array.dtype.itemsize < 8 or array.size == 0:
         return
-    big = np.abs(array.astype(np.float64)) > _EXACT_INTEGER
+    big = array > _EXACT_INTEGER  # compared as integers: float64 would round 2**53 + 1 down
+    if array.dtype.kind == "i":
+        big |= array < -_EXACT_INTEGER
     if big.any():
         k = int(np.argmax(big))
         raise ValueError(f"{name}: the integer {int(array.reshape(-1)[k])} does not fit float64 exactly "

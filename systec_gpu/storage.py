@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,9 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
+    # isinstance, not the type's module name: torch.compile traces isinstance
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _fmt(name: str, coord: Sequence[int]) -> str:

@@ -150,3 +150,52 @@ def test_op_revalidates_indices_written_in_place():
     indices[1, 1] = 9  # bumps the tensor's version: the cached structure is not reused
     with pytest.raises(ValueError, match="outside the mode size 4"):
         kernel.op(indices, values, [4, 4], x)
+
+
+@pytest.mark.parametrize("where", ["matrix", "vector", "stored values", "torch"])
+def test_integers_that_float64_cannot_hold_are_refused(where):
+    kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"})
+    big = 2**53 + 1
+    a = np.array([[1, 2], [2, big]], dtype=np.int64)
+    x = np.array([1, 1], dtype=np.int64)
+    inputs = {"matrix": {"A": a, "x": x},
+              "vector": {"A": np.eye(2, dtype=np.int64), "x": np.array([big, 1])},
+              "stored values": {"A": sg.SymmetricTensor.from_dense(a), "x": x},
+              "torch": {"A": torch.from_numpy(a), "x": torch.from_numpy(x)}}[where]
+    with pytest.raises(ValueError, match=r"the integer 9007199254740993 does not fit float64 exactly"):
+        kernel(**inputs)
+    exact = np.array([[1, 2], [2, 2**53]], dtype=np.int64)  # 2**53 itself is exact
+    np.testing.assert_array_equal(kernel(A=exact, x=x).numpy(), [3.0, 2.0 + 2**53])
+
+
+def test_triton_without_cuda_or_interpreter_refuses_on_every_path(monkeypatch):
+    """k(...) and k.op(...) agree: both refuse (k.op once ran quietly on numba)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"}, backend="triton")
+    a = sg.SymmetricTensor.from_dense(np.eye(3))
+    x = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="the triton backend needs a CUDA device"):
+        kernel(A=a, x=x)
+    with pytest.raises(RuntimeError, match="the triton backend needs a CUDA device"):
+        kernel.op(*kernel.op_arguments(A=a, x=x))
+    with pytest.raises(RuntimeError, match="the triton backend needs a CUDA device"):
+        kernel(A=a, x=x.requires_grad_(True))  # through the op
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (None, r"x: expected an array or tensor .* got NoneType"),
+    ("abc", r"x: expected an array or tensor .* got str"),
+    ({"a": 1}, r"x: expected an array or tensor .* got dict"),
+])
+def test_non_tensors_are_named(value, message):
+    kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"})
+    with pytest.raises(TypeError, match=message):
+        kernel(A=np.eye(3), x=value)
+
+
+def test_meta_tensors_and_bad_names_are_refused():
+    kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"})
+    with pytest.raises(ValueError, match=r"x is a meta tensor \(shape \(3,\), no data\)"):
+        kernel(A=np.eye(3), x=torch.empty(3, device="meta"))
+    with pytest.raises(ValueError, match="kernel name 'my kernel!' must be an identifier"):
+        sg.compile("y[i] += A[i,j]*x[j]", name="my kernel!")

@@ -17,10 +17,11 @@ Symmetric data: a file read with ``symmetric=...`` must store every permutation 
 (an entry without its mirror is an error naming both), unless it says otherwise: a
 SymmetricTensor writes its canonical entries only, under a first comment line
 ``# systec_gpu: canonical entries, symmetric in modes ((0, 1, 2),)`` that the reader honours
-(``symmetric=None`` then gives that SymmetricTensor back). ``stored="one"`` reads a foreign file
-that stores each symmetric entry once, in any arrangement. A ParTI header is written only when
-the mode sizes differ from what a reader would infer. Floats are written as ``repr`` (shortest
-exact).
+(``symmetric=None`` then gives that SymmetricTensor back); a SparseTensor writes
+``# systec_gpu: general entries, no symmetry`` (read back as a SparseTensor, no detection).
+``stored="one"`` reads a foreign file that stores each symmetric entry once, in any arrangement.
+A ParTI header is written only when the mode sizes differ from what a reader would infer. Floats
+are written as ``repr`` (shortest exact).
 """
 
 from __future__ import annotations
@@ -113,8 +114,14 @@ def _header(raw: bytes, path: str | os.PathLike[str]) -> tuple[int, list[int] | 
 _CANONICAL_MARK = b"# systec_gpu: canonical entries, symmetric in modes "
 
 
+_GENERAL_MARK = b"# systec_gpu: general entries, no symmetry"
+
+
 def _canonical_groups(raw: bytes, path: str | os.PathLike[str]) -> tuple | None:
-    """The groups a file written by write_tns marks as holding canonical entries only."""
+    """The groups a file written by write_tns marks as holding canonical entries only (() for a
+    file it marks as holding a tensor without symmetry), None for any other file."""
+    if raw.startswith(_GENERAL_MARK):
+        return ()
     if not raw.startswith(_CANONICAL_MARK):
         return None
     line = raw[len(_CANONICAL_MARK):raw.find(b"\n")].decode(errors="replace").strip()
@@ -345,8 +352,11 @@ def write_tns(path: str | os.PathLike[str], t: SparseTensor) -> None:
         for p in g:
             inferred[p] = m
     with open_binary(path, "wb") as f:
+        # what the tensor is, so that reading it back gives the same tensor (no detection)
         if getattr(t, "groups", ()):
             f.write(_CANONICAL_MARK + repr(tuple(t.groups)).encode() + b"\n")
+        else:
+            f.write(_GENERAL_MARK + b"\n")
         if tuple(inferred) != t.shape or t.nnz == 0:
             f.write(f"{t.ndim}\n{' '.join(map(str, t.shape))}\n".encode())
         row = " ".join(["%d"] * t.ndim) + (" %d\n" if vals.dtype.kind in "iu" else " %r\n")
