@@ -30,9 +30,10 @@ table's `collective` column: `+=` -> SUM, `min=` -> MIN, `max=` -> MAX):
 With `check=True` (the default) the ranks agree before any data moves (one `all_gather_object`
 after the local kernel): every rank's operand is a shard of this group, the shards tile the
 whole in rank order and ascend in canonical order, all operands and results have the same
-shapes and dtypes on every rank, and no rank failed; otherwise every rank raises the same
-error instead of leaving the others waiting in a collective. Replicated operands (B) are not
-compared value by value. `check=False` skips that step.
+shapes and dtypes on every rank, the replicated operands (B) have the same checksums (sum and
+sum of magnitudes of their values: a cheap test, not a proof) and no rank failed; otherwise
+every rank raises the same error instead of leaving the others waiting in a collective.
+`check=False` skips that step.
 
 Gradients. The local kernel goes through the kernel's custom op when an input requires grad;
 the collectives here are autograd functions. The gradient is that of the sum of the ranks'
@@ -488,6 +489,7 @@ def _agree(group, plan: _Plan, tensors, local, problems, failure, output) -> Non
         "info": shard_info(driver),
         "ends": _ends(driver),
         "shapes": {n: tuple(shape_of(t)) for n, t in sorted(tensors.items()) if hasattr(t, "shape")},
+        "checksums": {n: _checksum(t) for n, t in sorted(tensors.items()) if n != plan.driver},
         "result": None if local is None else (tuple(local.shape), str(local.dtype), local.device.type),
     }
     everyone: list[Any] = [None] * world
@@ -495,6 +497,17 @@ def _agree(group, plan: _Plan, tensors, local, problems, failure, output) -> Non
     message = _disagreement(everyone, plan)
     if message is not None:
         raise ShardError(message) from failure  # the rank that failed keeps its own exception as the cause
+
+
+def _checksum(obj) -> tuple[str, str] | None:
+    """(sum, sum of magnitudes) of an operand's values in float64, as text (NaN compares equal):
+    replicated operands must hold the same values on every rank."""
+    values = obj.values if isinstance(obj, SparseTensor) else obj
+    try:
+        t = torch.as_tensor(values).detach().to(torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return repr(float(t.sum())), repr(float(t.abs().sum()))
 
 
 def _disagreement(everyone: list[dict], plan: _Plan) -> str | None:
@@ -508,6 +521,11 @@ def _disagreement(everyone: list[dict], plan: _Plan) -> str | None:
         if any(e[key] != everyone[0][key] for e in everyone):
             return f"the ranks disagree on the {what}: " + "; ".join(f"rank {r}: {e[key]}" for r, e in
                                                                       enumerate(everyone))
+    for name, checksum in everyone[0]["checksums"].items():
+        if any(e["checksums"][name] != checksum for e in everyone):
+            return (f"the ranks hold different values of {name}, which must be the same on every rank (only "
+                    f"{plan.driver} is split): checksums (sum, sum of magnitudes) "
+                    + "; ".join(f"rank {r}: {e['checksums'][name]}" for r, e in enumerate(everyone)))
     infos = [e["info"] for e in everyone]
     first = infos[0]
     if any((i.begin, i.end, i.unit, i.source) != (first.begin, first.end, first.unit, first.source) for i in infos):

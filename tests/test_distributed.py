@@ -173,6 +173,11 @@ def _shape_on_one_rank(world, rank, group):
     kernel("ssymv")(A=distributed.shard(A, rank, world), x=x, group=group)
 
 
+def _different_x(world, rank, group):
+    A, dense = inputs("ssymv")
+    kernel("ssymv")(A=distributed.shard(A, rank, world), x=dense["x"] + rank, group=group)
+
+
 def _read_twice(world, rank, group):
     A, dense = inputs("ssyrk_coo")
     kernel("ssyrk_coo")(A=distributed.shard(A, rank, world), group=group)
@@ -243,6 +248,7 @@ CASES = {
     "error/wrong-world": error_case(_wrong_world),
     "error/shape-on-one-rank": error_case(_shape_on_one_rank),
     "error/read-twice": error_case(_read_twice),
+    "error/different-replicated-operand": error_case(_different_x),
 }
 
 
@@ -251,6 +257,7 @@ ERRORS = {  # case -> (exception type on every rank, words of its message)
     "error/wrong-world": ("ShardError", "but this process is rank"),
     "error/shape-on-one-rank": ("ShardError", "rank 0 failed: ValueError: size mismatch"),
     "error/read-twice": ("ValueError", "is read 2 times"),
+    "error/different-replicated-operand": ("ShardError", "different values of x"),
 }
 
 
