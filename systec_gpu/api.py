@@ -9,19 +9,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .backends import registry
+from .backends.plans import describe_plan
 from .ir.einsum import Program, format_program
 from .ir.loop import LoopProgram, format_loop_program
 from .ir.symmetrized import Symmetrized
 from .pipeline import front, lower_and_optimize, symmetrize
+from .program import ProgramKernel, compile_program, is_program
 from .runtime import KernelArgs, Launch
+from .spgemm import SparseOutputKernel
 
 BACKENDS = (registry.AUTO, *registry.BACKENDS)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _kernel_name(text: str, program: Program, exploit: bool) -> str:
+def _kernel_name(text: str, program: Program, exploit: bool, backend: str) -> str:
+    # The backend is part of the op: torch.ops.systec.<name> runs this kernel's backend.
     stem = re.sub(r"\W+", "_", program.einsum.output.tensor).strip("_") or "k"
-    digest = hashlib.sha256(f"{format_program(program)}|{exploit}".encode()).hexdigest()[:10]
+    key = f"{format_program(program)}|{exploit}" + ("" if backend == registry.AUTO else f"|{backend}")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{stem}_{'sym' if exploit else 'nosym'}_{digest}"
 
 
@@ -38,6 +43,7 @@ class Kernel:
         self.backend = backend
         self.name = name
         self._last: KernelArgs | None = None
+        self._last_loops: LoopProgram | None = None
         self._stats: dict | None = None
         self._launches: dict[str, Launch] = {}  # backend name -> prepared launch
         self._kernel_op = None  # its torch op (torch_ops.kernel_op), once registered
@@ -96,8 +102,9 @@ class Kernel:
     def call_direct(self, tensors: dict[str, Any], *, backend: str, check: bool = True, canonical: bool = False,
                     out=None):
         """The kernel's launch on `backend`, without the torch op (no autograd): what every call runs."""
-        args, result = self.launch(backend)(tensors, check=check, canonical=canonical, out=out)
-        self._last, self._stats = args, None
+        launch = self.launch(backend)
+        args, result = launch(tensors, check=check, canonical=canonical, out=out)
+        self._last, self._last_loops, self._stats = args, launch.loops, None  # the loops that ran (a CPU plan's)
         return result
 
     def related(self, expression: str, *, symmetric=None, formats=None) -> Kernel:
@@ -112,8 +119,8 @@ class Kernel:
         if self._stats is None:
             from .stats import baseline_points, visited_points
 
-            visited = visited_points(self.loops, self._last)
-            baseline = baseline_points(self.loops, self._last)
+            visited = visited_points(self._last_loops, self._last)
+            baseline = baseline_points(self._last_loops, self._last)
             self._stats = {
                 "visited_points": visited,
                 "baseline_points": baseline,
@@ -148,6 +155,7 @@ class Kernel:
             names = ", ".join(i.name for i in permutable.indices)
             lines.append(f"permutable ({names}): {permutable.origin}; visit {order}")
         lines.append(format_loop_program(self.loops))
+        lines.append(describe_plan(self.program, self.loops))
         return "\n".join(lines) + "\n"
 
     def source(self, backend: str = "numba") -> str:
@@ -164,15 +172,26 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     backend: str = "auto",
     loop_order: Sequence[str] | None = None,
     name: str | None = None,
-) -> Kernel:
+    outputs: Sequence[str] | str | None = None,
+) -> Kernel | ProgramKernel | SparseOutputKernel:
     """Compile `expr` (e.g. "y[i] += A[i,j]*x[j]") into a kernel.
 
     symmetric: tensor -> "full" or mode groups (naming the output declares output symmetry).
-    formats: tensor -> "dense" | "coo" | "csr" (symmetric inputs default to "coo").
+    formats: tensor -> "dense" | "coo" | "csr" (symmetric inputs default to "coo"); "coo"/"csr" for
+        the output of a Gram product (C[i,j] += A[i,k]*A[j,k]) gives a sparse symmetric output.
     symmetry: False compiles the same expression without exploiting symmetry (the baseline).
     backend: "auto" (Triton on CUDA tensors, Numba otherwise), "numba", "triton", "reference".
     loop_order: index names, outermost first (a sparse operand's indices come first).
+    outputs: for a program (statements separated by ';' or line breaks), the tensors to return
+        (default: the last statement's output).
+
+    One statement with a dense output gives a Kernel; a program a ProgramKernel (systec_gpu/program.py);
+    one statement with a sparse output a SparseOutputKernel (systec_gpu/spgemm.py).
     """
+    if is_program(expr, formats, outputs):
+        registry.check_name(backend)
+        return compile_program(expr, compile_statement=_compile, symmetric=symmetric, formats=formats,
+                               symmetry=symmetry, backend=backend, loop_order=loop_order, name=name, outputs=outputs)
     return _compile(expr, symmetric=symmetric, formats=formats, symmetry=symmetry, backend=backend,
                     loop_order=loop_order, name=name)
 
@@ -188,7 +207,7 @@ def _compile(expr: str, *, symmetric=None, formats=None, symmetry: bool = True, 
     program = front(expr, symmetric, formats)
     symmetrized = symmetrize(program, exploit=symmetry)
     loops = lower_and_optimize(symmetrized, loop_order)
-    kernel = Kernel(expr, program, symmetrized, loops, backend, name or _kernel_name(expr, program, symmetry))
+    kernel = Kernel(expr, program, symmetrized, loops, backend, name or _kernel_name(expr, program, symmetry, backend))
     if register:
         # torch.ops.systec.<name> exists from now on (torch is imported here, not by `import systec_gpu`)
         from .torch_ops import kernel_op

@@ -138,7 +138,8 @@ def derivative_terms(program: Program, target: str) -> list[DerivativeTerm]:
             expression=f"{lhs} += {form}",
             weight=const * count,
             symmetric={t: groups[t] for t in used if t in groups},
-            formats={t: formats[t] for t in used if formats.get(t, "dense") != "dense"},
+            # a symmetric operand declared dense stays dense (its default would be sparse)
+            formats={t: formats[t] for t in used if formats.get(t, "dense") != "dense" or t in groups},
             factors=factors,
         ))
     return terms

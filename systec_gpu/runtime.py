@@ -7,10 +7,13 @@ returns torch (CuPy for CuPy inputs on a device backend), or writes the caller's
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import algebra
 from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, allocate, torch_dtype
+from .backends.plans import cpu_plan, run_syrk
 from .backends.registry import Backend
 from .dense_symmetry import mirror_in_place
 from .inputs import bind, bind_plan, check_tensor_names, mirror_tensor, to_storage
@@ -38,9 +41,18 @@ class Launch:
     hashed again."""
 
     def __init__(self, loops: LoopProgram, program: Program, backend: Backend):
-        self.loops, self.program, self.backend = loops, program, backend
+        self.program, self.backend = program, backend
+        self.cpu_plan = None
+        if backend.name == "numba":
+            # the CPU plan (backends/plans.py): the generated kernel, the expanded one, or BLAS
+            self.cpu_plan = cpu_plan(program, loops)
+            loops = self.cpu_plan.loops
+        self.loops = loops
         self.plan = bind_plan(loops, program)
-        self.run = backend.prepare(loops)  # imports the backend module, loads the kernel once
+        if self.cpu_plan is not None and self.cpu_plan.syrk is not None:
+            self.run = functools.partial(_run_syrk, self.cpu_plan)
+        else:
+            self.run = backend.prepare(loops)  # imports the backend module, loads the kernel once
 
     def __call__(self, tensors: dict, *, check: bool = True, canonical: bool = False, out=None):
         args = bind(self.loops, self.program, tensors, check=check, device_tensors=self.backend.device_tensors,
@@ -49,6 +61,10 @@ class Launch:
             args.destination = check_out(out, args, self.program)
         self.run(self.loops, args)
         return args, finish(args, self.loops, self.program, canonical=canonical)
+
+
+def _run_syrk(plan, _loops: LoopProgram, args: KernelArgs) -> None:
+    run_syrk(plan, args)
 
 
 def check_out(out, args: KernelArgs, program: Program):

@@ -356,9 +356,10 @@ def kernel_op(kernel, *, derivatives: bool = True) -> KernelOp:
                     # cache key does not cover this module's Python backward)
                     found.terms(o.name)
                     found.plan(o.name)
-    elif found.kernel is not kernel and found.kernel.program != kernel.program:
+    elif found.kernel is not kernel and (found.kernel.program != kernel.program
+                                         or found.kernel.backend != kernel.backend):
         raise ValueError(f"kernel name {kernel.name!r} is already registered for a different expression "
-                         f"({found.kernel.expression!r})")
+                         f"or backend ({found.kernel.expression!r}, backend {found.kernel.backend!r})")
     kernel._kernel_op = found  # traced calls find it without comparing programs
     return found
 
@@ -424,7 +425,8 @@ def apply(kernel, tensors: dict[str, Any], *, check: bool = True, out=None):
     op = _op_of(kernel)
     result = op.op(*flatten(kernel, tensors, check=check))
     if op.kernel is not kernel and not torch.compiler.is_compiling():
-        kernel._last, kernel._stats = op.kernel._last, None  # the op ran the kernel registered first
+        # the op ran the kernel registered first under this name
+        kernel._last, kernel._last_loops, kernel._stats = op.kernel._last, op.kernel._last_loops, None
     if out is not None:
         with torch.no_grad():
             return out.copy_(result)

@@ -151,8 +151,7 @@ def _nan_min_max_cases():
 
 NAN_BACKENDS = [
     "reference",
-    pytest.param("numba", marks=pytest.mark.xfail(strict=True, reason=(
-        "numba_backend emits Python min()/max(), which drop a nan operand (min(x, nan) == x)"))),
+    "numba",
     pytest.param("triton", marks=pytest.mark.xfail(strict=True, reason=(
         "tl.minimum/tl.maximum do not propagate nan by default, nor do float atomic_min/atomic_max"))),
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import warnings
 
-from ..ir.einsum import Index, accesses, indices_of, substitute
+from ..ir.einsum import Index, Program, accesses, indices_of, substitute
 from ..ir.symmetrized import PermutableSet, Symmetrized
 from .normalize import normalize
 
@@ -25,9 +25,8 @@ def _swap(a: Index, b: Index) -> dict[Index, Index]:
     return {a: b, b: a}
 
 
-def _invariant(sym: Symmetrized, mapping: dict[Index, Index], relabel: tuple[Index, ...]) -> bool:
+def _invariant(program: Program, mapping: dict[Index, Index], relabel: tuple[Index, ...]) -> bool:
     """Is the right-hand side unchanged by `mapping`, up to renaming the indices in `relabel`?"""
-    program = sym.program
     target = normalize(program.einsum.rhs, program)
     swapped = substitute(program.einsum.rhs, mapping)
     for perm in itertools.permutations(relabel):
@@ -74,6 +73,22 @@ def _access_sets(access, program) -> list[tuple[Index, ...]]:
     return found
 
 
+def proved_output_groups(program: Program) -> list[tuple[int, ...]]:
+    """Mode groups of the output in which the expression itself proves it symmetric: swapping
+    two output indices leaves the normalized right-hand side unchanged, possibly after renaming
+    reduction indices (C[i,j] += A[i,k]*A[j,k]). Declared symmetry of the inputs is assumed."""
+    einsum = program.einsum
+    output = einsum.output
+    reduction = tuple(i for i in indices_of(einsum) if i not in output.indices)
+    relabel = reduction if len(reduction) <= MAX_RELABELED else ()
+    pairs = [
+        (a, b)
+        for a, b in itertools.combinations(range(len(output.indices)), 2)
+        if _invariant(program, _swap(output.indices[a], output.indices[b]), relabel)
+    ]
+    return _union_groups(list(range(len(output.indices))), pairs)
+
+
 def identify_symmetry(sym: Symmetrized) -> Symmetrized:
     if not sym.exploit:
         return sym
@@ -103,14 +118,8 @@ def identify_symmetry(sym: Symmetrized) -> Symmetrized:
     # (b) output symmetry: declared groups, then groups found by swap-and-normalize
     output = einsum.output
     reduction = tuple(i for i in indices_of(einsum) if i not in output.indices)
-    relabel = reduction if len(reduction) <= MAX_RELABELED else ()
     declared = program.groups_of(output.tensor)
-    pairs = [
-        (a, b)
-        for a, b in itertools.combinations(range(len(output.indices)), 2)
-        if _invariant(sym, _swap(output.indices[a], output.indices[b]), relabel)
-    ]
-    found = _union_groups(list(range(len(output.indices))), pairs)
+    found = proved_output_groups(program)
     for group in declared:
         if not any(set(group) <= set(f) for f in found):
             warnings.warn(
@@ -138,7 +147,7 @@ def identify_symmetry(sym: Symmetrized) -> Symmetrized:
 
     # (c) invisible symmetry among reduction indices
     free = [i for i in reduction if i not in taken()]
-    pairs = [(a, b) for a, b in itertools.combinations(free, 2) if _invariant(sym, _swap(a, b), ())]
+    pairs = [(a, b) for a, b in itertools.combinations(free, 2) if _invariant(program, _swap(a, b), ())]
     for group in _union_groups(free, pairs):
         sets.append(PermutableSet(group, "invisible: the right-hand side is invariant under swaps"))
 
