@@ -11,7 +11,6 @@ block of rows (reduce_scatter). The result is checked against the single-process
 from __future__ import annotations
 
 import os
-from importlib import resources
 
 import torch
 import torch.distributed as dist
@@ -30,8 +29,7 @@ def main() -> None:
 
     # bcsstk01, a symmetric stiffness matrix shipped with the package. Every rank reads it whole
     # here; a large tensor is read share by share with distributed.load_shard(path, group=...).
-    with resources.as_file(resources.files("systec_gpu") / "data" / "bcsstk01.mtx.gz") as path:
-        A = sg.load(path)
+    A = sg.load(sg.example_path("bcsstk01.mtx.gz"))
     x = torch.linspace(-1.0, 1.0, A.shape[0], dtype=torch.float64, device=device)
     k = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"})
 
