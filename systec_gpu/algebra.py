@@ -23,15 +23,18 @@ class Operator:
     idempotent: bool  # x op x == x: multiplicities are dropped, not multiplied
     numpy: np.ufunc
     infix: bool  # printed as `a + b` rather than `min(a, b)`
+    # The torch.distributed.ReduceOp (by name) that combines partial results under this operator:
+    # all_reduce / reduce_scatter of the outputs of shards (systec_gpu/distributed.py).
+    collective: str
 
 
 OPERATORS: dict[str, Operator] = {
     op.name: op
     for op in (
-        Operator("add", "+", 0.0, None, True, True, False, np.add, True),
-        Operator("mul", "*", 1.0, 0.0, True, True, False, np.multiply, True),
-        Operator("min", "min", math.inf, -math.inf, True, True, True, np.minimum, False),
-        Operator("max", "max", -math.inf, math.inf, True, True, True, np.maximum, False),
+        Operator("add", "+", 0.0, None, True, True, False, np.add, True, "SUM"),
+        Operator("mul", "*", 1.0, 0.0, True, True, False, np.multiply, True, "PRODUCT"),
+        Operator("min", "min", math.inf, -math.inf, True, True, True, np.minimum, False, "MIN"),
+        Operator("max", "max", -math.inf, math.inf, True, True, True, np.maximum, False, "MAX"),
     )
 }
 

@@ -69,15 +69,25 @@ class Kernel:
             found = self._launches[backend] = Launch(self.loops, self.program, registry.backend(backend))
         return found
 
-    def __call__(self, *, check: bool = True, canonical_output: bool = False, out=None, **tensors: Any):
+    def __call__(self, *, check: bool = True, canonical_output: bool = False, out=None, group=None,
+                 output: str = "full", stream_chunk: int | None = None, **tensors: Any):
         """Run the kernel. `check` verifies declared symmetry of the inputs; with
         `canonical_output` a symmetric output holds only its canonical part (the rest is the
         reduction's identity); `out` is a preallocated result tensor (shape, dtype, device
         checked) that is written and returned.
 
+        `group` (a torch.distributed process group: the sparse operand is this rank's shard),
+        `output="rows"` (this rank's row block only) and `stream_chunk` (the sparse operand in
+        chunks of that many nonzeros, out of core): see `systec_gpu.distributed`.
+
         Calls that autograd records (an input requiring grad), calls traced by torch.compile and
         calls under torch.func transforms go through the kernel's custom op (`kernel.op`), whose
         implementation is the same launch as every other call's."""
+        if group is not None or output != "full" or stream_chunk is not None:
+            from . import distributed  # imports torch: only calls that ask for it pay for it
+
+            return distributed.call(self, tensors, group=group, output=output, stream_chunk=stream_chunk, check=check,
+                                    canonical_output=canonical_output, out=out)
         if "torch" in sys.modules:  # only torch inputs can need the op, and they import torch
             from . import torch_ops
 
