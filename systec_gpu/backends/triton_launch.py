@@ -120,6 +120,7 @@ class Launch:
     """Everything a launch needs, prepared: the loaded kernel, its keyword arguments, the grid."""
 
     tiles: TileProgram
+    source: str  # the generated Triton source
     kernel: object  # the @triton.jit function (an interpreted one under TRITON_INTERPRET=1)
     values: dict[str, object]
     grid: tuple[int, ...]
@@ -197,7 +198,7 @@ def prepare_launch(program: LoopProgram, args, schedule: Schedule | None = None,
             case "block":
                 value = _block_size(tiles, p.key)
         values[emitted.names[p]] = value
-    return Launch(tiles, kernel, values, grid, 4, n_work == 0)
+    return Launch(tiles, emitted.source, kernel, values, grid, 4, n_work == 0)
 
 
 def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, poison: float | None = None) -> None:
