@@ -61,8 +61,9 @@ STATED_INPUTS: dict[str, StatedInput] = {
     "bellman": StatedInput("2M rows, 30 nonzeros per row (31M canonical)", {"i": 2_000_000, "j": 2_000_000}, **_MATRIX),
     "ssymm": StatedInput("2M rows, 30 nonzeros per row, R=32", {"i": 2_000_000, "j": 2_000_000, "r": 32}, **_MATRIX),
     "ssyrk": StatedInput("dense A 8192 x 8192", {"i": 8192, "j": 8192, "k": 8192}),
-    "ttm": StatedInput("3-D, size 100k, 2M canonical nonzeros, R=32", {"i": 32, "j": 100_000, "k": 100_000,
-                                                                       "l": 100_000}, 2_000_000, 12_000_000),
+    # TTM's output is dense (size x size x R): size 3000 keeps it at 1.2 GB
+    "ttm": StatedInput("3-D, size 3000, 2M canonical nonzeros, R=32", {"i": 32, "j": 3000, "k": 3000, "l": 3000},
+                       2_000_000, 12_000_000),
     "mttkrp3": StatedInput("3-D, size 100k, 2M canonical nonzeros, R=32",
                            {"i": 100_000, "j": 32, "k": 100_000, "l": 100_000}, 2_000_000, 12_000_000),
     "mttkrp4": StatedInput("4-D, size 50k, 1M canonical nonzeros, R=32",

@@ -6,41 +6,86 @@ specialization for sm_90 on meta tensors, without a GPU); `run_triton` allocates
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.loop import LoopProgram
-from ..ir.tile import TileProgram
-from ..schedule import DenseTriangleSchedule, Schedule, SparseTileSchedule, apply_schedule, default_schedule
+from ..ir.loop import DenseLoop, LoopProgram
+from ..ir.tile import ContractionLoop, TileProgram
+from ..ir.traverse import walk
+from ..passes.lower_loops import ScheduleError
+from ..schedule import ProblemShape, Schedule, apply_schedule, default_schedule
+from ..schedule_table import tuned_schedule
 from .cache import load_source
+from .parameters import sparse_loop
 from .triton_emit import emit_kernel
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
+def problem_shape(program: LoopProgram, args) -> ProblemShape:
+    """The sizes of a call that its schedule is chosen from (runtime.KernelArgs -> ProblemShape)."""
+    loop = sparse_loop(program)
+    driver = args.driver
+    dense = [n for n in walk(program.body) if isinstance(n, DenseLoop)]
+    inner = [n for n in walk(loop)] if loop is not None else []
+    vector = next((n for n in inner if isinstance(n, DenseLoop)), None)
+    numels = [int(np.prod(args.out_shape)) * 2]  # two buffers at most
+    numels += [int(np.prod(tuple(a.shape))) for a in args.dense.values()]
+    nnz = int(driver.nnz) if driver is not None else 0
+    rows = len(driver.pointers) - 1 if driver is not None and driver.pointers is not None else 0
+    # int32 offsets hold with room for a tile past the end (pid * block + lane) and a row past the last.
+    index_bits = 32 if max([nnz, rows, *numels]) < 2**31 - 2**20 else 64
+    return ProblemShape(
+        nnz=nnz,
+        rows=rows,
+        dense_extent=args.extent(vector.extent) if vector is not None else 0,
+        grid_extent=args.extent(dense[0].extent) if loop is None and dense else 0,
+        contraction=args.extent(dense[-1].extent) if loop is None and len(dense) > 2 else 0,
+        itemsize=np.dtype(args.dtype).itemsize,
+        index_bits=index_bits,
+    )
 
 
-def choose_schedule(program: LoopProgram, args) -> Schedule:
-    """The heuristic schedule for these arguments; SYSTEC_TRITON_NNZ_PER_TILE,
-    SYSTEC_TRITON_DENSE_BLOCK and SYSTEC_TRITON_BLOCK override its sizes; SYSTEC_TRITON_SEGMENTED=0
-    turns the in-tile pre-reduction off."""
-    from .parameters import dense_extents
+def device_arch(args) -> str | None:
+    """"sm_XY" of the CUDA device the call runs on; None on the CPU interpreter."""
+    device = args.torch_device
+    if device is None or device.type != "cuda" or interpreting():
+        return None
+    import torch
 
-    extents = [args.extent(e) for e in dense_extents(program)]
-    nnz = args.driver.nnz if args.driver is not None else 0
-    inner = extents[0] if program.driver is not None and extents else max(extents, default=1)
-    schedule = default_schedule(program, nnz=nnz, dense_extent=inner, itemsize=np.dtype(args.dtype).itemsize)
-    if isinstance(schedule, SparseTileSchedule):
-        segmented = _env_int("SYSTEC_TRITON_SEGMENTED")
-        return SparseTileSchedule(
-            nnz_per_tile=_env_int("SYSTEC_TRITON_NNZ_PER_TILE") or schedule.nnz_per_tile,
-            dense_block=_env_int("SYSTEC_TRITON_DENSE_BLOCK") or schedule.dense_block,
-            segmented=schedule.segmented if segmented is None else bool(segmented),
-        )
-    return DenseTriangleSchedule(block=_env_int("SYSTEC_TRITON_BLOCK") or schedule.block)
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def choose_schedule(program: LoopProgram, args, arch: str | None = None) -> Schedule:
+    """The schedule for these arguments: the device-tuned table's entry for `arch` (default: the
+    arguments' device) and this shape class, else the register-budget heuristic. The environment
+    variable SYSTEC_TRITON_SCHEDULE ("field=value,...", e.g. "rows_per_block=8,num_warps=2")
+    overrides fields of whichever kind was chosen."""
+    shape = problem_shape(program, args)
+    schedule = tuned_schedule(program, shape, arch if arch is not None else device_arch(args))
+    if schedule is None:
+        schedule = default_schedule(program, shape)
+    return _overridden(schedule, os.environ.get("SYSTEC_TRITON_SCHEDULE", ""))
+
+
+def _overridden(schedule: Schedule, text: str) -> Schedule:
+    fields = {f.name: f.type for f in dataclasses.fields(schedule)}
+    changes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in fields:
+            raise ScheduleError(f"SYSTEC_TRITON_SCHEDULE: {type(schedule).__name__} has no field {name!r}; "
+                                f"fields: {', '.join(fields)}")
+        current = getattr(schedule, name)
+        if isinstance(current, bool):
+            changes[name] = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, int):
+            changes[name] = int(value)
+        else:
+            changes[name] = value
+    return dataclasses.replace(schedule, **changes) if changes else schedule
 
 
 def interpreting() -> bool:
@@ -128,44 +173,50 @@ class Launch:
     empty: bool  # nothing to visit: the output stays the identity
 
 
-def prepare_launch(program: LoopProgram, args, schedule: Schedule | None = None, *, device=None) -> Launch:
-    """Choose the schedule (unless given), emit and load the kernel, allocate the output on
-    `device` (default: the arguments' CUDA device, or the CPU under the interpreter) and bind
-    every kernel argument. `device="meta"` binds shapes and dtypes only (perf/aot.py)."""
+def prepare_launch(program: LoopProgram, args, schedule: Schedule | None = None, *, device=None,
+                   arch: str | None = None) -> Launch:
+    """Choose the schedule (unless given; `arch` as for choose_schedule), emit and load the
+    kernel, allocate the output buffers on `device` (default: the arguments' CUDA device, or the
+    CPU under the interpreter) and bind every kernel argument. `device="meta"` binds shapes and
+    dtypes only (perf/aot.py compiles that specialization for sm_90 without a GPU)."""
     from ..runtime import allocate
 
-    tiles = apply_schedule(program, schedule or choose_schedule(program, args))
+    tiles = apply_schedule(program, schedule or choose_schedule(program, args, arch))
+    if tiles.index_bits == 32 and problem_shape(program, args).index_bits == 64:
+        raise ScheduleError(f"{program.source}: index_bits=32, but this call has an extent, offset or nonzero count "
+                            "of 2**31 or more; it needs index_bits=64")
     emitted = emit_kernel(tiles)
     kernel = load_source(emitted.source, "triton").kernel
     device = _device(args) if device is None else _torch_device(device)
-    # The output lives on the device from the start; finish() takes it from there.
-    allocate(args, program, 1, device=device)
+    # The output lives on the device from the start; finish() reduces the buffers from there.
+    allocate(args, program, tiles.buffers, device=device)
     # The kernel stores both halves of a symmetric output itself: finish() must not mirror.
     args.output_mirrored = tiles.mirror
-    out = args.partial[0]
+    driver = args.driver
 
-    sparse = tiles.sparse
-    coords = None
-    if sparse is not None:
-        driver = args.driver
+    def coord(m):
+        # uint32 coordinates (below 2**31, chosen for numba) are read as int32: same bits, no copy.
+        c = driver.coords[m]
+        return c.view(np.int32) if c.dtype == np.uint32 else c
 
-        def coord(m):
-            # uint32 coordinates (below 2**31, chosen for numba) are read as int32: same bits, no copy.
-            c = driver.coords[m]
-            return c.view(np.int32) if c.dtype == np.uint32 else c
-
-        # (what, source, make) per tile coordinate mode
-        coords = [(("coords", m), driver.coords[m], lambda m=m: coord(m)) for m in range(len(driver.coords))]
+    coords = {}  # tile coordinate mode -> (what, source, make) of its device copy
+    if tiles.sparse is not None:
+        coords = {m: (("coords", m), driver.coords[m], lambda m=m: coord(m)) for m in range(len(driver.coords))}
         if driver.pointers is not None:
-            # CSR drivers: the tiles walk nonzeros, so each needs its row; expand the pointers.
+            # A CSR driver walked as nonzeros: each needs its row; expand the pointers.
             def rows():
                 pointers = driver.pointers
-                rows = np.repeat(np.arange(len(pointers) - 1), np.diff(pointers))
-                return rows.astype(np.int32 if len(pointers) <= 2**31 else np.int64)
+                expanded = np.repeat(np.arange(len(pointers) - 1), np.diff(pointers))
+                return expanded.astype(np.int32 if len(pointers) <= 2**31 else np.int64)
 
-            coords = [(("rows",), driver.pointers, rows), *coords[-(len(sparse.indices) - 1):]]
-        grid = (-(-driver.nnz // sparse.size),)
+            coords[0] = (("rows",), driver.pointers, rows)
+        grid = (-(-driver.nnz // tiles.sparse.size),)
         n_work = driver.nnz
+    elif tiles.rows is not None:
+        coords = {m: (("coords", m), driver.coords[m], lambda m=m: coord(m)) for m in range(1, len(driver.coords))}
+        n_rows = len(driver.pointers) - 1
+        grid = (-(-n_rows // tiles.rows.rows),)
+        n_work = n_rows
     else:
         starts = _tile_starts(tiles, args)
         grid = (len(starts),)
@@ -175,21 +226,24 @@ def prepare_launch(program: LoopProgram, args, schedule: Schedule | None = None,
     for p in emitted.params:
         match p.kind:
             case "out":
-                value = out
+                value = args.partial[p.key]
             case "coords":
                 what, source, make = coords[p.key]
-                value = _driver_copy(args.driver, what, device, source, make)
+                value = _driver_copy(driver, what, device, source, make)
             case "values":
-                value = _driver_copy(args.driver, ("values",), device, args.driver.values)
+                value = _driver_copy(driver, ("values",), device, driver.values)
+            case "pointers":
+                # int64 CSR pointers; the int32 program reads an int32 copy (made once, cached)
+                narrow = tiles.index_bits == 32
+                value = _driver_copy(driver, ("pointers", tiles.index_bits), device, driver.pointers,
+                                     (lambda: driver.pointers.astype(np.int32)) if narrow else None)
             case "nnz":
-                value = int(args.driver.nnz)
+                value = int(driver.nnz)
             case "dense":
                 value = _to_device(args.dense[p.key], device)
-            case "table":
-                value = _to_device(args.tables[p.key], device)
             case "stride":
                 tensor, mode = p.key
-                shape = out.shape if tensor == "<out>" else args.dense[tensor].shape
+                shape = args.partial.shape[1:] if tensor == "<out>" else args.dense[tensor].shape
                 value = int(_strides(tuple(shape))[mode])
             case "extent":
                 value = int(args.extent(p.key))
@@ -197,28 +251,41 @@ def prepare_launch(program: LoopProgram, args, schedule: Schedule | None = None,
                 value = _to_device(starts, device)
             case "block":
                 value = _block_size(tiles, p.key)
+            case _:
+                raise ValueError(f"unknown kernel parameter {p}")
         values[emitted.names[p]] = value
-    return Launch(tiles, emitted.source, kernel, values, grid, 4, n_work == 0)
+    return Launch(tiles, emitted.source, kernel, values, grid, tiles.num_warps, n_work == 0)
 
 
 def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, poison: float | None = None) -> None:
-    """Run `program` on `args` (runtime.KernelArgs); leaves the result in `args.partial`, one chunk,
-    a torch tensor on the device (dense operands already there are used in place, no copy).
+    """Run `program` on `args` (runtime.KernelArgs); leaves the result in `args.partial` (one
+    buffer, or two that finish() reduces), torch tensors on the device (dense operands already
+    there are used in place, no copy).
 
-    `poison` (tests): fill the output with this value instead of the identity before launch,
-    for kernels that store rather than accumulate, so that an unwritten element shows.
+    `poison` (tests): fill the buffer the kernel stores into with this value instead of the
+    identity before launch, so that an element the kernel should store but does not shows.
     """
     launch = prepare_launch(program, args, schedule)
     if poison is not None:
-        args.partial.fill_(poison)
+        if not launch.tiles.stores:
+            raise ValueError(f"poison: {program.source} under this schedule only accumulates (atomics); "
+                             "there is no stored buffer to poison")
+        args.partial[0].fill_(poison)
     if launch.empty:
         return  # nothing to visit: the output stays the identity
     launch.kernel[launch.grid](**launch.values, num_warps=launch.num_warps)  # writes args.partial in place
 
 
 def _block_size(tiles: TileProgram, key) -> int:
-    if key == "NNZ":
-        return tiles.sparse.size
+    match key:
+        case "NNZ":
+            return tiles.sparse.size
+        case "ROWS":
+            return tiles.rows.rows
+        case "LANES":
+            return tiles.rows.lanes
+        case "K":
+            return next(lv.header.block for lv in tiles.levels if isinstance(lv.header, ContractionLoop))
     return next(a.block for a in (*tiles.grid_axes, *tiles.inner_axes) if a.axis == key)
 
 
