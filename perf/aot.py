@@ -225,7 +225,7 @@ def ptxas_report(ptx: str, arch: str) -> dict:
     }
 
 
-_ATOMIC = re.compile(r"^(ATOM|RED)")
+_ATOMIC = re.compile(r"^(ATOMG?|REDG?)(\.|$)")  # global ATOM/RED (not ATOMS, not the warp-wide REDUX)
 _FENCE_BEFORE = re.compile(r"^(MEMBAR|ERRBAR|CGAERRBAR)")
 _FENCE_AFTER = re.compile(r"^CCTL\.IVALL")
 _VECTOR = re.compile(r"\.(F16|BF16|F32|F64)x\d|\.V\d|\.64x\d|x[248]\b")
@@ -254,13 +254,19 @@ def atomic_report(instructions: list[str]) -> dict:
     kinds: dict[str, int] = {}
     for k, text in enumerate(instructions):
         opcode = text.split()[0]
-        if not _ATOMIC.match(opcode) or opcode.startswith("ATOMS"):
+        if not _ATOMIC.match(opcode):
             continue
         atomics += 1
         kinds[opcode] = kinds.get(opcode, 0) + 1
-        before = [t.split()[0] for t in instructions[max(0, k - 4):k]]
-        after = [t.split()[0] for t in instructions[k + 1:k + 4]]
-        if any(_FENCE_BEFORE.match(o) for o in before) or any(_FENCE_AFTER.match(o) for o in after):
+        # acq_rel: MEMBAR.ALL.GPU; ERRBAR; CGAERRBAR; ATOMG; CCTL.IVALL (fences adjacent to it)
+        before = []
+        for t in reversed(instructions[:k]):
+            o = t.split()[0]
+            if not (_FENCE_BEFORE.match(o) or o.startswith("NOP")):
+                break
+            before.append(o)
+        after = next((t.split()[0] for t in instructions[k + 1:] if not t.startswith("NOP")), "")
+        if any(o.startswith("MEMBAR") for o in before) or _FENCE_AFTER.match(after):
             fenced += 1
         if _VECTOR.search(opcode):
             vector += 1
@@ -271,22 +277,20 @@ def _schedule_row(schedule) -> dict:
     return {"kind": type(schedule).__name__, **asdict(schedule)}
 
 
-def aot_row(name: str, symmetry: bool, arch: str = "sm_90", stated: StatedInput | None = None,
-            schedule=None) -> dict:
-    """Compile catalog kernel `name` for `arch` at the schedule the runtime chooses for
-    `stated` (default STATED_INPUTS[name]), or at `schedule`; one JSON row."""
+def aot_kernel(kernel, stated: StatedInput, arch: str = "sm_90", schedule=None) -> dict:
+    """Compile `kernel` (a systec_gpu Kernel) for `arch` at the schedule the runtime chooses for
+    `stated` (or at `schedule`); the row of measurements (see the module docstring)."""
     from systec_gpu.backends.triton_launch import choose_schedule, prepare_launch
 
-    stated = stated or STATED_INPUTS[name]
-    kernel = compile_catalog(name, backend="triton", symmetry=symmetry)
-    row = {"kernel": name, "symmetry": symmetry, "input": stated.description, "dtype": stated.dtype}
+    row = {"input": stated.description, "dtype": stated.dtype}
     started = time.perf_counter()
     try:
         args = meta_args(kernel, stated)
-        schedule = schedule or choose_schedule(kernel.loops, args)
+        schedule = schedule or choose_schedule(kernel.loops, args, arch)
         row["schedule"] = _schedule_row(schedule)
-        launch = prepare_launch(kernel.loops, args, schedule, device="meta")
+        launch = prepare_launch(kernel.loops, args, schedule, device="meta", arch=arch)
         row["programs"] = int(np.prod(launch.grid))
+        row["buffers"] = launch.tiles.buffers
         compiled = compile_launch(launch, arch)
         row.update(ptxas_report(compiled.asm["ptx"], arch))
         row["spill_bytes"] = row["spill_store_bytes"] + row["spill_load_bytes"]
@@ -295,12 +299,20 @@ def aot_row(name: str, symmetry: bool, arch: str = "sm_90", stated: StatedInput 
         instructions = sass_opcodes(compiled.asm["cubin"])
         row["sass_instructions"] = len(instructions)
         row.update(atomic_report(instructions))
+        row["mma_instructions"] = sum(1 for t in instructions if re.match(r"^(HMMA|DMMA|HGMMA|IMMA)", t))
         row["compiled"] = True
     except Exception as error:  # a row per kernel: one failure must not hide the others
         row["compiled"] = False
         row["error"] = f"{type(error).__name__}: {error}"
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
+
+
+def aot_row(name: str, symmetry: bool, arch: str = "sm_90", stated: StatedInput | None = None,
+            schedule=None) -> dict:
+    """aot_kernel of catalog kernel `name` at its stated input (default STATED_INPUTS[name])."""
+    kernel = compile_catalog(name, backend="triton", symmetry=symmetry)
+    return {"kernel": name, "symmetry": symmetry, **aot_kernel(kernel, stated or STATED_INPUTS[name], arch, schedule)}
 
 
 def run(names: list[str], arch: str, dtypes=("float32",)) -> dict:

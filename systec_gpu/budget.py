@@ -16,8 +16,17 @@ import math
 from dataclasses import dataclass
 
 from .ir.loop import Access, Call, DenseLoop, Let, LoopProgram, SparseLoop, Update
+from .ir.tile import ContractionLoop
 from .ir.traverse import walk
-from .schedule import DenseTriangleSchedule, ProblemShape, RowBlockSchedule, Schedule, SparseTileSchedule
+from .passes.lower_loops import ScheduleError
+from .schedule import (
+    DenseTriangleSchedule,
+    ProblemShape,
+    RowBlockSchedule,
+    Schedule,
+    SparseTileSchedule,
+    apply_schedule,
+)
 
 SMS = 132  # streaming multiprocessors of an H100 SXM (the smallest count the budget plans for)
 MIN_PROGRAMS = 4 * SMS  # below this the tile shrinks: idle SMs cost more than small tiles
@@ -60,7 +69,7 @@ def lane_cost(loops: LoopProgram) -> LaneCost:
             products += sum(len(n.args) - 1 for n in walk(node.value) if isinstance(n, Call))
         if isinstance(node, Update):
             keyed = [i for i in node.output.indices if i in lanes]
-            if not keyed or keyed == [lanes[0]]:
+            if sparse is not None and (not keyed or keyed == [lanes[0]]):
                 reduced += 1  # segmented by the leading index, or reduced over the whole tile
             else:
                 scattered += 1
@@ -81,12 +90,16 @@ def elements_per_thread(loops: LoopProgram, itemsize: int) -> int:
     return _floor_power_of_two(max(1.0, (REGISTER_TARGET - BASE_REGISTERS) / max(cost, 1.0)))
 
 
-def heuristic_schedule(loops: LoopProgram, shape: ProblemShape) -> Schedule:
+def default_schedule(loops: LoopProgram, shape: ProblemShape | None = None, **sizes) -> Schedule:
+    """The heuristic schedule of `loops` for `shape` (or ProblemShape(**sizes)); without sizes,
+    the schedule kind and options of a call of unknown size (64-bit indices: always valid)."""
+    if shape is None:
+        shape = ProblemShape(**sizes) if sizes else ProblemShape(index_bits=64)
     sparse = next((n for n in walk(loops.body) if isinstance(n, SparseLoop)), None)
     bits = shape.index_bits
-    if sparse is None:
-        return _dense(shape)
     per_thread = elements_per_thread(loops, shape.itemsize)
+    if sparse is None:
+        return _dense(loops, shape, per_thread)
     dense_block = min(_ceil_power_of_two(max(shape.dense_extent, 1)), 64)
     if sparse.format == "csr":
         # The row's own output leaves the registers by a plain store when nothing else writes
@@ -125,10 +138,29 @@ def _rows(shape: ProblemShape, per_thread: int, dense_block: int, bits: int, row
                             num_warps=warps, index_bits=bits)
 
 
-def _dense(shape: ProblemShape) -> DenseTriangleSchedule:
-    """64 x 64 output blocks over 8 warps (about 80 registers on sm_90, fp32 and fp64), smaller
-    for small matrices; the contraction steps 32 (fp32) or 16 (fp64) at a time."""
-    block = min(64, max(16, _ceil_power_of_two(max(shape.grid_extent, 1))))
-    warps = 8 if block == 64 else 4
-    return DenseTriangleSchedule(block=block, k_block=32 if shape.itemsize <= 4 else 16, num_warps=warps,
-                                 index_bits=shape.index_bits)
+def _contracts(loops: LoopProgram) -> bool:
+    """The program is a dense contraction that tl.dot runs (see schedule._contraction)."""
+    try:
+        tiles = apply_schedule(loops, DenseTriangleSchedule(block=64, k_block=32))
+    except ScheduleError:
+        return False
+    return any(isinstance(lv.header, ContractionLoop) for lv in tiles.levels)
+
+
+def _dense(loops: LoopProgram, shape: ProblemShape, per_thread: int) -> DenseTriangleSchedule:
+    """A contraction (SSYRK): 64 x 64 output blocks over 8 warps (about 80 registers on sm_90,
+    fp32 and fp64), the contraction 32 (fp32) or 16 (fp64) at a time. Other dense programs keep
+    scalar loops over [block, block] lanes within the register budget over 4 warps."""
+    small = max(16, _ceil_power_of_two(max(shape.grid_extent, 1)))
+    k_block = 32 if shape.itemsize <= 4 else 16
+    if _contracts(loops):
+        block = min(64, small)
+        return DenseTriangleSchedule(block=block, k_block=k_block, num_warps=8 if block == 64 else 4,
+                                     index_bits=shape.index_bits)
+    # Nested scalar loops keep every value of the block live across iterations: 16 x 16 lanes
+    # over 2 warps (4 per thread), or 8 x 8 over one warp for costly bodies and fp64. Fewer elements per
+    # thread (lanes replicated across threads) made ptxas spill a few bytes at 30-40 registers in
+    # random 5-D programs (perf/aot.py sweeps), 32 x 32 blocks too.
+    block = min(16 if per_thread >= 4 and shape.itemsize <= 4 else 8, small)
+    warps = max(1, block * block // (32 * 4))
+    return DenseTriangleSchedule(block=block, k_block=k_block, num_warps=warps, index_bits=shape.index_bits)

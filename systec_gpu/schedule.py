@@ -11,10 +11,10 @@ onto tile levels or raises ScheduleError with the reason. Sizes are powers of tw
 - `DenseTriangleSchedule`: programs over blocks of the two outermost dense loops (canonical
   blocks only), `tl.dot` where the program is a dense contraction.
 
-`default_schedule(loops, shape)` chooses one from a `ProblemShape` (sizes, never values): sizes
-come from a register budget that counts the program's values per lane (budget.py), so that no
-default schedule spills; a device-tuned table (schedule_table.py) overrides it when it has an
-entry for the GPU at hand.
+`budget.default_schedule(loops, shape)` chooses one from a `ProblemShape` (sizes, never values):
+sizes come from a register budget that counts the program's values per lane, so that no default
+schedule spills; a device-tuned table (schedule_table.py) overrides it when it has an entry for
+the GPU at hand.
 """
 
 from __future__ import annotations
@@ -150,9 +150,8 @@ def validate(schedule: Schedule) -> Schedule:
 
 
 def apply_schedule(loops: LoopProgram, schedule: Schedule | None = None) -> TileProgram:
-    """The tile program of `loops` under `schedule` (None: the heuristic's choice for a call of
-    unknown size: row blocks for CSR drivers, nonzero tiles for COO ones, triangle blocks without
-    a driver)."""
+    """The tile program of `loops` under `schedule` (None: the default kind at its default sizes:
+    row blocks for CSR drivers, nonzero tiles for COO ones, triangle blocks without a driver)."""
     levels = unnest(loops.body)
     if len(levels) == 1:
         raise ScheduleError(
@@ -163,8 +162,10 @@ def apply_schedule(loops: LoopProgram, schedule: Schedule | None = None) -> Tile
         raise ScheduleError(f"{loops.source}: updates outside every loop cannot be tiled")
     first = levels[1].header
     if schedule is None:
-        # the heuristic's kind and options for a call of unknown size (64-bit indices: always valid)
-        schedule = default_schedule(loops, ProblemShape(index_bits=64))
+        if isinstance(first, SparseLoop):
+            schedule = RowBlockSchedule() if first.format == "csr" else SparseTileSchedule()
+        else:
+            schedule = DenseTriangleSchedule()
     validate(schedule)
     if isinstance(first, SparseLoop):
         if isinstance(schedule, RowBlockSchedule):
@@ -425,14 +426,3 @@ def _dense_write(loops: LoopProgram, levels: list[TileLevel]) -> tuple[str, tupl
     # Lets are per-level values; an owned accumulator only needs the updates innermost.
     assert all(isinstance(s, Let | Update) for lv in levels for s in lv.stmts)
     return "owned", ("each output element is owned by one lane: registers, one store",)
-
-
-# ---------------------------------------------------------------------------------------------
-# Choosing a schedule
-
-
-def default_schedule(loops: LoopProgram, shape: ProblemShape | None = None, **sizes) -> Schedule:
-    """The heuristic schedule for `shape` (or ProblemShape(**sizes)): see budget.py."""
-    from .budget import heuristic_schedule
-
-    return heuristic_schedule(loops, shape if shape is not None else ProblemShape(**sizes))

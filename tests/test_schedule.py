@@ -8,7 +8,7 @@ import pytest
 from systec_gpu import compile as compile_kernel
 from systec_gpu.backends.triton_backend import _tile_starts
 from systec_gpu.backends.triton_emit import emit_kernel
-from systec_gpu.budget import MIN_PROGRAMS
+from systec_gpu.budget import MIN_PROGRAMS, default_schedule
 from systec_gpu.catalog import compile_catalog
 from systec_gpu.ir.loop import Update
 from systec_gpu.ir.tile import (
@@ -30,7 +30,6 @@ from systec_gpu.schedule import (
     RowBlockSchedule,
     SparseTileSchedule,
     apply_schedule,
-    default_schedule,
     validate,
 )
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 from systec_gpu import compile as compile_kernel  # noqa: E402
 from systec_gpu import schedule_table  # noqa: E402
 from systec_gpu.backends.triton_backend import choose_schedule, prepare_launch, run_triton, triton_source  # noqa: E402
+from systec_gpu.budget import default_schedule  # noqa: E402
 from systec_gpu.catalog import CATALOG, compile_catalog  # noqa: E402
 from systec_gpu.passes.lower_loops import ScheduleError  # noqa: E402
 from systec_gpu.runtime import bind, finish  # noqa: E402
@@ -27,7 +28,6 @@ from systec_gpu.schedule import (  # noqa: E402
     ProblemShape,
     RowBlockSchedule,
     SparseTileSchedule,
-    default_schedule,
 )
 from systec_gpu.storage import SymmetricTensor  # noqa: E402
 

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import __version__, algebra
+from ..budget import default_schedule
 from ..ir.einsum import Access, Call, Index, Literal
 from ..ir.loop import ClassOf, DriverValue, Extent, Factor, Let, LoopProgram, Ref, Update, format_loop_program
 from ..ir.tile import (
@@ -313,13 +314,22 @@ class _Emitter:
         if info.atomic is None:
             raise ScheduleError(f"no atomic for reduction {info.name!r}")
         pointer = f"{self.out(True)} + {self.offset('', u.output.indices, True)}"
+        everywhere = f"tl.full([{', '.join(['1'] * self.ndim)}], True, tl.int1)"
+        lanes = frozenset().union(*(self.dims[i] for i in u.output.indices)) if u.output.indices else frozenset()
+        if not segmented and self.tiles.sparse is None and lanes != frozenset(range(self.ndim)):
+            # A dense program's output that does not vary along some tile axis: reduce the lanes
+            # along it first, then one atomic per element (not one per lane on one address).
+            identity = _literal(info.identity)
+            reduced = f"tl.where({mask}, {value}, {identity})"
+            for axis in sorted(set(range(self.ndim)) - lanes, reverse=True):
+                reduced = _reduced(info.name, reduced, axis)
+            value, mask = reduced, self.bounds_mask(lanes) or everywhere
         if not segmented:
             self.helpers.add(("scatter", info.name))
             w.line(f"_scatter_{info.name}({pointer}, {value}, {mask})")
             return
         # The write lands where the address is valid: the bounds of the axes other than the
         # nonzeros', constant along the nonzeros (so a vector atomic keeps one mask per vector).
-        everywhere = f"tl.full([{', '.join(['1'] * self.ndim)}], True, tl.int1)"
         bounds = self.bounds_mask(frozenset(range(1, self.ndim))) or everywhere
         if key is None:
             self.helpers.add(("tile", info.name))
@@ -776,5 +786,6 @@ def emit_kernel(tiles: TileProgram) -> EmittedKernel:
 
 def triton_source(program: LoopProgram, schedule: Schedule | None = None) -> str:
     """The generated Triton source (tile sizes are constexpr arguments, so one source serves
-    every size of the same schedule kind)."""
-    return emit_kernel(apply_schedule(program, schedule)).source
+    every size of the same schedule kind); by default, of the schedule the heuristic picks for a
+    call of unknown size."""
+    return emit_kernel(apply_schedule(program, schedule or default_schedule(program))).source

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..budget import default_schedule
 from ..ir.loop import DenseLoop, LoopProgram
 from ..ir.tile import ContractionLoop, TileProgram
 from ..ir.traverse import walk
 from ..passes.lower_loops import ScheduleError
-from ..schedule import ProblemShape, Schedule, apply_schedule, default_schedule
+from ..schedule import ProblemShape, Schedule, apply_schedule
 from ..schedule_table import tuned_schedule
 from .cache import load_source
 from .parameters import sparse_loop
