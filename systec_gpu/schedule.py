@@ -19,6 +19,7 @@ the GPU at hand.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from . import algebra
@@ -149,6 +150,7 @@ def validate(schedule: Schedule) -> Schedule:
 # Applying a schedule
 
 
+@functools.lru_cache(maxsize=256)  # pure in (program, schedule): launches repeat it per call
 def apply_schedule(loops: LoopProgram, schedule: Schedule | None = None) -> TileProgram:
     """The tile program of `loops` under `schedule` (None: the default kind at its default sizes:
     row blocks for CSR drivers, nonzero tiles for COO ones, triangle blocks without a driver)."""

@@ -17,6 +17,7 @@ kernel never reads its output) and keep the mask of a vector write constant alon
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -778,6 +779,7 @@ class EmittedKernel:
     names: dict[TParam, str]
 
 
+@functools.lru_cache(maxsize=256)  # pure in the tile program: a repeat launch does not re-emit
 def emit_kernel(tiles: TileProgram) -> EmittedKernel:
     emitter = _Emitter(tiles)
     source = emitter.emit()
