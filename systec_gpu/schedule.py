@@ -330,6 +330,16 @@ def _dense(loops: LoopProgram, levels, schedule: DenseTriangleSchedule) -> TileP
                 raise ScheduleError(f"{loops.source}: cannot tile {type(level.header).__name__}")
         out.append(TileLevel(header, level.stmts))
     write, notes = _dense_write(loops, out)
+    if write == "atomic":
+        # Outputs indexed by grid axes only (or by nothing) are reduced over the program's lanes
+        # and loops in registers and written once at its end, not by an atomic per lane and step.
+        grid = {lv.header.index for lv in out if isinstance(lv.header, BlockAxis)}
+        out = [TileLevel(lv.header, tuple(
+            SegmentedUpdate(s, None) if isinstance(s, Update) and algebra.operator(s.reduce).atomic is not None
+            and set(s.output.indices) <= grid and len(set(s.output.indices)) == len(s.output.indices) else s
+            for s in lv.stmts)) for lv in out]
+        if any(isinstance(s, SegmentedUpdate) for lv in out for s in lv.stmts):
+            notes += ("outputs indexed by grid axes only: reduced in registers, one atomic per element at the end",)
     mirror = write == "owned" and _mirrorable(loops, out)
     if mirror:
         notes += ("symmetric output: each canonical block stores both halves, no host mirror",)

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 from pathlib import Path
 
 from .ir.loop import LoopProgram, format_loop_program
@@ -34,15 +33,18 @@ def program_key(loops: LoopProgram) -> str:
 
 def _bucket(n: int) -> int:
     """n rounded up to a power of two (0 stays 0): sizes of one bucket share a schedule."""
-    return 0 if n <= 0 else 1 << math.ceil(math.log2(n))
+    return 0 if n <= 0 else 1 << (int(n) - 1).bit_length()
+
+
+SMALL_WORK = 2**22  # nonzeros (or dense extent squared) below which the data mostly fits in L2
 
 
 def shape_class(shape: ProblemShape) -> str:
-    """The bucketed sizes that select a tuned entry: nonzeros per row (CSR), dense extent, the
-    work's order of magnitude (nonzeros, or the grid extent), and the value size."""
+    """The bucketed sizes that select a tuned entry: the work's class ("small": about L2-resident,
+    "large": streamed from HBM), nonzeros per row (CSR), dense extent, contraction, value size."""
     per_row = _bucket(round(shape.nnz / shape.rows)) if shape.rows else 0
-    work = shape.nnz or shape.grid_extent
-    return (f"work=2^{max(0, math.ceil(math.log2(work))) if work else 0},per_row={per_row},"
+    work = shape.nnz or shape.grid_extent**2
+    return (f"work={'small' if work < SMALL_WORK else 'large'},per_row={per_row},"
             f"dense={_bucket(shape.dense_extent)},k={_bucket(shape.contraction)},bytes={shape.itemsize}")
 
 

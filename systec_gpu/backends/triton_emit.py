@@ -269,7 +269,7 @@ class _Emitter:
             elif isinstance(s, Update):
                 self.update(s)
             elif isinstance(s, SegmentedUpdate):
-                if self.tiles.rows is not None:
+                if self.tiles.sparse is None:  # row blocks and dense programs: an accumulator
                     self.row_update(s.update)
                 else:
                     self.update(s.update, s.key, segmented=True)
@@ -371,12 +371,15 @@ class _Emitter:
                 self.row_block(k)
             case BlockAxis(gridded=True) as axis:
                 self.grid_axis(axis)
-                if self.tiles.write == "owned" and self.acc is None and not any(
-                    isinstance(lv.header, BlockAxis) and lv.header.gridded for lv in levels[k + 1:]
-                ):
+                last = not any(isinstance(lv.header, BlockAxis) and lv.header.gridded for lv in levels[k + 1:])
+                if self.tiles.write == "owned" and self.acc is None and last:
                     self.open_accumulator()
+                if last:  # outputs reduced over the whole program: accumulators, written at its end
+                    self.open_row_accs(levels[k:], None, inner=False)
                 self.stmts(level.stmts)
                 self.level(k + 1)
+                if last:
+                    self.close_row_accs(inner=False)
             case BlockAxis(gridded=False) as axis:
                 with self.dense_blocks(axis):
                     self.stmts(level.stmts)
@@ -551,7 +554,7 @@ class _Emitter:
                 for axis in range(self.ndim):
                     if axis not in axes:
                         shape.append("1")
-                    elif axis == 0:
+                    elif axis == 0 and self.tiles.rows is not None:
                         shape.append(self.param("block", "ROWS"))
                     else:
                         shape.append(self.param("block", axis))
