@@ -153,6 +153,20 @@ def _tile_starts(tiles: TileProgram, args) -> np.ndarray:
     return np.ascontiguousarray(starts[keep], dtype=np.int32)
 
 
+_STARTS: dict = {}  # (grid axes, their extents, device) -> block starts on the device
+
+
+def _device_starts(tiles: TileProgram, args, starts: np.ndarray, device):
+    """The launched blocks' starts on the device, uploaded once per grid shape (a repeat call
+    with the same extents copies nothing)."""
+    key = (tiles.grid_axes, tuple(args.extent(a.extent) for a in tiles.grid_axes), str(device))
+    if key not in _STARTS:
+        if len(_STARTS) >= 64:
+            _STARTS.pop(next(iter(_STARTS)))
+        _STARTS[key] = _to_device(starts, device)
+    return _STARTS[key]
+
+
 def _strides(shape: tuple[int, ...]) -> list[int]:
     strides, step = [], 1
     for size in reversed(shape):
@@ -249,7 +263,7 @@ def prepare_launch(program: LoopProgram, args, schedule: Schedule | None = None,
             case "extent":
                 value = int(args.extent(p.key))
             case "tiles":
-                value = _to_device(starts, device)
+                value = _device_starts(tiles, args, starts, device)
             case "block":
                 value = _block_size(tiles, p.key)
             case _:
