@@ -5,20 +5,26 @@ cannot run."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import subprocess
-import sys
-import warnings
-from pathlib import Path
 
-import pytest
-from hypothesis import HealthCheck, given, settings
+# Like every Triton test module: the interpreter flag is set before triton is first imported
+# (triton reads parts of it at import). perf/aot.py decorates the kernels it compiles with the
+# flag off, and the CLI test runs in a process of its own without it.
+os.environ["TRITON_INTERPRET"] = "1"
 
-from systec_gpu.ir.einsum import accesses
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from .test_properties import expressions
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from systec_gpu.ir.einsum import accesses  # noqa: E402
+
+from .test_properties import expressions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 triton = pytest.importorskip("triton")
