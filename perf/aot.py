@@ -83,9 +83,9 @@ def meta_args(kernel, stated: StatedInput):
     torch meta tensors (shapes and dtypes, no storage); CSR pointers describe rows of equal length."""
     import torch
 
+    from systec_gpu.backends.arguments import DriverArrays, DriverStructure, KernelArgs
     from systec_gpu.backends.parameters import sparse_loop
     from systec_gpu.ir.einsum import accesses
-    from systec_gpu.runtime import DriverArrays, KernelArgs
 
     program, loops = kernel.program, kernel.loops
     dtype = np.dtype(stated.dtype)
@@ -112,7 +112,7 @@ def meta_args(kernel, stated: StatedInput):
         if loop.format == "csr":
             rows = shapes[loops.driver][0]
             pointers = (np.arange(rows + 1, dtype=np.int64) * nnz) // rows
-        driver = DriverArrays(coords, values, pointers, nnz, stated.expanded_nnz)
+        driver = DriverArrays(DriverStructure(coords, pointers, nnz, stated.expanded_nnz, None), values)
     tables = {t.name: np.array(t.rows, dtype=dtype) for t in loops.tables}
     sizes = dict(stated.sizes)
     return KernelArgs(dense, driver, shapes, sizes, tables, laid_out(einsum.output.tensor, out_shape) or (1,), dtype)

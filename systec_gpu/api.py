@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .backends import registry
+from .backends.plans import describe_plan
 from .ir.einsum import Program, format_program
 from .ir.loop import LoopProgram, format_loop_program
 from .ir.symmetrized import Symmetrized
 from .pipeline import front, lower_and_optimize, symmetrize
-from .runtime import KernelArgs, bind, finish
+from .program import ProgramKernel, compile_program, is_program
+from .runtime import KernelArgs, Launch
+from .spgemm import SparseOutputKernel
 
-BACKENDS = ("auto", "numba", "reference", "triton")
+BACKENDS = (registry.AUTO, *registry.BACKENDS)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _kernel_name(text: str, program: Program, exploit: bool) -> str:
+def _kernel_name(text: str, program: Program, exploit: bool, backend: str) -> str:
+    # The backend is part of the op: torch.ops.systec.<name> runs this kernel's backend.
     stem = re.sub(r"\W+", "_", program.einsum.output.tensor).strip("_") or "k"
-    digest = hashlib.sha256(f"{format_program(program)}|{exploit}".encode()).hexdigest()[:10]
+    key = f"{format_program(program)}|{exploit}" + ("" if backend == registry.AUTO else f"|{backend}")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{stem}_{'sym' if exploit else 'nosym'}_{digest}"
 
 
@@ -35,44 +43,63 @@ class Kernel:
         self.backend = backend
         self.name = name
         self._last: KernelArgs | None = None
+        self._last_loops: LoopProgram | None = None
         self._stats: dict | None = None
+        self._launches: dict[str, Launch] = {}  # backend name -> prepared launch
+        self._kernel_op = None  # its torch op (torch_ops.kernel_op), once registered
 
     def __repr__(self) -> str:
         return f"Kernel({self.expression!r}, symmetry={self.symmetrized.exploit}, backend={self.backend!r})"
 
     def _backend_for(self, tensors: dict[str, Any]) -> str:
-        if self.backend != "auto":
+        if self.backend != registry.AUTO:
             return self.backend
         on_gpu = any(
             getattr(getattr(t, "device", None), "type", None) == "cuda"
+            or getattr(getattr(getattr(t, "values", None), "device", None), "type", None) == "cuda"
             or type(t).__module__.split(".")[0] == "cupy"
             for t in tensors.values()
         )
-        return "triton" if on_gpu else "numba"
+        return registry.DEFAULT_FOR_DEVICE["cuda" if on_gpu else "cpu"]
 
-    def __call__(self, *, check: bool = True, canonical_output: bool = False, **tensors: Any):
+    def launch(self, backend: str) -> Launch:
+        """The prepared launch of this kernel on `backend` (made on first use, then reused)."""
+        found = self._launches.get(backend)
+        if found is None:
+            found = self._launches[backend] = Launch(self.loops, self.program, registry.backend(backend))
+        return found
+
+    def __call__(self, *, check: bool = True, canonical_output: bool = False, out=None, **tensors: Any):
         """Run the kernel. `check` verifies declared symmetry of the inputs; with
         `canonical_output` a symmetric output holds only its canonical part (the rest is the
-        reduction's identity)."""
-        backend = self._backend_for(tensors)
-        # Triton: dense torch/CuPy operands stay on their device, and so does the result.
-        args = bind(self.loops, self.program, tensors, check=check, device_tensors=backend == "triton")
-        if backend == "reference":
-            from .backends.reference import run_reference
+        reduction's identity); `out` is a preallocated result tensor (shape, dtype, device
+        checked) that is written and returned.
 
-            run_reference(self.loops, args)
-        elif backend == "numba":
-            from .backends.numba_backend import run_numba
+        Calls that autograd records (an input requiring grad), calls traced by torch.compile and
+        calls under torch.func transforms go through the kernel's custom op (`kernel.op`), whose
+        implementation is the same launch as every other call's."""
+        if "torch" in sys.modules:  # only torch inputs can need the op, and they import torch
+            from . import torch_ops
 
-            run_numba(self.loops, args)
-        elif backend == "triton":
-            from .backends.triton_backend import run_triton
+            if torch_ops.needs_op(tensors):
+                if canonical_output:
+                    raise NotImplementedError("canonical_output=True has no gradient and cannot be traced: call "
+                                              "the kernel outside autograd (torch.no_grad()) for canonical storage")
+                return torch_ops.apply(self, tensors, check=check, out=out)
+        return self.call_direct(tensors, backend=self._backend_for(tensors), check=check,
+                                canonical=canonical_output, out=out)
 
-            run_triton(self.loops, args)
-        else:
-            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-        self._last, self._stats = args, None
-        return finish(args, self.loops, self.program, canonical=canonical_output)
+    def call_direct(self, tensors: dict[str, Any], *, backend: str, check: bool = True, canonical: bool = False,
+                    out=None):
+        """The kernel's launch on `backend`, without the torch op (no autograd): what every call runs."""
+        launch = self.launch(backend)
+        args, result = launch(tensors, check=check, canonical=canonical, out=out)
+        self._last, self._last_loops, self._stats = args, launch.loops, None  # the loops that ran (a CPU plan's)
+        return result
+
+    def related(self, expression: str, *, symmetric=None, formats=None) -> Kernel:
+        """Another expression compiled with this kernel's backend (e.g. a derivative)."""
+        return _compile(expression, symmetric=symmetric, formats=formats, backend=self.backend, register=False)
 
     @property
     def stats(self) -> dict:
@@ -82,8 +109,8 @@ class Kernel:
         if self._stats is None:
             from .stats import baseline_points, visited_points
 
-            visited = visited_points(self.loops, self._last)
-            baseline = baseline_points(self.loops, self._last)
+            visited = visited_points(self._last_loops, self._last)
+            baseline = baseline_points(self._last_loops, self._last)
             self._stats = {
                 "visited_points": visited,
                 "baseline_points": baseline,
@@ -95,10 +122,18 @@ class Kernel:
 
     @property
     def op(self):
-        """The kernel as a PyTorch custom op (torch.ops.systec.<name>): torch.compile and autograd."""
+        """The kernel as a PyTorch custom op (torch.ops.systec.<name>): torch.compile and autograd.
+        Arguments: one tensor per dense operand, (indices, values, shape) per sparse one, in the
+        order of first use in the expression, then `check`; `op_arguments` builds them."""
         from .torch_ops import kernel_op
 
         return kernel_op(self).op
+
+    def op_arguments(self, *, check: bool = True, **tensors: Any) -> list:
+        """The arguments of `kernel.op` for a call's tensors by name (e.g. for torch.library.opcheck)."""
+        from .torch_ops import flatten
+
+        return flatten(self, tensors, check=check)
 
     def explain(self) -> str:
         """The symmetrized program: what symmetry was found, the loops, the factor table."""
@@ -110,21 +145,12 @@ class Kernel:
             names = ", ".join(i.name for i in permutable.indices)
             lines.append(f"permutable ({names}): {permutable.origin}; visit {order}")
         lines.append(format_loop_program(self.loops))
+        lines.append(describe_plan(self.program, self.loops))
         return "\n".join(lines) + "\n"
 
     def source(self, backend: str = "numba") -> str:
         """The generated source of `backend` ("numba", "triton" or "reference")."""
-        if backend == "numba":
-            from .backends.numba_backend import numba_source
-
-            return numba_source(self.loops)
-        if backend == "triton":
-            from .backends.triton_backend import triton_source
-
-            return triton_source(self.loops)
-        if backend == "reference":
-            return format_loop_program(self.loops)
-        raise ValueError(f"unknown backend {backend!r}; known: numba, triton, reference")
+        return registry.backend(backend).source(self.loops)
 
 
 def compile(  # noqa: A001 (the library's verb, like re.compile)
@@ -136,18 +162,45 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     backend: str = "auto",
     loop_order: Sequence[str] | None = None,
     name: str | None = None,
-) -> Kernel:
+    outputs: Sequence[str] | str | None = None,
+) -> Kernel | ProgramKernel | SparseOutputKernel:
     """Compile `expr` (e.g. "y[i] += A[i,j]*x[j]") into a kernel.
 
     symmetric: tensor -> "full" or mode groups (naming the output declares output symmetry).
-    formats: tensor -> "dense" | "coo" | "csr" (symmetric inputs default to "coo").
+    formats: tensor -> "dense" | "coo" | "csr" (symmetric inputs default to "coo"); "coo"/"csr" for
+        the output of a Gram product (C[i,j] += A[i,k]*A[j,k]) gives a sparse symmetric output.
     symmetry: False compiles the same expression without exploiting symmetry (the baseline).
     backend: "auto" (Triton on CUDA tensors, Numba otherwise), "numba", "triton", "reference".
     loop_order: index names, outermost first (a sparse operand's indices come first).
+    outputs: for a program (statements separated by ';' or line breaks), the tensors to return
+        (default: the last statement's output).
+
+    One statement with a dense output gives a Kernel; a program a ProgramKernel (systec_gpu/program.py);
+    one statement with a sparse output a SparseOutputKernel (systec_gpu/spgemm.py).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if is_program(expr, formats, outputs):
+        registry.check_name(backend)
+        return compile_program(expr, compile_statement=_compile, symmetric=symmetric, formats=formats,
+                               symmetry=symmetry, backend=backend, loop_order=loop_order, name=name, outputs=outputs)
+    return _compile(expr, symmetric=symmetric, formats=formats, symmetry=symmetry, backend=backend,
+                    loop_order=loop_order, name=name)
+
+
+def _compile(expr: str, *, symmetric=None, formats=None, symmetry: bool = True, backend: str = "auto",
+             loop_order=None, name: str | None = None, register: bool = True) -> Kernel:
+    """`compile`; `register=False` leaves the torch op to be registered by the caller (derivative
+    kernels: their ops are registered without derivatives of their own)."""
+    registry.check_name(backend)
+    if name is not None and not _NAME.fullmatch(name):
+        raise ValueError(f"kernel name {name!r} must be an identifier (letters, digits, _; not starting with a "
+                         "digit): it names the torch op torch.ops.systec.<name>")
     program = front(expr, symmetric, formats)
     symmetrized = symmetrize(program, exploit=symmetry)
     loops = lower_and_optimize(symmetrized, loop_order)
-    return Kernel(expr, program, symmetrized, loops, backend, name or _kernel_name(expr, program, symmetry))
+    kernel = Kernel(expr, program, symmetrized, loops, backend, name or _kernel_name(expr, program, symmetry, backend))
+    if register:
+        # torch.ops.systec.<name> exists from now on (torch is imported here, not by `import systec_gpu`)
+        from .torch_ops import kernel_op
+
+        kernel_op(kernel)
+    return kernel

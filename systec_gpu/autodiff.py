@@ -13,7 +13,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from .ir.einsum import Access, Call, Literal, Program
+from .ir.einsum import Access, Call, Literal, Program, accesses
 
 GRAD_PREFIX = "grad_"
 DERIV_PREFIX = "d_"
@@ -70,6 +70,21 @@ def _normal_form(factors: list[tuple[str, tuple[str, ...]]], rename: dict[str, s
     return "*".join(sorted(parts))
 
 
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}{k}"
+    return name
+
+
+def grad_name(program: Program) -> str:
+    """The name of the output's gradient in derivative expressions (fresh in `program`)."""
+    einsum = program.einsum
+    names = {a.tensor for a in accesses(einsum.rhs)} | {einsum.output.tensor}
+    return _fresh(GRAD_PREFIX + einsum.output.tensor, names)
+
+
 def derivative_terms(program: Program, target: str) -> list[DerivativeTerm]:
     """The derivative kernels (expression text + weight) whose weighted sum is d out / d target."""
     einsum = program.einsum
@@ -80,10 +95,10 @@ def derivative_terms(program: Program, target: str) -> list[DerivativeTerm]:
         )
     accs, const = _factors(einsum.rhs)
     out = einsum.output
-    grad = GRAD_PREFIX + out.tensor
-    names = {a.tensor for a in accs} | {out.tensor}
-    if grad in names or DERIV_PREFIX + target in names:
-        raise NotImplementedError(f"tensor names {grad!r}/{DERIV_PREFIX + target!r} clash with the expression's")
+    grad = grad_name(program)
+    names = {a.tensor for a in accs} | {out.tensor, grad}
+    # the derivative's own name: fresh, so that it can be differentiated again (double backward)
+    result = _fresh(DERIV_PREFIX + target, names)
     groups = {a.tensor: program.groups_of(a.tensor) for a in accs if program.groups_of(a.tensor)}
     found: dict[str, list] = {}
     for pos, occ in enumerate(accs):
@@ -114,7 +129,7 @@ def derivative_terms(program: Program, target: str) -> list[DerivativeTerm]:
     terms = []
     formats = dict(program.formats)
     ndim = next(len(a.indices) for a in accs if a.tensor == target)
-    lhs = f"{DERIV_PREFIX}{target}[{','.join(f'o{m}' for m in range(ndim))}]"
+    lhs = f"{result}[{','.join(f'o{m}' for m in range(ndim))}]"
     for form, (count,) in found.items():
         factors = tuple(_parse_factor(f) for f in form.split("*"))
         used = sorted({t for t, _ in factors} - {grad})
@@ -123,7 +138,8 @@ def derivative_terms(program: Program, target: str) -> list[DerivativeTerm]:
             expression=f"{lhs} += {form}",
             weight=const * count,
             symmetric={t: groups[t] for t in used if t in groups},
-            formats={t: formats[t] for t in used if formats.get(t, "dense") != "dense"},
+            # a symmetric operand declared dense stays dense (its default would be sparse)
+            formats={t: formats[t] for t in used if formats.get(t, "dense") != "dense" or t in groups},
             factors=factors,
         ))
     return terms

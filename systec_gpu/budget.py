@@ -33,6 +33,9 @@ MIN_PROGRAMS = 4 * SMS  # below this the tile shrinks: idle SMs cost more than s
 REGISTER_TARGET = 96  # per thread: no spills with room, and at least 5 programs of 4 warps per SM
 BASE_REGISTERS = 24  # program ids, loop counters, row spans, masks
 SLOPE = 1.2  # ptxas registers per counted value and element, fitted (and rounded up) on sm_90
+# A large call (16M nonzeros over 1M rows, rank 32, 4096-wide dense operands): the schedule a
+# kernel's source is shown with when no call says otherwise.
+TYPICAL = ProblemShape(nnz=2**24, rows=2**20, dense_extent=32, grid_extent=4096, contraction=4096, index_bits=64)
 
 
 @dataclass(frozen=True)
@@ -92,15 +95,16 @@ def elements_per_thread(loops: LoopProgram, itemsize: int) -> int:
 
 def default_schedule(loops: LoopProgram, shape: ProblemShape | None = None, **sizes) -> Schedule:
     """The heuristic schedule of `loops` for `shape` (or ProblemShape(**sizes)); without sizes,
-    the schedule kind and options of a call of unknown size (64-bit indices: always valid)."""
+    the schedule of a large call (TYPICAL; 64-bit indices: always valid), e.g. for Kernel.source()."""
     if shape is None:
-        shape = ProblemShape(**sizes) if sizes else ProblemShape(index_bits=64)
+        shape = ProblemShape(**sizes) if sizes else TYPICAL
     sparse = next((n for n in walk(loops.body) if isinstance(n, SparseLoop)), None)
     bits = shape.index_bits
     per_thread = elements_per_thread(loops, shape.itemsize)
     if sparse is None:
         return _dense(loops, shape, per_thread)
-    dense_block = min(_ceil_power_of_two(max(shape.dense_extent, 1)), 64)
+    vector = any(isinstance(n, DenseLoop) for n in walk(sparse.body))  # a dense loop: the vector tile axis
+    dense_block = min(_ceil_power_of_two(max(shape.dense_extent, 1)), 64) if vector else 1
     if sparse.format == "csr":
         # The row's own output leaves the registers by a plain store when nothing else writes
         # the output; beside scattered (mirrored) updates, by one relaxed atomic per row: a

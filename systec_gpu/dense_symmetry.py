@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import numba
+import functools
+
 import numpy as np
 
 from .storage import EntryError, check_dense_symmetry
@@ -37,7 +38,7 @@ def mirror_in_place(array: np.ndarray, groups) -> None:
         if front.shape[0] == 0:
             continue
         if len(group) == 2:
-            _mirror_pair(front)
+            _mirror_pair()(front)
         else:
             n = front.shape[0]
             grid = np.indices((n,) * len(group)).reshape(len(group), -1)
@@ -45,10 +46,17 @@ def mirror_in_place(array: np.ndarray, groups) -> None:
             front[tuple(grid)] = canonical
 
 
-@numba.njit(cache=True)
-def _mirror_pair(front):
-    # front[b, a] = front[a, b] for a < b: one pass over the strictly lower half, in place.
-    n = front.shape[0]
-    for a in range(n):
-        for b in range(a + 1, n):
-            front[b, a] = front[a, b]
+@functools.cache
+def _mirror_pair():
+    """The compiled pair mirror (numba is imported on first use: `import systec_gpu` stays light)."""
+    import numba
+
+    @numba.njit(cache=True)
+    def mirror_pair(front):
+        # front[b, a] = front[a, b] for a < b: one pass over the strictly lower half, in place.
+        n = front.shape[0]
+        for a in range(n):
+            for b in range(a + 1, n):
+                front[b, a] = front[a, b]
+
+    return mirror_pair

@@ -1,395 +1,90 @@
-"""Binding a call's tensors to a compiled loop program: checks, conversions, layouts, output.
+"""Running a kernel: a prepared launch per backend, and the result in the user's layout.
 
-Everything here is shared by all backends: they receive `KernelArgs` (arrays in the kernel's
-layouts) and fill `args.partial`; `finish` turns that into the user's result.
-
-Host backends (numba, reference) see numpy arrays only. The Triton backend binds with
-`device_tensors=True`: dense torch operands stay torch tensors on their device (CuPy arrays come
-in through DLPack, no copy), the output buffer is a device tensor, and `finish` returns it without
-a host round trip. Sparse drivers stay numpy on the host (the Triton backend caches their device
-copies on the DriverArrays, which bind() caches per storage object).
+`inputs.bind` turns a call's tensors into `KernelArgs`; a backend fills `args.partial`;
+`finish` reduces the chunks, restores the user's mode order, mirrors a symmetric output and
+returns torch (CuPy for CuPy inputs on a device backend), or writes the caller's `out=`.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import algebra
-from .dense_symmetry import check_symmetric, mirror_canonical, mirror_in_place
-from .ir.einsum import Program, accesses, tensors_of
-from .ir.loop import Extent, LoopProgram
-from .storage import SparseTensor, SymmetricTensor, _is_torch
+from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, allocate, torch_dtype
+from .backends.plans import cpu_plan, run_syrk
+from .backends.registry import Backend
+from .dense_symmetry import mirror_in_place
+from .inputs import bind, bind_plan, check_tensor_names, mirror_tensor, to_storage
+from .ir.einsum import Program
+from .ir.loop import LoopProgram
 
-if TYPE_CHECKING:
+__all__ = [
+    "DriverArrays",
+    "DriverStructure",
+    "KernelArgs",
+    "Launch",
+    "allocate",
+    "bind",
+    "check_tensor_names",
+    "finish",
+    "mirror_tensor",
+    "to_storage",
+]
+
+
+class Launch:
+    """A kernel's call on one backend, prepared once: its bind plan, its generated module (loaded
+    on first use, memoized by the backend per loop program and schedule) and its finish. A repeat
+    call only binds (cheap checks and conversions), runs and finishes: no source is emitted or
+    hashed again."""
+
+    def __init__(self, loops: LoopProgram, program: Program, backend: Backend):
+        self.program, self.backend = program, backend
+        self.cpu_plan = None
+        if backend.name == "numba":
+            # the CPU plan (backends/plans.py): the generated kernel, the expanded one, or BLAS
+            self.cpu_plan = cpu_plan(program, loops)
+            loops = self.cpu_plan.loops
+        self.loops = loops
+        self.plan = bind_plan(loops, program)
+        if self.cpu_plan is not None and self.cpu_plan.syrk is not None:
+            self.run = functools.partial(_run_syrk, self.cpu_plan)
+        else:
+            self.run = backend.prepare(loops)  # imports the backend module, loads the kernel once
+
+    def __call__(self, tensors: dict, *, check: bool = True, canonical: bool = False, out=None):
+        args = bind(self.loops, self.program, tensors, check=check, device_tensors=self.backend.device_tensors,
+                    plan=self.plan)
+        if out is not None:
+            args.destination = check_out(out, args, self.program)
+        self.run(self.loops, args)
+        return args, finish(args, self.loops, self.program, canonical=canonical)
+
+
+def _run_syrk(plan, _loops: LoopProgram, args: KernelArgs) -> None:
+    run_syrk(plan, args)
+
+
+def check_out(out, args: KernelArgs, program: Program):
+    """`out` if it can hold the result (shape, dtype, device), else ValueError/TypeError naming why."""
     import torch
 
-
-@dataclass
-class DriverArrays:
-    coords: tuple[np.ndarray, ...]  # one per mode of the driver access
-    values: np.ndarray
-    pointers: np.ndarray | None  # CSR row pointers over mode 0 (format "csr")
-    nnz: int
-    n_expanded: int  # nonzeros of the fully expanded tensor (for work statistics)
-    _bounds: dict = field(default_factory=dict)
-    # Device copies of these arrays (the Triton backend's): (what, device) -> (source, copy).
-    device_copies: dict = field(default_factory=dict, repr=False)
-
-    def chunk_bounds(self, chunks: int) -> np.ndarray:
-        """Outer-loop boundaries of `chunks` chunks with equal nonzero counts (rows for CSR)."""
-        if chunks not in self._bounds:
-            targets = np.linspace(0, self.nnz, chunks + 1).round().astype(np.int64)
-            if self.pointers is not None:
-                bounds = np.searchsorted(self.pointers, targets, side="left").astype(np.int64)
-                bounds[0], bounds[-1] = 0, len(self.pointers) - 1
-            else:
-                bounds = targets
-            self._bounds[chunks] = bounds
-        return self._bounds[chunks]
-
-
-@dataclass
-class KernelArgs:
-    # Kernel layout, contiguous; 0-d tensors as shape (1,). numpy arrays, except with
-    # bind(device_tensors=True), where torch (and CuPy) operands are torch tensors on their device.
-    dense: dict[str, np.ndarray | torch.Tensor]
-    driver: DriverArrays | None
-    shapes: dict[str, tuple[int, ...]]  # user-facing shapes of every tensor, the output included
-    sizes: dict[str, int]  # index name -> size
-    tables: dict[str, np.ndarray]
-    out_shape: tuple[int, ...]  # kernel layout; () as (1,)
-    dtype: np.dtype
-    # (chunks, *out_shape), filled with the reduction identity: numpy, or a device torch tensor
-    # when the backend allocated it there (allocate(..., device=...)).
-    partial: np.ndarray | torch.Tensor | None = None
-    bounds: np.ndarray | None = None
-    chunks: int = 1
-    torch_device: Any = None  # where the result goes (None: the CPU)
-    cupy_output: bool = False  # the inputs were CuPy arrays: return one (DLPack, no copy)
-    extras: dict = field(default_factory=dict)
-    output_mirrored: bool = False  # the backend wrote both halves of a symmetric output itself
-
-    def extent(self, extent: Extent) -> int:
-        return self.shapes[extent.tensor][extent.mode]
-
-    @property
-    def out(self) -> np.ndarray | torch.Tensor:
-        """The single accumulation buffer of a one-chunk run (the reference interpreter)."""
-        assert self.partial is not None and self.partial.shape[0] == 1
-        return self.partial[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Input kinds
-
-
-def _is_scipy_sparse(obj) -> bool:
-    return type(obj).__module__.startswith("scipy.sparse")
-
-
-def _is_pydata_sparse(obj) -> bool:
-    return type(obj).__module__.split(".")[0] == "sparse"
-
-
-def _is_cupy(obj) -> bool:
-    return type(obj).__module__.split(".")[0] == "cupy"
-
-
-def is_sparse_input(obj) -> bool:
-    if isinstance(obj, SparseTensor) or _is_scipy_sparse(obj) or _is_pydata_sparse(obj):
-        return True
-    return _is_torch(obj) and obj.layout != __import__("torch").strided
-
-
-def to_numpy(obj) -> np.ndarray:
-    if _is_torch(obj):
-        import torch
-
-        tensor = obj.detach()
-        if tensor.dtype in (torch.bfloat16, torch.float16):
-            tensor = tensor.float()
-        return tensor.cpu().resolve_conj().numpy()
-    if _is_cupy(obj):
-        return obj.get()
-    return np.asarray(obj)
-
-
-def shape_of(obj) -> tuple[int, ...]:
-    return tuple(int(s) for s in obj.shape) if hasattr(obj, "shape") else np.shape(obj)
-
-
-def to_storage(name: str, obj, groups, check: bool) -> SparseTensor:
-    """A sparse input as storage: SymmetricTensor when `groups` is non-empty."""
-    if isinstance(obj, SymmetricTensor):
-        if groups and tuple(obj.groups) != tuple(groups):
-            raise ValueError(
-                f"{name} is a SymmetricTensor with groups {obj.groups}, but the kernel was compiled "
-                f"with {name} symmetric in {tuple(groups)}"
-            )
-        return obj if groups else obj.expanded()
-    if isinstance(obj, SparseTensor):
-        if not groups:
-            return obj
-        return SymmetricTensor.from_coo(obj.indices, obj.values, obj.shape, groups, check=check, name=name)
-    if is_sparse_input(obj):
-        from .io.convert import as_sparse_tensor
-
-        return as_sparse_tensor(obj, symmetric=list(groups) if groups else None, check=check)
-    dense = to_numpy(obj)
-    if groups:
-        return SymmetricTensor.from_dense(dense, groups, check=check, name=name)
-    return SparseTensor.from_dense(dense)
-
-
-def densify(name: str, obj, fill: float) -> np.ndarray:
-    """Dense numpy array of an input; entries a sparse input does not store hold `fill`."""
-    if not is_sparse_input(obj):
-        return to_numpy(obj)
-    storage = to_storage(name, obj, (), check=False)
-    dense = np.full(storage.shape, fill, dtype=np.result_type(to_numpy(storage.values).dtype, np.float32))
-    dense[tuple(storage.indices)] = to_numpy(storage.values)
-    return dense
-
-
-# ---------------------------------------------------------------------------------------------
-# Binding
-
-
-def _sizes(program: Program, inputs: dict[str, Any]) -> dict[str, int]:
-    sizes: dict[str, tuple[int, str, int]] = {}
-    for access in accesses(program.einsum.rhs):
-        shape = shape_of(inputs[access.tensor])
-        if len(shape) != len(access.indices):
-            raise ValueError(
-                f"{access.tensor} has {len(shape)} modes (shape {shape}) but is used as {access}"
-            )
-        for mode, (index, size) in enumerate(zip(access.indices, shape, strict=True)):
-            if index.name in sizes and sizes[index.name][0] != size:
-                known, tensor, known_mode = sizes[index.name]
-                raise ValueError(
-                    f"size mismatch for index {index}: {tensor} has size {known} at mode {known_mode} "
-                    f"but {access.tensor} has size {size} at mode {mode} ({access})"
-                )
-            sizes.setdefault(index.name, (size, access.tensor, mode))
-    return {name: size for name, (size, _, _) in sizes.items()}
-
-
-def _result_dtype(inputs: dict[str, Any]) -> np.dtype:
-    dtypes = []
-    for obj in inputs.values():
-        dtype = to_numpy(obj.values).dtype if isinstance(obj, SparseTensor) else None
-        if dtype is None:
-            dtype = getattr(obj, "dtype", None)
-            if _is_torch(obj):
-                import torch
-
-                dtype = {torch.float64: np.float64, torch.float32: np.float32}.get(dtype, np.float32)
-        dtypes.append(np.dtype(dtype) if dtype is not None else np.dtype(np.float64))
-    result = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
-    if result.kind != "f" or result.itemsize < 4:
-        result = np.dtype(np.float64) if result.kind in "iub" else np.dtype(np.float32)
-    return result
-
-
-def _driver_arrays(loops: LoopProgram, storage: SparseTensor, expanded: bool, fmt: str, dtype) -> DriverArrays:
-    key = ("systec_kernel_arrays", expanded, fmt, np.dtype(dtype).str)
-    cache = getattr(storage, "_cache", None)
-    if cache is not None and key in cache:
-        return cache[key]
-    source = storage.expanded() if expanded and isinstance(storage, SymmetricTensor) else storage
-    # Unsigned coordinates spare numba the negative-index wraparound check on every access
-    # (about 1.7x on SpMV); below 2**31 they are also valid int32 bits for Triton.
-    index_dtype = np.uint32 if max(source.shape, default=0) < 2**31 else np.int64
-    coords = tuple(np.ascontiguousarray(source.indices[m], dtype=index_dtype) for m in range(source.ndim))
-    values = np.ascontiguousarray(to_numpy(source.values), dtype=dtype)
-    pointers = None
-    if fmt == "csr":
-        pointers = np.zeros(source.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(source.indices[0], minlength=source.shape[0]), out=pointers[1:])
-    n_expanded = storage.n_expanded if isinstance(storage, SymmetricTensor) else storage.nnz
-    arrays = DriverArrays(coords, values, pointers, source.nnz, n_expanded)
-    if cache is not None and not _is_torch(storage.values):
-        cache[key] = arrays
-    return arrays
-
-
-def _torch_dtype(dtype: np.dtype):
-    import torch
-
-    return {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}[np.dtype(dtype)]
-
-
-def _stays_on_device(obj) -> bool:
-    """A dense operand that bind(device_tensors=True) keeps as a torch tensor where it is."""
-    return _is_cupy(obj) or (_is_torch(obj) and not is_sparse_input(obj))
-
-
-def _as_device_tensor(obj):
-    """A torch view of a dense torch or CuPy operand, on its device (DLPack for CuPy: no copy)."""
-    if _is_cupy(obj):
-        from .torch_ops import _as_torch
-
-        return _as_torch(obj)
-    return obj.detach()
-
-
-def _cupy_device(obj):
-    import torch
-
-    return torch.device("cuda", int(obj.device.id))
-
-
-def mirror_tensor(tensor, groups):
-    """`mirror_in_place` with torch ops on `tensor` (any device, any strides): every entry
-    becomes its canonical entry (sorted group coordinates). Returns `tensor`."""
-    import torch
-
-    for group in groups:
-        front = tensor.movedim(tuple(group), tuple(range(len(group))))  # a view: writes reach `tensor`
-        n = front.shape[0]
-        if n == 0:
-            continue
-        axes = torch.meshgrid(*[torch.arange(n, device=tensor.device)] * len(group), indexing="ij")
-        grid = torch.stack([a.reshape(-1) for a in axes])
-        canonical = grid.sort(dim=0).values
-        off = (grid != canonical).any(dim=0)  # only the non-canonical entries are written
-        grid, canonical = grid[:, off], canonical[:, off]
-        front[tuple(grid)] = front[tuple(canonical)]
-    return tensor
-
-
-def _check_symmetric_tensor(name: str, tensor, groups) -> None:
-    """check_symmetric on the device: one scalar comes back; the data only when the check fails
-    (to name the offending pair with the host check's message)."""
-    import torch
-
-    bad = torch.zeros((), dtype=torch.bool, device=tensor.device)
-    for group in groups:
-        for p, q in itertools.pairwise(group):
-            other = tensor.transpose(p, q)
-            agree = tensor == other
-            if tensor.is_floating_point():
-                agree |= tensor.isnan() & other.isnan()
-            bad |= ~agree.all()
-    if bool(bad):
-        check_symmetric(name, to_numpy(tensor), groups)
-
-
-def _device_dense(name: str, obj, groups, check: bool, perm, dtype):
-    """A dense torch/CuPy operand in the kernel layout: contiguous, `dtype`, on its own device."""
-    tensor = _as_device_tensor(obj)
-    if groups:
-        if check:
-            _check_symmetric_tensor(name, tensor, groups)
-        tensor = mirror_tensor(tensor.clone(), groups)
-    tensor = tensor.to(_torch_dtype(dtype))
-    if perm is not None:
-        tensor = tensor.permute(tuple(perm))
-    return tensor.contiguous().reshape(tuple(tensor.shape) or (1,))
-
-
-def check_tensor_names(names, given, output: str) -> None:
-    """TypeError naming the tensors a call misses or has in excess."""
-    missing = [n for n in names if n not in given]
-    if missing:
-        raise TypeError(f"missing tensor(s) for {output}: {', '.join(missing)}")
-    unknown = [n for n in given if n not in names]
-    if unknown:
-        raise TypeError(f"unexpected tensor(s) {', '.join(unknown)}; the expression uses {', '.join(names)}")
-
-
-def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check: bool = True,
-         device_tensors: bool = False) -> KernelArgs:
-    """Check and convert a call's inputs. `device_tensors` (the Triton backend): dense torch and
-    CuPy operands stay on their device as torch tensors; otherwise every array is numpy."""
-    einsum = program.einsum
-    names = tensors_of(einsum)
-    check_tensor_names(names, inputs, einsum.output.tensor)
-    sizes = _sizes(program, inputs)
-    for tensor, groups in loops.symmetric_inputs:
-        shape = shape_of(inputs[tensor])
-        for group in groups:
-            if len({shape[m] for m in group}) > 1:
-                raise ValueError(f"{tensor} is declared symmetric in modes {group} but has shape {shape}")
-    for chain in loops.sets:
-        if len({sizes[i.name] for i in chain}) > 1:
-            detail = ", ".join(f"{i} = {sizes[i.name]}" for i in chain)
-            raise ValueError(f"indices {', '.join(map(str, chain))} must have equal sizes to be permuted ({detail})")
-    dtype = _result_dtype(inputs)
-    reduce = algebra.operator(loops.reduce)
-    shapes = {n: shape_of(inputs[n]) for n in names}
-    out_shape = tuple(sizes[i.name] for i in einsum.output.indices)
-    shapes[einsum.output.tensor] = out_shape
-
-    driver = None
-    if loops.driver is not None:
-        from .backends.parameters import sparse_loop
-
-        loop = sparse_loop(loops)
-        storage = to_storage(loops.driver, inputs[loops.driver], program.groups_of(loops.driver), check)
-        driver = _driver_arrays(loops, storage, loop.expanded, loop.format, dtype)
-
-    dense = {}
-    declared = dict(loops.symmetric_inputs)
-    for name in loops.dense_inputs:
-        if device_tensors and _stays_on_device(inputs[name]):
-            dense[name] = _device_dense(name, inputs[name], declared.get(name), check, loops.layout_of(name), dtype)
-            continue
-        array = densify(name, inputs[name], algebra.fill_value(reduce))
-        if name in declared:
-            if check:
-                check_symmetric(name, array, declared[name])
-            array = mirror_canonical(array, declared[name])
-        perm = loops.layout_of(name)
-        if perm is not None:
-            array = array.transpose(perm)
-        dense[name] = np.ascontiguousarray(array.reshape(array.shape or (1,)), dtype=dtype)
-
-    perm = loops.layout_of(einsum.output.tensor)
-    kernel_shape = tuple(out_shape[m] for m in perm) if perm else out_shape
-    # Factors in the value dtype: no integer-to-float conversion per update.
-    tables = {t.name: np.array(t.rows, dtype=dtype) for t in loops.tables}
-    device = next((obj.device for obj in inputs.values() if _is_torch(obj)), None)
-    cupy_output = False
-    if device_tensors:
-        cupy = [v for obj in inputs.values() for v in (obj, getattr(obj, "values", None)) if _is_cupy(v)]
-        cupy_output = bool(cupy)
-        if device is None and cupy:
-            device = _cupy_device(cupy[0])
-    return KernelArgs(dense, driver, shapes, sizes, tables, kernel_shape or (1,), dtype, torch_device=device,
-                      cupy_output=cupy_output)
-
-
-def allocate(args: KernelArgs, loops: LoopProgram, chunks: int, device=None) -> None:
-    """The per-chunk accumulation buffers and the chunk boundaries of the outer loop; with a
-    torch `device`, the buffers are a torch tensor there (the Triton backend)."""
-    from .backends.parameters import sparse_loop
-
-    identity = algebra.operator(loops.reduce).identity
-    loop = sparse_loop(loops)
-    if loop is None and not _has_loops(loops):
-        chunks = 1
-    args.chunks = chunks
-    args.bounds = args.driver.chunk_bounds(chunks) if args.driver is not None else np.zeros(chunks + 1, np.int64)
-    if device is None:
-        args.partial = np.full((chunks, *args.out_shape), identity, dtype=args.dtype)
-    else:
-        import torch
-
-        args.partial = torch.full((chunks, *args.out_shape), identity, dtype=_torch_dtype(args.dtype), device=device)
-
-
-@functools.lru_cache(maxsize=256)
-def _has_loops(loops: LoopProgram) -> bool:
-    from .ir.loop import DenseLoop, SparseLoop
-    from .ir.traverse import walk
-
-    return any(isinstance(n, DenseLoop | SparseLoop) for n in walk(loops.body))
+    name = program.einsum.output.tensor
+    shape = args.shapes[name]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out= must be a torch.Tensor for {name}, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out= has shape {tuple(out.shape)} but {name} has shape {tuple(shape)}")
+    if out.dtype != torch_dtype(args.dtype):
+        raise TypeError(f"out= has dtype {out.dtype} but this call computes {name} in {torch_dtype(args.dtype)}")
+    device = args.torch_device if args.torch_device is not None else torch.device("cpu")
+    if out.device != device:
+        raise ValueError(f"out= is on {out.device} but the result of this call is on {device}")
+    if out.requires_grad:
+        raise ValueError("out= must not require grad (write into a tensor outside autograd)")
+    return out
 
 
 def _clear_mirror_half(result: np.ndarray, groups, identity: float) -> None:
@@ -438,6 +133,8 @@ def _finish_tensor(args: KernelArgs, loops: LoopProgram, program: Program, canon
     target = args.torch_device if args.torch_device is not None else torch.device("cpu")
     if result.device != target:
         result = result.to(target)  # host inputs (numpy) on a GPU run: the result comes home
+    if args.destination is not None:
+        result = args.destination.copy_(result)
     if args.cupy_output:
         import cupy
 
@@ -466,6 +163,8 @@ def finish(args: KernelArgs, loops: LoopProgram, program: Program, *, canonical:
         _clear_mirror_half(result, loops.output_groups, reduce.identity)
     # A permuted view is returned as a strided tensor (like torch's own transposes): no copy.
     tensor = torch.from_numpy(result if result.ndim else np.array(result))
+    if args.destination is not None:
+        return args.destination.copy_(tensor)
     if args.torch_device is not None and args.torch_device.type != "cpu":
         tensor = tensor.to(args.torch_device)
     return tensor

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
+from .backends.arguments import KernelArgs
 from .ir.loop import DenseLoop, Guard, LoopProgram, SparseLoop
 from .passes.loop_nest import unnest
-from .runtime import KernelArgs
 
 
 def visited_points(program: LoopProgram, args: KernelArgs) -> int:

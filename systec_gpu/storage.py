@@ -6,8 +6,10 @@ permutations of a group, never over nonzeros. Indices are int64 throughout.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +42,9 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
+    # isinstance, not the type's module name: torch.compile traces isinstance
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _fmt(name: str, coord: Sequence[int]) -> str:
@@ -248,6 +252,54 @@ def _first_true(mask: np.ndarray) -> int | None:
     return int(np.argmax(mask)) if mask.any() else None
 
 
+def check_coordinates(indices: Any, shape: Sequence[int], groups: Groups = (), name: str = "A") -> None:
+    """Raise EntryError naming the operand and its first bad entry unless `indices` ([ndim, nnz]
+    integers, numpy or torch on any device) are in range, canonical within `groups`, and sorted
+    lexicographically without repeats: what every kernel assumes of a sparse operand (CSR
+    pointers, chunk bounds, run detection), so no kernel reads or writes out of bounds.
+    Vectorized with torch ops where the indices live; one scalar comes back unless it fails."""
+    import torch
+
+    idx = torch.as_tensor(indices)
+    ndim, nnz = (idx.shape[0], idx.shape[1]) if idx.dim() == 2 else (None, None)
+    if ndim != len(shape):
+        raise ValueError(f"{name}: indices must have shape [{len(shape)}, nnz], got {tuple(idx.shape)}")
+    if nnz == 0:
+        return
+    if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.is_complex():
+        raise ValueError(f"{name}: indices must be integers, got {idx.dtype}")
+    idx = idx.long()
+    limits = torch.tensor(list(shape), dtype=torch.int64, device=idx.device)[:, None]
+    outside = ((idx < 0) | (idx >= limits)).any(dim=0)
+    later = torch.zeros(nnz - 1, dtype=torch.bool, device=idx.device)  # column k+1 after column k
+    equal = torch.ones(nnz - 1, dtype=torch.bool, device=idx.device)
+    for row in idx.flip(0):  # minor mode first: the major mode decides last
+        a, b = row[:-1], row[1:]
+        later = torch.where(a == b, later, a < b)
+        equal &= a == b
+    unordered = torch.zeros(nnz, dtype=torch.bool, device=idx.device)
+    for group in groups:
+        for p, q in itertools.pairwise(group):
+            unordered |= idx[p] > idx[q]
+    if not bool(outside.any() | unordered.any() | ~later.all()):
+        return
+    host = idx.cpu().numpy()
+    if outside.any():
+        k = int(torch.argmax(outside.to(torch.uint8)))
+        m = int(np.argmax((host[:, k] < 0) | (host[:, k] >= np.array(shape))))
+        raise EntryError(f"{name}: entry {k} {_fmt(name, host[:, k])} has index {int(host[m, k])} in mode {m}, "
+                         f"outside the mode size {shape[m]}", (k,))
+    if unordered.any():
+        k = int(torch.argmax(unordered.to(torch.uint8)))
+        raise EntryError(f"{name}: entry {k} {_fmt(name, host[:, k])} is not canonical for groups {tuple(groups)} "
+                         "(coordinates must be nondecreasing within a group)", (k,))
+    k = int(torch.argmax((~later).to(torch.uint8)))
+    what = "repeats" if bool(equal[k]) else "comes before"
+    raise EntryError(f"{name}: entries must be sorted lexicographically without repeats, but entry {k} "
+                     f"{_fmt(name, host[:, k])} {what} entry {k + 1} {_fmt(name, host[:, k + 1])} "
+                     "(SymmetricTensor.from_coo / SparseTensor.from_coo sort and merge them)", (k, k + 1))
+
+
 def check_dense_symmetry(a: np.ndarray, groups: Groups, name: str = "A", atol: float = 0.0,
                          rtol: float = 0.0) -> None:
     """Raise EntryError naming one pair of entries of dense `a` that breaks the symmetry."""
@@ -263,6 +315,31 @@ def check_dense_symmetry(a: np.ndarray, groups: Groups, name: str = "A", atol: f
                     f"{_val(a[x])} but {_fmt(name, y)} = {_val(a[tuple(y)])}")
 
 
+def _missing_permutation(name: str, groups: Groups, runs: _Runs, run: int) -> EntryError:
+    """The error for the `run`-th canonical entry of a full-storage input, one of whose distinct
+    permutations is not stored (error path only: enumerates that one entry's permutations)."""
+    start = runs.starts[run]
+    stop = runs.starts[run + 1] if run + 1 < len(runs.starts) else runs.n
+    present = {tuple(int(c) for c in runs.orig(k)) for k in range(start, stop)}
+    stored = runs.orig(start)
+    missing = None
+    for _, dest in _group_perms(groups, len(stored)):
+        candidate = [0] * len(stored)
+        for m, d in enumerate(dest):
+            candidate[d] = int(stored[m])
+        if tuple(candidate) not in present:
+            missing = candidate
+            break
+    value = _val(runs.vals[start])
+    return EntryError(
+        f"{name} is declared symmetric in modes {', '.join(map(str, groups))} but stores "
+        f"{_fmt(name, stored)} = {value} without its mirror {_fmt(name, missing)}: a sparse input "
+        "declared symmetric must store every permutation of each entry (pass check=False to read "
+        "only its canonical entries, or build a SymmetricTensor from one triangle with "
+        "SymmetricTensor.from_coo(..., stored='one'))",
+        (int(runs.order[start]),))
+
+
 # ----------------------------------------------------------------------------- SparseTensor
 class SparseTensor:
     """A non-symmetric sparse tensor in sorted, duplicate-free COO."""
@@ -271,8 +348,13 @@ class SparseTensor:
         """Trusted constructor: ``indices`` must be sorted and unique (verified if ``check``)."""
         self.shape = tuple(int(s) for s in shape)
         idx = np.ascontiguousarray(_to_numpy(indices), dtype=np.int64)
+        # The structure is immutable by contract (everything derived from it is cached, see
+        # `_cache`): do not write into `indices`. (Not flagged read-only: torch rejects those.)
         self.indices = idx if idx.ndim == 2 else idx.reshape(len(self.shape), -1)
         self.values = values if _is_torch(values) else np.asarray(values)
+        # Structure-derived caches (pointers, classes, kernel coordinates, device copies): they
+        # depend on indices, shape and groups only, so `with_values` shares this dict. Nothing
+        # derived from the values is ever stored here.
         self._cache: dict[str, Any] = {}
         if check:
             _coo_arrays(self.indices, self.values, self.shape, type(self).__name__)
@@ -314,10 +396,13 @@ class SparseTensor:
         return SparseTensor(idx, vals, shape, check=False)
 
     @classmethod
-    def from_dense(cls, array: Any) -> SparseTensor:
-        """Keep the nonzeros (NaN counts as nonzero) of a numpy or torch array."""
+    def from_dense(cls, array: Any, *, fill: float = 0.0) -> SparseTensor:
+        """Keep the entries of a numpy or torch array that differ from ``fill`` (NaN is kept).
+
+        ``fill`` is the value of the entries a sparse tensor does not store: 0 under ``+=``,
+        +inf under ``min=`` and -inf under ``max=`` (a kernel passes its semiring's)."""
         a = _to_numpy(array)
-        nz = np.nonzero(a)
+        nz = np.nonzero(a != fill)
         return SparseTensor(np.array(nz, dtype=np.int64).reshape(a.ndim, -1), a[nz], a.shape,
                             check=False)
 
@@ -325,6 +410,14 @@ class SparseTensor:
         out = np.zeros(self.shape, dtype=_to_numpy(self.values).dtype)
         out[tuple(self.indices)] = _to_numpy(self.values)
         return out
+
+    def validate(self, name: str = "A") -> None:
+        """check_coordinates on this structure, once (cached): the runtime calls it before a
+        kernel reads a tensor, so a tensor built with ``check=False`` cannot send a kernel out
+        of bounds."""
+        if not self._cache.get("valid"):
+            check_coordinates(self.indices, self.shape, getattr(self, "groups", ()), name)
+            self._cache["valid"] = True
 
     def csr_pointers(self, mode: int = 0) -> np.ndarray:
         """Row pointers (int64, length shape[0] + 1) of the sorted COO over mode 0 (cached)."""
@@ -334,6 +427,16 @@ class SparseTensor:
             counts = np.bincount(self.indices[0], minlength=self.shape[0]) if self.ndim else []
             self._cache["csr"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return self._cache["csr"]
+
+    def with_values(self, values: Any) -> SparseTensor:
+        """Same structure with a new values array (numpy or torch, e.g. requiring grad). The
+        structure and its caches are shared, never copied; values are never cached."""
+        got = tuple(values.shape)
+        if got != (self.nnz,):
+            raise ValueError(f"with_values: expected {self.nnz} values, got shape {got}")
+        out = copy.copy(self)  # same indices, shape, groups and structure cache
+        out.values = values if _is_torch(values) else np.asarray(values)
+        return out
 
     def symmetrize(self, how: str = "sum", groups: Any = "full") -> SymmetricTensor:
         """A symmetric tensor from this one: ``sum`` (A + Aᵀ), ``average``, ``upper``, ``lower``."""
@@ -412,15 +515,31 @@ class SymmetricTensor(SparseTensor):
 
     @classmethod
     def from_coo(cls, indices: Any, values: Any, shape: Sequence[int], groups: Any = "full",
-                 *, check: bool = True, atol: float = 0.0, rtol: float = 0.0,
+                 *, stored: str = "full", check: bool = True, atol: float = 0.0, rtol: float = 0.0,
                  name: str = "A") -> SymmetricTensor:
-        """COO in any order; each entry may be given in one or several of its permutations.
+        """COO in any order, of a tensor declared symmetric within ``groups``.
 
-        Permutations must agree within ``atol``/``rtol`` (if ``check``) and are then kept once;
-        repeated identical coordinates with different values are always an error.
+        ``stored="full"`` (the default: scipy, torch and pydata sparse inputs, general files):
+        every distinct permutation of each entry is stored. With ``check`` an entry whose
+        permutation is missing, or stored with another value (beyond ``atol``/``rtol``), is an
+        EntryError naming both coordinates; without it only the canonical entries are read (the
+        rest is trusted to mirror them), like a dense input with ``check=False``.
+
+        ``stored="one"`` (one triangle: symmetric Matrix Market files, canonical FROSTT files):
+        each entry once, in any one of its arrangements; an entry given in two arrangements is an
+        EntryError (with ``check``).
+
+        Identical coordinates repeated with different values are an error (among the entries
+        read: with ``stored="full"`` and no ``check``, the canonical ones).
         """
+        if stored not in ("full", "one"):
+            raise ValueError(f"{name}: stored must be 'full' or 'one', got {stored!r}")
         idx, vals, shape = _coo_arrays(indices, values, shape, name)
         grp = normalize_groups(groups, shape, name)
+        if stored == "full" and not check:
+            # Trusted: the canonical entries carry everything; the other arrangements are unread.
+            keep = _canonical_mask(idx, grp)
+            return cls.from_canonical(idx[:, keep], vals[keep], shape, grp, name=name)
         r = _Runs(idx, vals, shape, grp)
         if r.n == 0:
             return cls(idx, vals, shape, grp, check=False)
@@ -431,6 +550,7 @@ class SymmetricTensor(SparseTensor):
             raise EntryError(
                 f"{name} has duplicate entries at {_fmt(name, r.orig(k))} with different values "
                 f"{_val(vals[k - 1])} and {_val(vals[k])}", (int(order[k - 1]), int(order[k])))
+        canon = r.canon_starts()
         if check:
             k = _first_true(~_agree(vals, vals[first], atol, rtol))
             if k is not None:
@@ -441,17 +561,37 @@ class SymmetricTensor(SparseTensor):
                     f"{name} is not symmetric in modes {', '.join(map(str, modes))}: "
                     f"{_fmt(name, a)} = {_val(vals[f])} but "
                     f"{_fmt(name, b)} = {_val(vals[k])}", (int(order[f]), int(order[k])))
-        return cls(r.canon_starts(), vals[r.starts], shape, grp, check=False)
+            # arrangements per canonical entry (repeats of one arrangement count once)
+            new_arrangement = np.concatenate([[True], ~r.same_orig]).astype(np.int64)
+            arrangements = np.add.reduceat(new_arrangement, r.starts)
+            if stored == "full":
+                expected = math.prod(math.factorial(len(g)) for g in grp) // _stabilizer(canon, grp)
+                run = _first_true(arrangements != expected)
+                if run is not None:
+                    raise _missing_permutation(name, grp, r, run)
+            else:
+                run = _first_true(arrangements > 1)
+                if run is not None:
+                    a = r.orig(r.starts[run])
+                    later = r.starts[run] + 1 + int(np.argmax(~r.same_orig[r.starts[run]:]))
+                    b = r.orig(later)
+                    raise EntryError(
+                        f"{name} stores one entry in two arrangements, {_fmt(name, a)} and "
+                        f"{_fmt(name, b)}, but was declared to hold each symmetric entry once "
+                        f"(stored='one'); pass stored='full' if every permutation is stored",
+                        (int(order[r.starts[run]]), int(order[later])))
+        return cls(canon, vals[r.starts], shape, grp, check=False)
 
     @classmethod
     def from_dense(cls, t: Any, groups: Any = "full", *, check: bool = True, atol: float = 0.0,
-                   rtol: float = 0.0, name: str = "A") -> SymmetricTensor:
-        """Canonical nonzeros of a dense numpy/torch array, checking its symmetry if ``check``."""
+                   rtol: float = 0.0, fill: float = 0.0, name: str = "A") -> SymmetricTensor:
+        """Canonical entries of a dense numpy/torch array that differ from ``fill`` (see
+        SparseTensor.from_dense), checking its symmetry if ``check``."""
         a = _to_numpy(t)
         grp = normalize_groups(groups, a.shape, name)
         if check:
             check_dense_symmetry(a, grp, name, atol, rtol)
-        nz = np.array(np.nonzero(a), dtype=np.int64).reshape(a.ndim, -1)
+        nz = np.array(np.nonzero(a != fill), dtype=np.int64).reshape(a.ndim, -1)
         nz = nz[:, _canonical_mask(nz, grp)]
         return cls(nz, a[tuple(nz)], a.shape, grp, check=False)
 
@@ -484,25 +624,40 @@ class SymmetricTensor(SparseTensor):
 
     canonical_multiplicity = n_expanded
 
+    def expansion(self) -> tuple[SparseTensor, np.ndarray]:
+        """The structure of the expanded tensor (all distinct permutations of every canonical
+        entry, sorted) and, per expanded entry, the position of its canonical entry: expanded
+        values are ``values[take]``. Cached: it depends on the structure only."""
+        if "expansion" not in self._cache:
+            bits = _equal_bits(self.indices, self.groups)
+            parts_i, parts_t = [], []
+            positions = np.arange(self.nnz, dtype=np.int64)
+            for combo, dest in _group_perms(self.groups, self.ndim):
+                keep = np.ones(self.nnz, dtype=bool)
+                for gbits, s in zip(bits, combo, strict=True):
+                    for t, eq in enumerate(gbits):
+                        if s[t] > s[t + 1]:  # equal values keep their order: each arrangement once
+                            keep &= ~eq
+                new = np.empty((self.ndim, int(keep.sum())), dtype=np.int64)
+                new[dest] = self.indices[:, keep]
+                parts_i.append(new)
+                parts_t.append(positions[keep])
+            idx = np.concatenate(parts_i, axis=1) if parts_i else np.array(self.indices)
+            take = np.concatenate(parts_t) if parts_t else positions
+            order = _lex_argsort(idx, self.shape)
+            structure = SparseTensor(idx[:, order], np.zeros(0), self.shape, check=False)
+            self._cache["expansion"] = (structure, take[order])
+        return self._cache["expansion"]
+
     def expanded(self) -> SparseTensor:
-        """All distinct permutations of every canonical entry, as a sorted SparseTensor."""
-        vals = _to_numpy(self.values)
-        bits = _equal_bits(self.indices, self.groups)
-        parts_i, parts_v = [], []
-        for combo, dest in _group_perms(self.groups, self.ndim):
-            keep = np.ones(self.nnz, dtype=bool)
-            for gbits, s in zip(bits, combo, strict=True):
-                for t, eq in enumerate(gbits):
-                    if s[t] > s[t + 1]:  # equal values must keep their order: each arrangement once
-                        keep &= ~eq
-            new = np.empty((self.ndim, int(keep.sum())), dtype=np.int64)
-            new[dest] = self.indices[:, keep]
-            parts_i.append(new)
-            parts_v.append(vals[keep])
-        idx = np.concatenate(parts_i, axis=1) if parts_i else self.indices
-        v = np.concatenate(parts_v) if parts_v else vals
-        order = _lex_argsort(idx, self.shape)
-        return SparseTensor(idx[:, order], v[order], self.shape, check=False)
+        """All distinct permutations of every canonical entry, as a sorted SparseTensor (its
+        structure and structure caches are shared by every call on this structure)."""
+        structure, take = self.expansion()
+        if _is_torch(self.values):
+            import torch
+
+            return structure.with_values(self.values[torch.from_numpy(take).to(self.values.device)])
+        return structure.with_values(np.asarray(self.values)[take])
 
     def to_dense(self) -> np.ndarray:
         vals = _to_numpy(self.values)
@@ -511,15 +666,6 @@ class SymmetricTensor(SparseTensor):
             new = np.empty_like(self.indices)
             new[dest] = self.indices
             out[tuple(new)] = vals
-        return out
-
-    def with_values(self, values: Any) -> SymmetricTensor:
-        """Same structure with a new values array (numpy or torch, e.g. requiring grad)."""
-        got = tuple(values.shape)
-        if got != (self.nnz,):
-            raise ValueError(f"with_values: expected {self.nnz} values, got shape {got}")
-        out = SymmetricTensor(self.indices, values, self.shape, self.groups, check=False)
-        out._cache = dict(self._cache)  # classes, pointers and counts depend on indices only
         return out
 
     def symmetrize(self, how: str = "sum", groups: Any = "full") -> SymmetricTensor:

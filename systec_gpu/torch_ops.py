@@ -14,14 +14,20 @@ and min=/max= kernels get the subgradient of their arg-min/arg-max (see `sampled
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
-from .autodiff import GRAD_PREFIX, derivative_terms
+from . import algebra
+from .autodiff import derivative_terms, grad_name
+from .backends import registry
+from .inputs import as_torch as _as_torch
+from .inputs import check_tensor_names, to_storage
+from .inputs import is_cupy as _is_cupy
 from .ir.einsum import accesses
-from .runtime import _is_cupy, check_tensor_names
 from .sampled import check_minmax, distinct_permutations, minmax_gradients, product_at
 from .storage import SparseTensor, SymmetricTensor
 
@@ -37,6 +43,29 @@ class _Operand:
     ndim: int
     groups: tuple[tuple[int, ...], ...]
     first: int  # position of its first flat argument
+
+
+# Storage structure per index tensor, so that the coordinates are validated (in range, canonical,
+# sorted: runtime validates each structure once) and indexed once per tensor, not per call. Keyed
+# weakly by the tensor and checked against its version counter, which in-place writes bump.
+_STRUCTURES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _structure_of(o: _Operand, indices: torch.Tensor, shape: list[int]) -> SparseTensor:
+    key = (indices._version, tuple(shape), o.groups)
+    found = _STRUCTURES.get(indices)
+    if found is not None and found[0] == key:
+        structure = found[1]() if isinstance(found[1], weakref.ref) else found[1]
+        if structure is not None:
+            return structure
+    empty = torch.zeros(indices.shape[1] if indices.dim() == 2 else 0, dtype=torch.float64)
+    if o.groups:
+        structure = SymmetricTensor(indices, empty, shape, o.groups, check=False)
+    else:
+        structure = SparseTensor(indices, empty, shape, check=False)
+    structure.validate(o.name)
+    _STRUCTURES[indices] = (key, structure)
+    return structure
 
 
 class KernelOp:
@@ -61,7 +90,7 @@ class KernelOp:
                 args += [f"Tensor {name}_indices", f"Tensor {name}_values", f"SymInt[] {name}_shape"]
             else:
                 args.append(f"Tensor {name}")
-        self.n_args = len(args)
+        self.n_args = len(args)  # tensor arguments; a trailing `check` flag follows them
         self.by_name = {o.name: o for o in self.operands}
         # where each output index gets its size: the first (operand, mode) that carries it
         where: dict[str, tuple[_Operand, int]] = {}
@@ -75,14 +104,13 @@ class KernelOp:
         self.name = kernel.name
         self.qualname = f"{NAMESPACE}::{self.name}"
         if not hasattr(getattr(torch.ops, NAMESPACE), self.name):
-            _LIB.define(f"{self.name}({', '.join(args)}) -> Tensor")
+            _LIB.define(f"{self.name}({', '.join(args)}, bool check=True) -> Tensor")
             torch.library.register_fake(self.qualname, self._fake, lib=_LIB)
             torch.library.impl(self.qualname, "cpu", self._impl_cpu, lib=_LIB)
             torch.library.impl(self.qualname, "cuda", self._impl_cuda, lib=_LIB)
             torch.library.register_autograd(self.qualname, self._backward, setup_context=self._setup_context,
                                             lib=_LIB)
         self.op = getattr(getattr(torch.ops, NAMESPACE), self.name).default
-        self._cuda_kernel = None
         self._terms: dict[str, list] = {}
         self._plans: dict[str, list] = {}
 
@@ -154,37 +182,26 @@ class KernelOp:
                 tensors[o.name] = args[o.first]
                 continue
             idx, vals, shape = args[o.first], args[o.first + 1], [int(s) for s in args[o.first + 2]]
-            # the coordinates are trusted canonical (they come from a SymmetricTensor): no re-check
-            if o.groups:
-                tensors[o.name] = SymmetricTensor(idx, vals, shape, o.groups, check=False)
-            else:
-                tensors[o.name] = SparseTensor(idx, vals, shape, check=False)
+            tensors[o.name] = _structure_of(o, idx, shape).with_values(vals)
         return tensors
 
-    def _run(self, kernel, args) -> torch.Tensor:
+    def _run(self, backend: str, args) -> torch.Tensor:
         dtype, device, out_shape = self._check(args)
-        result = kernel(check=True, **self._tensors(args))
+        check = bool(args[self.n_args]) if len(args) > self.n_args else True
+        result = self.kernel.call_direct(self._tensors(args[:self.n_args]), backend=backend, check=check)
         # The op promises the contiguous layout of its fake implementation; a kernel may return a
         # permuted (strided) view of its concordant output layout.
         return result.reshape(out_shape).to(device=device, dtype=dtype).contiguous()
 
     def _impl_cpu(self, *args):
-        kernel = self.kernel
-        if kernel.backend not in ("numba", "reference"):
-            kernel = self._with_backend("numba")
-        return self._run(kernel, args)
+        # the kernel's own backend where it runs on CPU tensors (triton: under its interpreter, or
+        # the same error as the direct call), numba for "auto"
+        backend = self.kernel.backend
+        return self._run("numba" if backend == registry.AUTO else backend, args)
 
     def _impl_cuda(self, *args):
-        if self._cuda_kernel is None:
-            self._cuda_kernel = self._with_backend("triton")
-        return self._run(self._cuda_kernel, args)
-
-    def _with_backend(self, backend: str):
-        import copy
-
-        kernel = copy.copy(self.kernel)
-        kernel.backend = backend
-        return kernel
+        backend = self.kernel.backend
+        return self._run("triton" if backend == registry.AUTO else backend, args)
 
     # ------------------------------------------------------------------ autograd
     def _setup_context(self, ctx, inputs, output) -> None:
@@ -198,8 +215,9 @@ class KernelOp:
         for i, t in zip(ctx.positions, ctx.saved_tensors, strict=True):
             args[i] = t
         for i, v in ctx.others.items():
-            args[i] = v
-        grads: list[Any] = [None] * self.n_args
+            if i < self.n_args:
+                args[i] = v
+        grads: list[Any] = [None] * (self.n_args + 1)  # the check flag has none
         wanted = [o for o in self.operands if ctx.needs_input_grad[o.first + 1 if o.sparse else o.first]]
         if self.kernel.program.einsum.reduce != "+=":
             found = self.minmax_gradients(grad, args, [o.name for o in wanted])
@@ -213,14 +231,14 @@ class KernelOp:
     def terms(self, target: str) -> list:
         """(weight, derivative KernelOp) pairs whose weighted sum is the dense gradient of `target`."""
         if target not in self._terms:
-            self._terms[target] = [(term.weight, _derivative_op(term, self.kernel.backend))
+            self._terms[target] = [(term.weight, _derivative_op(self.kernel, term))
                                    for term in derivative_terms(self.kernel.program, target)]
         return self._terms[target]
 
     def _sampleable(self, term) -> bool:
         """Whether the term can be evaluated at points by gathers: all its factors are dense tensors."""
-        grad_name = GRAD_PREFIX + self.kernel.program.einsum.output.tensor
-        return all(t == grad_name or not self.by_name[t].sparse for t, _ in term.factors)
+        name = grad_name(self.kernel.program)
+        return all(t == name or not self.by_name[t].sparse for t, _ in term.factors)
 
     def plan(self, target: str) -> list:
         """(weight, term, derivative KernelOp or None) for `target`: None where the term is evaluated
@@ -247,14 +265,14 @@ class KernelOp:
         if o.groups and not o.sparse:
             raise NotImplementedError(f"autograd w.r.t. the dense symmetric operand {target} is not implemented; "
                                       "pass it as a SymmetricTensor to differentiate its values")
-        grad_name = GRAD_PREFIX + self.kernel.program.einsum.output.tensor
+        gname = grad_name(self.kernel.program)
         dense = None
         for weight, _, deriv in self.plan(target):
             if deriv is None:
                 continue
             inputs: dict[str, Any] = {}
             for d in deriv.operands:
-                if d.name == grad_name:
+                if d.name == gname:
                     inputs[d.name] = grad
                     continue
                 src = self.by_name[d.name]
@@ -266,7 +284,7 @@ class KernelOp:
             return dense
         sampled = [(w, term) for w, term, deriv in self.plan(target) if deriv is None]
         tensors = {p.name: args[p.first] for p in self.operands if not p.sparse}
-        tensors[grad_name] = grad
+        tensors[gname] = grad
         indices = args[o.first]
         total = None
         for coords, keep in distinct_permutations(indices, o.groups):
@@ -311,11 +329,8 @@ class KernelOp:
         return apply(self.kernel, **tensors)
 
 
-def _derivative_op(term, backend: str) -> KernelOp:
-    from .api import compile as compile_kernel
-
-    deriv = compile_kernel(term.expression, symmetric=term.symmetric or None, formats=term.formats or None,
-                           backend=backend)
+def _derivative_op(kernel, term) -> KernelOp:
+    deriv = kernel.related(term.expression, symmetric=term.symmetric or None, formats=term.formats or None)
     # only first derivatives are registered eagerly: each order is a new kernel
     return kernel_op(deriv, derivatives=False)
 
@@ -341,60 +356,99 @@ def kernel_op(kernel, *, derivatives: bool = True) -> KernelOp:
                     # cache key does not cover this module's Python backward)
                     found.terms(o.name)
                     found.plan(o.name)
-    elif found.kernel.program != kernel.program:
+    elif found.kernel is not kernel and (found.kernel.program != kernel.program
+                                         or found.kernel.backend != kernel.backend):
         raise ValueError(f"kernel name {kernel.name!r} is already registered for a different expression "
-                         f"({found.kernel.expression!r})")
+                         f"or backend ({found.kernel.expression!r}, backend {found.kernel.backend!r})")
+    kernel._kernel_op = found  # traced calls find it without comparing programs
     return found
 
 
-def _as_torch(obj) -> torch.Tensor:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if _is_cupy(obj):
-        # DLPack shares the device buffer: no copy
-        return torch.from_dlpack(obj)
-    import numpy as np
-
-    return torch.from_numpy(np.ascontiguousarray(obj))
+def _op_of(kernel) -> KernelOp:
+    found = getattr(kernel, "_kernel_op", None)
+    return found if found is not None else kernel_op(kernel)
 
 
-def apply(kernel, **tensors: Any):
-    """Run `kernel` through its custom op (differentiable, torch.compile-able).
+def _torch_indices(o: _Operand, storage: SparseTensor) -> torch.Tensor:
+    """The coordinates of `storage` as one torch tensor per structure (cached on it), registered
+    so that the op's implementation reuses `storage` and its structure caches."""
+    idx = storage._cache.get("torch_indices")
+    if idx is None:
+        idx = storage._cache["torch_indices"] = torch.as_tensor(storage.indices)
+    # weakly: the storage's cache holds `idx`, the key; a strong value would keep both alive
+    _STRUCTURES[idx] = ((idx._version, tuple(storage.shape), o.groups), weakref.ref(storage))
+    return idx
 
-    Dense operands: torch tensors, numpy or CuPy arrays. Sparse operands: SymmetricTensor /
-    SparseTensor (torch values requiring grad get gradients), or a dense tensor, whose canonical
-    nonzeros are gathered differentiably. CuPy in -> CuPy out (DLPack, no copies).
-    """
-    op = kernel_op(kernel)
-    names = [o.name for o in op.operands]
-    check_tensor_names(names, tensors, kernel.program.einsum.output.tensor)
-    cupy_out = any(_is_cupy(t) or (isinstance(t, SparseTensor) and _is_cupy(t.values)) for t in tensors.values())
-    inputs: dict[str, Any] = {}
+
+def flatten(kernel, tensors: dict[str, Any], *, check: bool = True) -> list:
+    """The op's arguments for a call's tensors by name (see `apply`)."""
+    op = _op_of(kernel)
+    if torch.compiler.is_compiling():
+        # Traced by Dynamo: storage objects cross as their tensors; checks run in the op itself.
+        flat: list[Any] = []
+        for o in op.operands:
+            obj = tensors[o.name]
+            if o.sparse:
+                flat += [torch.as_tensor(obj.indices), obj.values, list(obj.shape)]
+            else:
+                flat.append(obj)
+        return [*flat, check]
+    check_tensor_names([o.name for o in op.operands], tensors, kernel.program.einsum.output.tensor)
+    fill = algebra.fill_value(algebra.reduction_for(kernel.program.einsum.reduce)[0])
+    flat = []
     for o in op.operands:
         obj = tensors[o.name]
         if not o.sparse:
             if isinstance(obj, SparseTensor):
                 obj = torch.from_numpy(obj.to_dense())
-            inputs[o.name] = _as_torch(obj)
-            continue
-        inputs[o.name] = _sparse_triple(o, obj)
-    result = op.call_flat(inputs)
-    if cupy_out:
+            flat.append(_as_torch(obj))
+        elif isinstance(obj, torch.Tensor) and obj.layout == torch.strided:
+            # canonical coordinates from the data, values gathered with torch so gradients reach `obj`
+            storage = to_storage(o.name, obj.detach(), o.groups, check=check, fill=fill)
+            idx = _torch_indices(o, storage).to(obj.device)
+            flat += [idx, obj[tuple(idx)], list(storage.shape)]
+        else:
+            storage = to_storage(o.name, obj, o.groups, check=check, fill=fill)
+            values = _as_torch(storage.values)
+            flat += [_torch_indices(o, storage).to(values.device), values, list(storage.shape)]
+    return [*flat, check]
+
+
+def apply(kernel, tensors: dict[str, Any], *, check: bool = True, out=None):
+    """Run `kernel` through its custom op (differentiable, torch.compile-able).
+
+    Dense operands: torch tensors, numpy or CuPy arrays. Sparse operands: SymmetricTensor /
+    SparseTensor (torch values requiring grad get gradients), foreign sparse inputs, or a dense
+    tensor, whose canonical nonzeros are gathered differentiably. CuPy in -> CuPy out (DLPack).
+    `out`: written with the result (outside autograd) and returned.
+    """
+    op = _op_of(kernel)
+    result = op.op(*flatten(kernel, tensors, check=check))
+    if op.kernel is not kernel and not torch.compiler.is_compiling():
+        # the op ran the kernel registered first under this name
+        kernel._last, kernel._last_loops, kernel._stats = op.kernel._last, op.kernel._last_loops, None
+    if out is not None:
+        with torch.no_grad():
+            return out.copy_(result)
+    if not torch.compiler.is_compiling() and any(
+        _is_cupy(t) or (isinstance(t, SparseTensor) and _is_cupy(t.values)) for t in tensors.values()
+    ):
         import cupy
 
         return cupy.from_dlpack(result)
     return result
 
 
-def _sparse_triple(o: _Operand, obj) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    from .runtime import to_storage
-
-    if isinstance(obj, torch.Tensor) and obj.layout == torch.strided:
-        # canonical coordinates from the data, values gathered with torch so gradients reach `obj`
-        storage = to_storage(o.name, obj, o.groups, check=True)
-        idx = torch.from_numpy(storage.indices).to(obj.device)
-        return idx, obj[tuple(idx)], list(storage.shape)
-    storage = to_storage(o.name, obj, o.groups, check=True)
-    values = _as_torch(storage.values)
-    idx = torch.from_numpy(storage.indices).to(values.device)
-    return idx, values, list(storage.shape)
+def needs_op(tensors: dict[str, Any]) -> bool:
+    """Whether a call must go through the custom op: under torch.compile or a torch.func
+    transform, or when autograd records it (grad mode, an input requiring grad). Otherwise the
+    direct launch gives the same result without the dispatcher's cost."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors.values():
+        value = t.values if isinstance(t, SparseTensor) else t
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            return True
+    return False

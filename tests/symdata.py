@@ -8,7 +8,7 @@ import numpy as np
 
 from systec_gpu import algebra
 from systec_gpu.dense_symmetry import mirror_canonical
-from systec_gpu.storage import SymmetricTensor
+from systec_gpu.storage import SparseTensor, SymmetricTensor
 
 
 def class_points(order: int, size: int, rng: np.random.Generator, per_class: int = 2) -> np.ndarray:
@@ -42,9 +42,9 @@ def random_symmetric_dense(shape, groups, rng: np.random.Generator, density: flo
 def dense_for_oracle(value, reduce_symbol: str) -> np.ndarray:
     """Dense array of an input; entries a sparse input does not store hold the reduction identity."""
     reduce, _ = algebra.reduction_for(reduce_symbol)
-    if isinstance(value, SymmetricTensor):
+    if isinstance(value, SparseTensor):
         dense = np.full(value.shape, algebra.fill_value(reduce))
-        expanded = value.expanded()
-        dense[tuple(expanded.indices)] = np.asarray(expanded.values)
+        stored = value.expanded() if isinstance(value, SymmetricTensor) else value
+        dense[tuple(np.asarray(stored.indices))] = np.asarray(stored.values)
         return dense
     return np.asarray(value, dtype=np.float64)

@@ -57,7 +57,7 @@ def test_symmetric_derivative_keeps_symmetry_and_merges_occurrences():
 def test_ssyrk_gradient_sums_both_occurrences():
     k = compile_catalog("ssyrk")
     a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    c = torch_ops.apply(k, A=a)
+    c = k(A=a)
     w = torch.randn(4, 4, dtype=torch.float64)
     (c * w).sum().backward()
     torch.testing.assert_close(a.grad, (w + w.T) @ a.detach())
@@ -68,7 +68,7 @@ def test_values_gradient_of_3d_symmetric_tensor_sums_distinct_permutations():
     a = sym_sparse(3, 3)
     vals = torch.from_numpy(a.values).clone().requires_grad_()
     b = torch.randn(3, 2, dtype=torch.float64)
-    out = torch_ops.apply(k, A=a.with_values(vals), B=b)
+    out = k(A=a.with_values(vals), B=b)
     w = torch.randn(3, 2, dtype=torch.float64)
     (out * w).sum().backward()
     # reference: the same loss through the dense expansion, differentiated by torch
@@ -118,7 +118,7 @@ def test_values_gradient_is_sampled_at_stored_coordinates_only():
     b = torch.randn(n, rank, dtype=torch.float64, generator=g)
     w = torch.randn(n, rank, dtype=torch.float64, generator=g)
     v = torch.from_numpy(a.values).clone().requires_grad_()
-    out = torch_ops.apply(k, A=a.with_values(v), B=b)
+    out = k(A=a.with_values(v), B=b)
     largest = _LargestTensor()
     with largest:
         (out * w).sum().backward()
@@ -203,7 +203,7 @@ def test_minmax_gradient_matches_dense_reference(reduce):
     x = torch.randn(n, dtype=torch.float64, requires_grad=True)
     w = torch.randn(n, dtype=torch.float64)
     v = torch.from_numpy(a.values).clone().requires_grad_()
-    y = torch_ops.apply(k, A=a.with_values(v), x=x)
+    y = k(A=a.with_values(v), x=x)
     (y * w).sum().backward()
     ref_y, ref_v, ref_x = _minmax_reference(a, x, reduce == "min=", w)
     torch.testing.assert_close(y.detach(), ref_y)
@@ -227,7 +227,7 @@ def test_bellman_ties_go_to_the_first_canonical_point_and_empty_rows_get_nothing
     a = sg.SymmetricTensor(np.array([[0, 0], [1, 2]]), np.array([1.0, 1.0]), (4, 4), "full")
     v = torch.from_numpy(a.values).clone().requires_grad_()
     x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
-    y = torch_ops.apply(k, A=a.with_values(v), x=x)
+    y = k(A=a.with_values(v), x=x)
     torch.testing.assert_close(y.detach(), torch.tensor([1.0, 1.0, 1.0, float("inf")], dtype=torch.float64))
     y[:3].sum().backward()
     # y[0] -> entry (0,1) (first in canonical order) and x[1]; y[1] -> (0,1), x[0]; y[2] -> (0,2), x[0]
@@ -245,7 +245,7 @@ def test_unsupported_minmax_backward_names_what(expression, message):
     v = torch.from_numpy(a.values).clone().requires_grad_()
     dense = {o.name: torch.randn((N,) * o.ndim, dtype=torch.float64)
              for o in torch_ops.kernel_op(k).operands if not o.sparse}
-    y = torch_ops.apply(k, A=a.with_values(v), **dense)
+    y = k(A=a.with_values(v), **dense)
     with pytest.raises(NotImplementedError, match=message):
         y[torch.isfinite(y)].sum().backward()
 

@@ -15,7 +15,7 @@ pytest.importorskip("sparse")
 
 from systec_gpu.cli_bench import bench_main, find_harness  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .shared_data import require_data  # noqa: E402
 
 
 def test_harness_is_found() -> None:
@@ -35,10 +35,10 @@ def test_missing_data_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     assert "no-data" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
 def test_quick_bench_writes_sane_results(tmp_path: Path) -> None:
+    data = require_data()
     rc = bench_main(["--quick", "--kernels", "ssymv,mttkrp3", "--budget", "0.05", "--device", "cpu",
-                     "--out", str(tmp_path), "--data", str(DATA)])
+                     "--out", str(tmp_path), "--data", str(data)])
     assert rc == 0
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert folder.name.startswith("cpu-")

@@ -22,7 +22,7 @@ def test_cupy_in_cupy_out_without_copies():
     k = compile_catalog("ssymv")
     a = sym_sparse(2, 8, dtype=torch.float32)
     x = cupy.random.standard_normal(8, dtype=cupy.float32)
-    y = torch_ops.apply(k, A=a.with_values(cupy.asarray(a.values)), x=x)
+    y = k(A=a.with_values(cupy.asarray(a.values)), x=x)
     assert isinstance(y, cupy.ndarray) and y.dtype == cupy.float32
     # the input crosses by DLPack: torch sees the same device buffer
     assert torch.from_dlpack(x).data_ptr() == x.data.ptr

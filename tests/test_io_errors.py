@@ -56,6 +56,44 @@ def test_mtx_malformed(tmp_path, suffix, body, line, pattern):
     raises_at(write(tmp_path, "m" + suffix, text), line, pattern)
 
 
+@pytest.mark.parametrize("sym", ["symmetric", "skew-symmetric", "hermitian"])
+def test_mtx_symmetric_header_on_a_non_square_matrix_names_the_file(tmp_path, sym):
+    field = "complex" if sym == "hermitian" else "real"
+    value = "1.0 0.0" if sym == "hermitian" else "1.0"
+    p = write(tmp_path, "n.mtx", MM.format(field=field, sym=sym) + f"3 4 1\n1 1 {value}\n")
+    raises_at(p, 3, rf"the header says {sym}, but the size line gives a 3 x 4 matrix, which is not square")
+
+
+def _truncated_gzip(tmp_path, name: str, text: str, keep: float):
+    data = gzip.compress(text.encode())
+    p = tmp_path / name
+    p.write_bytes(data[: int(len(data) * keep)])
+    return p
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9])  # inside the header, inside the entries
+def test_truncated_gzip_names_the_file(tmp_path, keep):
+    rng = np.random.default_rng(0)
+    rows = rng.integers(1, 50, (2000, 3))
+    mtx = MM.format(field="real", sym="general") + "50 50 2000\n"
+    mtx += "".join(f"{a} {b} {c / 7!r}\n" for a, b, c in rows)
+    tns = "".join(f"{a} {b} {c} {a / 3!r}\n" for a, b, c in rows)
+    for name, text in (("t.mtx.gz", mtx), ("t.tns.gz", tns)):
+        p = _truncated_gzip(tmp_path, name, text, keep)
+        raises_at(p, None, "truncated or corrupt gzip data")
+
+
+def test_corrupt_gzip_names_the_file(tmp_path):
+    data = bytearray(gzip.compress(("1 1 1 1.0\n" * 5000).encode()))
+    data[len(data) // 2] ^= 0xFF
+    p = tmp_path / "c.tns.gz"
+    p.write_bytes(bytes(data))
+    raises_at(p, None, "truncated or corrupt gzip data")
+    p = tmp_path / "plain.tns.gz"
+    p.write_bytes(b"1 1 1 1.0\n")  # not gzip at all
+    raises_at(p, None, "truncated or corrupt gzip data: Not a gzipped file")
+
+
 def test_mtx_integer_field_rejects_fractions(tmp_path):
     p = write(tmp_path, "i.mtx", MM.format(field="integer", sym="general") + "2 2 2\n1 1 7\n"
               "2 2 7.5\n")
@@ -132,12 +170,18 @@ def test_mtx_save_rejects_tensors(tmp_path):
     [
         ("1 1 1 1.0\n2 2 2.0\n", 2, r"expected 4 fields \(3 coordinates and a value\) as on line "
                                     r"1, found 3"),
+        # one field fewer on line 1, but its value is not an integer: an entry, not dimensions
+        ("1 1 1.0\n1 2 3 4.0\n", 2, r"expected 3 fields \(2 coordinates and a value\) as on line "
+                                  r"1, found 4"),
+        ("1 1 1\n1 2 3 4\n", 2, r"index past the dimensions \(1, 1, 1\) declared in the header \(line 1\)"),
+        ("3\n2 2 2\n1 3 1 1.0\n", 3, r"index past the dimensions \(2, 2, 2\) declared in the header \(lines 1-2\)"),
         ("1 1 1 1.0\n\n2 2 2 x\n", 3, "value field 'x' is not a number"),
         ("1 1 1 1.0\n2 2 2 1.5.5\n", 2, "value field '1.5.5' is not a number"),
         ("1 1 1 1\n2 2 2.5 1\n", 2, "coordinate field '2.5' is not an integer"),
         ("1 1 1 1.0\n2 0 2 2.0\n", 2, "1-based: found an index below 1"),
         ("1 1 1 1.0\n2 -1 2 2.0\n", 2, "1-based"),
-        ("2 2 2\n1 1 1 1.0\n2 3 2 2.0\n", 3, r"index past the declared dimensions \(2, 2, 2\)"),
+        ("2 2 2\n1 1 1 1.0\n2 3 2 2.0\n", 3,
+         r"index past the dimensions \(2, 2, 2\) declared in the header \(line 1\)"),
         ("1 1 1 99999999999999999999\n", 1, "outside the int64 range"),
         ("", None, "no entries and no dimensions line"),
         ("5\n", 1, "at least one coordinate and a value"),
@@ -174,9 +218,12 @@ def test_tns_symmetry_detection_and_declaration(tmp_path, caplog):
     with caplog.at_level("INFO", logger="systec_gpu.io"):
         t = sio.load(write(tmp_path, "m.tns", missing))
     assert type(t) is SparseTensor and "has 5 of its 6 permutations" in caplog.text
-    one = "1 2 3 4\n2 2 2 5\n"  # one permutation per entry: fine when declared
-    s = sio.load(write(tmp_path, "o.tns", one), symmetric=True)
+    one = "1 2 3 4\n2 2 2 5\n"  # one permutation per entry: says so, or it is an error
+    s = sio.load(write(tmp_path, "o.tns", one), symmetric=True, stored="one")
     assert isinstance(s, SymmetricTensor) and s.n_expanded == 7
+    raises_at(write(tmp_path, "o.tns", one), 1, r"stores A\[0, 1, 2\] = 4 without its mirror "
+              r"A\[0, 2, 1\]", symmetric=True)
+    assert sio.load(write(tmp_path, "o.tns", one), symmetric=True, check=False).nnz == 2
     bad = full.replace("3 2 1 4", "3 2 1 6")
     raises_at(write(tmp_path, "x.tns", bad), 1, r"A is not symmetric in modes \(0, 1, 2\): "
               r"A\[0, 1, 2\] = 4 but A\[2, 1, 0\] = 6 \(0-based indices; file lines 1 and 6\)",

@@ -89,7 +89,7 @@ def test_int_values_stay_integers(tmp_path):
 
 def test_large_coordinates_roundtrip(tmp_path):
     n = 3_000_000_000
-    t = SymmetricTensor.from_coo([[n - 1, 1], [0, n - 2]], [1.5, 2.5], (n, n))
+    t = SymmetricTensor.from_coo([[n - 1, 1], [0, n - 2]], [1.5, 2.5], (n, n), stored="one")
     for suffix in (".mtx", ".tns", ".npz"):
         sio.save(tmp_path / f"b{suffix}", t)
         back = sio.load(tmp_path / f"b{suffix}", symmetric=True)

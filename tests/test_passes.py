@@ -1,15 +1,18 @@
 """Unit tests of each symmetry pass, on the symmetrized IR (no tensor data needed)."""
 
+import itertools
 import math
+import time
 from collections import Counter
 
 import pytest
 
-from systec_gpu.ir.einsum import Access, Call, Index
+from systec_gpu.ir.einsum import Access, Call, Index, substitute
 from systec_gpu.ir.loop import DenseLoop, Guard, SparseLoop
-from systec_gpu.ir.symmetrized import Symmetrized
+from systec_gpu.ir.symmetrized import Symmetrized, SymmetryLimitError
+from systec_gpu.ir.symmetrized import Update as SymUpdate
 from systec_gpu.passes.canonical_triangle import restrict_to_canonical_triangle
-from systec_gpu.passes.class_updates import distinct_permutations, enumerate_class_updates
+from systec_gpu.passes.class_updates import distinct_permutations, enumerate_class_updates, index_order
 from systec_gpu.passes.concordize import concordize
 from systec_gpu.passes.consolidate import consolidate
 from systec_gpu.passes.diagonal_classes import enumerate_diagonal_classes
@@ -191,3 +194,106 @@ def test_concordize_makes_innermost_loop_contiguous():
     loops = concordize(read_once(lower_to_loops(symmetrize(front("C[i,j,l] += A[k,j,l]*B[k,i]", {"A": "full"})))))
     assert loops.layout_of("C") == (1, 2, 0)
     assert loops.layout_of("B") is None  # B[k,i] is already contiguous along i
+
+
+# ---------------------------------------------------------------------------------------------
+# Class updates are counted, not enumerated: same result as enumerating every permutation, and
+# high orders compile in seconds or are refused with the limit.
+
+
+def _enumerated_class_updates(sym, diagonal):
+    """The definition, by brute force: every permutation, the first of each distinct image."""
+    order = index_order(sym)
+    per_set = []
+    for n, s in enumerate(sym.sets):
+        firsts = {}
+        for perm in itertools.permutations(range(len(s.indices))):
+            firsts.setdefault(tuple(diagonal.ranks(n)[p] for p in perm), perm)
+        per_set.append([dict(zip(s.indices, (s.indices[p] for p in perm), strict=True)) for perm in firsts.values()])
+    counts = Counter()
+    for choice in itertools.product(*per_set):
+        mapping = {a: b for part in choice for a, b in part.items()}
+        einsum = sym.program.einsum
+        counts[SymUpdate(substitute(einsum.output, mapping),
+                         normalize(substitute(einsum.rhs, mapping), sym.program, order))] += 1
+    return tuple(counts.items())
+
+
+COUNTED = [
+    ("C[i,j] += A[i,k,l,m,n]*B[l,j]*B[k,j]*B[m,j]*B[n,j]", {"A": "full"}),
+    ("y[] += x[i]*A[i,j]*x[j]", {"A": "full"}),
+    ("C[i,j] += A[i,k]*A[j,k]", None),
+    ("y[i] min= A[i,j] + x[j]", {"A": "full"}),
+    ("y[i] += A[i,j,k]*x[j]*z[k]", {"A": "full"}),
+    ("y[] += A[i,j,k,l]*x[i]*w[j]*z[k]*v[l]", {"A": "full"}),
+    ("C[i,l] += A[i,j,k,l]*x[j]*z[k]", {"A": [(0, 1), (2, 3)]}),
+    ("y[] += A[i,j]*A[j,k]*A[k,l]*A[l,i]", {"A": "full"}),
+    ("C[i,j,k] += A[i,j,k,l]*x[l]", {"A": "full", "C": "full"}),
+    ("C[i,j] += A[i,j,k,l]*B[k,l]", {"A": [(0, 1), (2, 3)]}),
+    ("y[j] += A[i,i,j,j,k]*x[k]", {"A": "full"}),
+]
+
+
+@pytest.mark.parametrize("text,symmetric", COUNTED, ids=[t for t, _ in COUNTED])
+def test_counted_class_updates_equal_enumerated_ones(text, symmetric):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sym = symmetrize(front(text, symmetric))
+    assert sym.sets
+    for cu in enumerate_class_updates(sym).class_updates:  # before output symmetry drops any
+        assert cu.updates == _enumerated_class_updates(sym, cu.diagonal)  # order included
+
+
+def test_distinct_permutations_are_the_multiset_permutations_in_order():
+    ranks = (0, 0, 1, 2, 2)
+    firsts = {}
+    for perm in itertools.permutations(range(5)):
+        firsts.setdefault(tuple(ranks[p] for p in perm), perm)
+    assert distinct_permutations(ranks) == list(firsts.values())
+    assert len(distinct_permutations((0,) * 4 + (1,) * 4 + (2,) * 4)) == math.factorial(12) // math.factorial(4) ** 3
+
+
+def _mttkrp(order: int) -> str:
+    modes = "klmnopqrstuv"[: order - 1]
+    return f"C[i,j] += A[i,{','.join(modes)}]*" + "*".join(f"B[{m},j]" for m in modes)
+
+
+def test_eight_mode_mttkrp_compiles_in_seconds():
+    # It took 72 s when every permutation of every class was normalized. The bound is generous
+    # (a shared CI machine): this is a complexity check, not a benchmark.
+    start = time.perf_counter()
+    sym = symmetrize(front(_mttkrp(8), {"A": "full"}))
+    assert time.perf_counter() - start < 30
+    assert len(sym.classes) == 2**7 and len(sym.updates) == 8
+    assert sym.table[0] == (math.factorial(7),) * 8
+    for diagonal, row in zip(sym.classes, sym.table, strict=True):
+        counts = Counter(diagonal.ranks(0))
+        assert sum(row) == math.factorial(8) // math.prod(math.factorial(c) for c in counts.values())
+
+
+def test_too_many_diagonal_classes_are_refused_early_with_the_limit():
+    start = time.perf_counter()
+    with pytest.raises(SymmetryLimitError, match=r"\(of order 13\) have 4096 diagonal classes, more than the limit"):
+        symmetrize(front(_mttkrp(13), {"A": "full"}))
+    assert time.perf_counter() - start < 30
+    symmetrize(front(_mttkrp(13), {"A": "full"}), exploit=False)  # the baseline still compiles
+
+
+def test_too_many_distinct_updates_are_refused_with_the_limit():
+    # Every permutation of (i..o) changes the statement: 7! = 5040 distinct updates per point.
+    text = "y[] += A[i,j,k,l,m,n,o]*a[i]*b[j]*c[k]*d[l]*e[m]*f[n]*g[o]"
+    with pytest.raises(SymmetryLimitError, match=r"more than 720 distinct updates per canonical point"):
+        symmetrize(front(text, {"A": "full"}))
+
+
+def test_too_large_a_factor_table_is_refused_early_with_the_limit():
+    # 10 permutable indices (512 classes) and 3 of them distinguished: 720 distinct updates.
+    modes = "klmnopqrs"
+    text = f"C[i,j] += A[i,{','.join(modes)}]*v[k]*w[l]*" + "*".join(f"B[{m},j]" for m in modes[2:])
+    start = time.perf_counter()
+    with pytest.raises(SymmetryLimitError, match=r"more than 128 distinct updates per canonical point, which with "
+                                                 r"its 512 diagonal classes makes a factor table beyond the limit"):
+        symmetrize(front(text, {"A": "full"}))
+    assert time.perf_counter() - start < 30

@@ -10,7 +10,13 @@ from hypothesis import strategies as st  # noqa: E402
 from .test_properties import expressions, run_case  # noqa: E402
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(expressions(), st.integers(0, 2**16))
 def test_random_expressions_triton(case, seed):
     run_case(*case, backend="triton", seed=seed)
+
+
+def test_six_mode_mttkrp_triton():
+    from .test_properties import six_mode_mttkrp_case
+
+    six_mode_mttkrp_case("triton")

@@ -87,7 +87,7 @@ def test_huge_coordinates():
     assert s.indices.tolist() == [[0], [n - 1]] and s.n_expanded == 2
     e = s.expanded()
     assert e.indices.tolist() == [[0, n - 1], [n - 1, 0]]
-    s3 = SymmetricTensor.from_coo([[n - 1], [1], [n - 2]], [1.0], (n, n, n))  # key overflows int64
+    s3 = SymmetricTensor.from_coo([[n - 1], [1], [n - 2]], [1.0], (n, n, n), stored="one")  # key overflows int64
     assert s3.indices[:, 0].tolist() == [1, n - 2, n - 1] and s3.n_expanded == 6
 
 
@@ -164,19 +164,29 @@ def test_nan_agrees_with_nan():
 
 
 def test_from_coo_triangles_and_duplicates():
-    # both triangles agreeing: kept once, not summed; one triangle only: fine
+    # both triangles agreeing: kept once, not summed
     s = SymmetricTensor.from_coo([[1, 0, 2], [0, 1, 2]], [5.0, 5.0, 7.0], (3, 3))
     assert s.indices.tolist() == [[0, 2], [1, 2]] and s.values.tolist() == [5.0, 7.0]
-    lower = SymmetricTensor.from_coo([[2, 1], [0, 1]], [3.0, 4.0], (3, 3))
+    # one triangle: an error naming the entry and its missing mirror, unless declared stored="one"
+    with pytest.raises(EntryError, match=r"stores A\[2, 0\] = 3.0 without its mirror A\[0, 2\]") as e:
+        SymmetricTensor.from_coo([[2, 1], [0, 1]], [3.0, 4.0], (3, 3))
+    assert e.value.positions == (0,)
+    lower = SymmetricTensor.from_coo([[2, 1], [0, 1]], [3.0, 4.0], (3, 3), stored="one")
     assert lower.indices.tolist() == [[0, 1], [2, 1]]
+    with pytest.raises(EntryError, match=r"one entry in two arrangements, A\[0, 1\] and A\[1, 0\]"):
+        SymmetricTensor.from_coo([[1, 0], [0, 1]], [5.0, 5.0], (3, 3), stored="one")
     with pytest.raises(EntryError, match=r"A\[0, 1\] = 5.0 but A\[1, 0\] = 6.0") as e:
         SymmetricTensor.from_coo([[1, 0], [0, 1]], [6.0, 5.0], (3, 3))
     assert sorted(e.value.positions) == [0, 1]
-    # check=False: the canonical arrangement wins
+    # check=False: the canonical entries are read, the other arrangements are not
     assert SymmetricTensor.from_coo([[1, 0], [0, 1]], [6.0, 5.0], (3, 3), check=False).values == 5
+    assert SymmetricTensor.from_coo([[2, 1], [0, 1]], [3.0, 4.0], (3, 3), check=False).indices.tolist() == [
+        [1], [1]]
     with pytest.raises(EntryError, match=r"duplicate entries at A\[1, 0\] .* 6.0 and 7.0"):
-        SymmetricTensor.from_coo([[1, 1], [0, 0]], [6.0, 7.0], (3, 3), check=False)
-    same = SymmetricTensor.from_coo([[1, 1], [0, 0]], [6.0, 6.0], (3, 3))
+        SymmetricTensor.from_coo([[1, 1], [0, 0]], [6.0, 7.0], (3, 3))
+    with pytest.raises(EntryError, match=r"duplicate entries at A\[0, 1\] .* 6.0 and 7.0"):
+        SymmetricTensor.from_coo([[0, 0], [1, 1]], [6.0, 7.0], (3, 3), check=False)
+    same = SymmetricTensor.from_coo([[1, 1, 0], [0, 0, 1]], [6.0, 6.0, 6.0], (3, 3))
     assert same.nnz == 1 and same.values.tolist() == [6.0]
 
 

@@ -220,7 +220,7 @@ def test_segmented_coo_driver_with_uint32_coordinates():
     inputs = inputs_for("mttkrp3", "classes", rng)
     args = bind(kernel.loops, kernel.program, inputs)
     assert args.driver.pointers is None
-    args.driver.coords = tuple(c.astype(np.uint32) for c in args.driver.coords)
+    args.driver.structure.coords = tuple(c.astype(np.uint32) for c in args.driver.coords)
     run_triton(kernel.loops, args, SparseTileSchedule(nnz_per_tile=4, dense_block=2))
     result = finish(args, kernel.loops, kernel.program).numpy()
     np.testing.assert_allclose(result, oracle(kernel, inputs), rtol=1e-10, atol=1e-10)
@@ -296,13 +296,8 @@ def test_random_dense_expressions(expr, shapes):
     rng = np.random.default_rng(1)
     inputs = {name: rng.uniform(-1, 1, shape) for name, shape in shapes.items()}
     kernel = compile_kernel(expr, backend="triton")
-    if not kernel.loops.body.body:
-        pytest.skip("no loops")
-    try:
-        result = kernel(**inputs).numpy()
-    except ScheduleError as error:
-        assert "no loops" in str(error)
-        return
+    # Every operand has an index, so every kernel has loops: a refusal here is a failure.
+    result = kernel(**inputs).numpy()
     np.testing.assert_allclose(result, oracle(kernel, inputs), rtol=1e-10, atol=1e-10)
 
 

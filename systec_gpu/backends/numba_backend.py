@@ -1,8 +1,22 @@
 """Numba backend: a printer from loop IR to readable Numba source, parallel over chunks.
 
 Each chunk of the outer loop (contiguous nonzeros balanced by count, or a cyclic share of the
-first dense loop) accumulates into its own slice of `partial`; the runtime reduces the slices.
-No two threads write the same memory, so no update is lost.
+first dense loop) accumulates into its own slice of `partial` (zeros from np.zeros, or the
+reduction's identity written by its own thread over the rows the chunk can touch); a second
+parallel loop adds the slices into `partial[0]` over those rows only. No two threads write the
+same memory, so no update is lost. A symmetric output is written whole by the kernel: both
+halves beside each update when a sparse driver scatters them, a blocked mirror pass otherwise.
+
+The code is what one would write by hand for the same schedule:
+- diagonal classes are peeled: below the class test each class gets its own copy of the code
+  with constant factors (no table loads, no factor tests in the hot loop). On a CSR matrix the
+  canonical rows are sorted and duplicate-free (the storage invariant), so a row's diagonal
+  entry can only be its first: the row loop peels it, and the nonzero loop is the
+  strictly-off-diagonal class alone, without any test;
+- reads that depend on the row only (`x[i]`) are read once per row, not per nonzero;
+- outputs fixed across a loop accumulate in a register and are written once after it; factors
+  fixed along a CSR row are applied once to the row's sum (`x_i * sum_j A_ij x_j`), and those
+  fixed along a rank loop are multiplied once before it (`2 * A_val`).
 """
 
 from __future__ import annotations
@@ -10,9 +24,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
+from dataclasses import dataclass
+
+import numba
+import numpy as np
 
 from .. import __version__, algebra
-from ..ir.einsum import Access, Call, Literal
+from ..ir.einsum import Access, Call, Index, Literal
 from ..ir.loop import (
     Block,
     ClassOf,
@@ -30,8 +49,18 @@ from ..ir.loop import (
 from ..ir.traverse import walk
 from ..passes.loop_nest import unnest
 from .cache import load_source
-from .parameters import Param, kernel_parameters, sparse_loop
+from .parameters import Param, argument_values, kernel_parameters, sparse_loop
 from .writer import CodeWriter, Namer, format_call, format_class_row
+
+MIRROR_BLOCK = 16  # rows and columns per block of the in-kernel mirror of a symmetric output
+
+# A factor table with more classes than this keeps its table loads (code size grows with the
+# number of classes: 16 is the 5-way group of 5-D MTTKRP).
+MAX_PEELED_CLASSES = 16
+
+
+# min/max spelled so that nan propagates (Python's min(x, nan) returns x)
+_FUNCTIONS = {"min": "np.minimum", "max": "np.maximum"}
 
 
 def _literal(value: float) -> str:
@@ -40,64 +69,281 @@ def _literal(value: float) -> str:
     return repr(float(value))
 
 
+# ---------------------------------------------------------------------------------------------
+# Class peeling: the factor table as constants
+
+
+@dataclass(frozen=True)
+class ClassPeel:
+    """The factor table of a program whose lookups all go through one let-bound class row."""
+
+    name: str  # the let binding the class row
+    row: ClassOf
+    rows: tuple[tuple[int, ...], ...]  # factors, indexed by the class row's value
+    labels: tuple[str, ...]
+    columns: tuple[tuple[str, int], ...]  # let name of a table lookup -> its column
+
+
+@functools.lru_cache(maxsize=256)
+def class_peel(program: LoopProgram) -> ClassPeel | None:
+    """How to replace the table by constants, or None when the program's shape does not allow it
+    (then the generated code loads factors from the table, as the Triton backend does)."""
+    if len(program.tables) != 1:
+        return None
+    table = program.tables[0]
+    lets = [n for n in walk(program.body) if isinstance(n, Let)]
+    rows = [let for let in lets if isinstance(let.value, ClassOf)]
+    if len(rows) != 1:
+        return None
+    cls = rows[0]
+    bits = sum(len(chain) - 1 for chain in cls.value.chains)
+    if len(table.rows) != 1 << bits or len(table.rows) > MAX_PEELED_CLASSES:
+        return None
+    columns = []
+    for let in lets:
+        if isinstance(let.value, Factor):
+            if let.value.table != table.name or let.value.row != Ref(cls.name):
+                return None
+            columns.append((let.name, let.value.column))
+    lookups = sum(isinstance(n, Factor) for n in walk(program.body))
+    uses_of_row = sum(n == Ref(cls.name) for n in walk(program.body))
+    if lookups != len(columns) or uses_of_row != len(columns):
+        return None  # a lookup or a use of the class row that is not a let-bound factor
+    return ClassPeel(cls.name, cls.value, table.rows, table.labels, tuple(columns))
+
+
+def _has_update(stmt) -> bool:
+    return any(isinstance(n, Update) for n in walk(stmt))
+
+
+def _names_used(stmts) -> set[str]:
+    return {n.name for s in stmts for n in walk(s) if isinstance(n, Ref)}
+
+
+def specialize(stmts: tuple, peel: ClassPeel, row: int, idempotent: bool) -> tuple:
+    """`stmts` at points of class `row`: table lookups become constants, updates with factor 0
+    and loops left without updates disappear, lets nobody reads any more are dropped."""
+    counts = {name: peel.rows[row][column] for name, column in peel.columns}
+
+    def rewrite(stmt):
+        match stmt:
+            case Let(name=name) if name in counts or name == peel.name:
+                return None
+            case Update(factor=Ref(name=name)) if name in counts:
+                count = counts[name]
+                if count == 0:
+                    return None
+                factor = None if count == 1 or idempotent else Literal(float(count))
+                return dataclasses.replace(stmt, factor=factor)
+            case Block(body=body):
+                return Block(_prune(tuple(s for s in map(rewrite, body) if s is not None)))
+            case SparseLoop() | DenseLoop() | Guard():
+                body = rewrite(stmt.body)
+                return dataclasses.replace(stmt, body=body) if _has_update(body) else None
+        return stmt
+
+    return _prune(tuple(s for s in map(rewrite, stmts) if s is not None))
+
+
+def _prune(stmts: tuple) -> tuple:
+    """Drop lets that no later statement of the block (or anything nested in it) reads."""
+    kept: list = []
+    for n, stmt in enumerate(stmts):
+        if isinstance(stmt, Let) and stmt.name not in _names_used(stmts[n + 1:]):
+            continue
+        kept.append(stmt)
+    return tuple(kept) if len(kept) == len(stmts) else _prune(tuple(kept))
+
+
+# ---------------------------------------------------------------------------------------------
+# Which output rows a chunk can touch
+
+
+def mirrors_at_update(program: LoopProgram) -> bool:
+    """A symmetric output's other half written beside each update (scattered by a sparse
+    driver: no pass over the dense output), rather than by a mirror pass after the combine."""
+    return mirrors_output(program) and program.driver is not None
+
+
+@functools.lru_cache(maxsize=256)
+def touched_rows_rule(program: LoopProgram) -> tuple[bool, bool]:
+    """(from the chunk's first leading coordinate, up to its last one): which output rows
+    (kernel-layout mode 0) a chunk of the driver's nonzeros can write. The driver is sorted by
+    its leading coordinate, so a chunk covers a range of it. Rows start at that range when every
+    update's row index is the leading index or a later member of a canonical chain that starts
+    with it (i <= j <= ... holds at every visited point); they end with it when every row index
+    is the leading index. Partial outputs are initialized and combined over these rows only."""
+    loop = sparse_loop(program)
+    if loop is None or not program.output.indices:
+        return False, False
+    lead = loop.indices[0]
+    after_lead = {lead} | {i for chain in program.sets if chain[0] == lead for i in chain}
+    outputs = [n.output.indices for n in walk(program.body) if isinstance(n, Update)]
+    rows = {indices[0] for indices in outputs}
+    if mirrors_at_update(program):  # the mirrored entry's row is the update's second index
+        rows |= {indices[1] for indices in outputs}
+    return rows <= after_lead, rows == {lead}
+
+
+@functools.lru_cache(maxsize=256)
+def mirrors_output(program: LoopProgram) -> bool:
+    """True when the kernel writes both halves of a symmetric output itself: one pair of modes
+    that are the leading two of the kernel layout, in order (rows r, columns c >= r). With a
+    sparse driver each update also writes its mirrored entry (mirrors_at_update); with dense
+    loops the chunks fill the canonical part and the combine copies each block of rows to the
+    other half while it is in cache."""
+    groups = program.output_groups
+    if len(groups) != 1 or len(groups[0]) != 2:
+        return False
+    perm = program.layout_of(program.output.tensor) or tuple(range(len(program.output.indices)))
+    return tuple(perm[:2]) == groups[0]
+
+
+def _product(factors) -> object:
+    return factors[0] if len(factors) == 1 else Call("mul", tuple(factors))
+
+
+def _scaled_name(invariant: list) -> str:
+    parts = [f"x{int(f.value)}" if isinstance(f, Literal) and float(f.value).is_integer() else
+             (f.name if isinstance(f, Ref) else "c") for f in invariant]
+    return "_".join(parts)
+
+
+def hoist_invariant_factors(body: tuple, outside: set[str], reduce: algebra.Operator) -> tuple[tuple, tuple]:
+    """(lets to bind before a dense loop, its body): a product's factors that do not change in
+    the loop (the constant factor of the class, the nonzero's value) are multiplied once before
+    it, `2.0 * (A_val * B_k_j)` becoming `A_val_x2 * B_k_j`."""
+    if reduce.idempotent:
+        return (), body
+    lets: dict[str, Let] = {}
+    rewritten = []
+    for stmt in body:
+        if not isinstance(stmt, Update) or isinstance(stmt.factor, Ref | Factor):
+            rewritten.append(stmt)
+            continue
+        value = stmt.value
+        factors = list(value.args) if isinstance(value, Call) and value.op == "mul" else [value]
+        if stmt.factor is not None:
+            factors.insert(0, stmt.factor)
+        invariant = [f for f in factors if isinstance(f, Literal) or (isinstance(f, Ref) and f.name in outside)]
+        variant = [f for f in factors if f not in invariant]
+        if len(invariant) < 2 or not variant:
+            rewritten.append(stmt)
+            continue
+        name = _scaled_name(invariant)
+        lets.setdefault(name, Let(name, Call("mul", tuple(invariant))))
+        product = (Ref(name), *variant)
+        rewritten.append(dataclasses.replace(stmt, value=Call("mul", product), factor=None))
+    return tuple(lets.values()), tuple(rewritten)
+
+
+# ---------------------------------------------------------------------------------------------
+# The emitter
+
+
+def _level_keys(program: LoopProgram) -> list[tuple[tuple, frozenset]]:
+    """(position, indices bound there) from the outside in; a CSR loop is two positions."""
+    positions: list[tuple[tuple, frozenset]] = []
+    for level in unnest(program.body):
+        header = level.header
+        if isinstance(header, SparseLoop):
+            if header.format == "csr":
+                positions.append((("rows", header.tensor), frozenset(header.indices[:1])))
+                positions.append((("nonzeros", header.tensor), frozenset(header.indices[1:])))
+            else:
+                positions.append((("nonzeros", header.tensor), frozenset(header.indices)))
+        elif isinstance(header, DenseLoop):
+            positions.append((("loop", header.index.name), frozenset((header.index,))))
+        elif isinstance(header, Guard):
+            positions.append((("guard", header.lhs.name, header.rhs.name), frozenset()))
+    return positions
+
+
 class _Emitter:
     def __init__(self, program: LoopProgram):
         self.program = program
-        self.names = Namer(reserved=("numba", "np", "kernel"))
+        self.names = Namer(reserved=("numba", "np", "kernel", "touched_rows"))
         self.w = CodeWriter()
-        self.params = kernel_parameters(program)
+        self.params = numba_parameters(program)
         self.param_names = {p: self._param_name(p) for p in self.params}
         self.chunk = self.names.fresh("chunk")
         self.acc = self.names.fresh("acc")
         self.position = self.names.fresh("p")
+        self.start, self.stop = self.names.fresh("start"), self.names.fresh("stop")
+        self.row_registers: dict[tuple, str] = {}  # (output, invariant factors) -> row register
+        self.reduce = algebra.operator(program.reduce)
+        self.peel = class_peel(program)
         self.first_loop = True
         self.registers = self._plan_registers()
-        self.emitted_lets: set[str] = set()
-        self.class_path: str | None = None  # "base" / "table" inside an unswitched loop nest
+        self.live: dict[Access, str] = {}  # output location -> its open register
+        self.emitted: set[str] = set()  # lets bound so far (loop invariants of later loops)
+        # A symmetric output's other half: written beside each update when a sparse driver
+        # scatters them (no pass over the dense output), or by a mirror pass after the combine.
+        self.mirror_at_update = mirrors_at_update(program)
+        self.mirrored = mirrors_output(program) and not self.mirror_at_update  # the mirror pass
+        self.class_value: int | None = None  # the diagonal class of the code being emitted
 
-    def _plan_registers(self) -> dict[tuple, list[tuple[Update, str]]]:
+    # -- registers --------------------------------------------------------------------------
+    def _plan_registers(self) -> dict[tuple, list[tuple[Access, str]]]:
         """Updates whose output location is fixed across a loop accumulate in a local variable
         over that loop and write memory once after it (y[i] over a CSR row, C[i,j] over k,
-        a scalar over the whole chunk). Keyed by the binding point they span."""
-        positions: list[tuple[tuple, frozenset]] = []
-        for level in unnest(self.program.body):
-            header = level.header
-            if isinstance(header, SparseLoop):
-                if header.format == "csr":
-                    positions.append((("rows", header), frozenset(header.indices[:1])))
-                    positions.append((("nonzeros", header), frozenset(header.indices[1:])))
-                else:
-                    positions.append((("nonzeros", header), frozenset(header.indices)))
-            elif isinstance(header, DenseLoop):
-                positions.append((("loop", header), frozenset((header.index,))))
-            elif isinstance(header, Guard):
-                positions.append((("guard", header), frozenset()))
-        plan: dict[tuple, list[tuple[Update, str]]] = {}
+        a scalar over the whole chunk). Keyed by the position of the loop they span."""
+        positions = _level_keys(self.program)
+        plan: dict[tuple, list[tuple[Access, str]]] = {}
+        planned: set[Access] = set()
         innermost = unnest(self.program.body)[-1].stmts
         for update in (s for s in innermost if isinstance(s, Update)):
+            if update.output in planned:
+                continue
             output = set(update.output.indices)
             last = max((n for n, (_, bound) in enumerate(positions) if bound & output), default=-1)
             if last + 1 < len(positions):
                 local = self.names.fresh(f"{update.output.tensor}_register")
-                plan.setdefault(positions[last + 1][0], []).append((update, local))
+                plan.setdefault(positions[last + 1][0], []).append((update.output, local))
+                planned.add(update.output)
         return plan
 
     def open_registers(self, key: tuple) -> None:
-        for update, local in self.registers.get(key, ()):
-            self.w.line(f"{local} = {_literal(algebra.operator(update.reduce).identity)}")
+        for output, local in self.registers.get(key, ()):
+            self.w.line(f"{local} = {_literal(self.reduce.identity)}")
+            self.live[output] = local
 
     def flush_registers(self, key: tuple) -> None:
-        for update, local in self.registers.get(key, ()):
-            target = f"{self.acc}[{self.subscript(update.output.indices)}]"
-            self.accumulate(algebra.operator(update.reduce), target, local)
+        for output, local in self.registers.get(key, ()):
+            del self.live[output]
+            self.write(output, local)
 
-    def register_of(self, update: Update) -> str | None:
-        for entries in self.registers.values():
-            for planned, local in entries:
-                if planned is update:
-                    return local
+    def write(self, output: Access, value: str) -> None:
+        """acc[output] (op)= value, and its mirrored entry when the kernel writes both halves of
+        a symmetric output beside each update (not on the output's diagonal, where they are one
+        entry: the class of the code says where that is known, a test where it is not)."""
+        self.accumulate(f"{self.acc}[{self.subscript(output.indices)}]", value)
+        if not self.mirror_at_update:
+            return
+        a, b, *rest = output.indices
+        equal = True if a == b else self.known_equal(a, b)
+        if equal:
+            return
+        mirrored = f"{self.acc}[{self.subscript((b, a, *rest))}]"
+        if equal is False:
+            self.accumulate(mirrored, value)
+            return
+        with self.w.block(f"if {self.index(a)} != {self.index(b)}:"):
+            self.accumulate(mirrored, value)
+
+    def known_equal(self, a: Index, b: Index) -> bool | None:
+        """Whether a == b at every point of the class being emitted (None: not known)."""
+        if self.class_value is None or self.peel is None:
+            return None
+        bit = 0
+        for chain in self.peel.row.chains:
+            if a in chain and b in chain:
+                p, q = sorted((chain.index(a), chain.index(b)))
+                return all(self.class_value >> (bit + t) & 1 for t in range(p, q))
+            bit += len(chain) - 1
         return None
 
+    # -- names and expressions --------------------------------------------------------------
     def _param_name(self, param: Param) -> str:
         driver = self.program.driver
         match param.kind:
@@ -119,7 +365,7 @@ class _Emitter:
                 return self.names.fresh("n_chunks")
         raise ValueError(param)
 
-    def index(self, index) -> str:
+    def index(self, index: Index) -> str:
         return self.names.user("index", index.name)
 
     def let(self, name: str) -> str:
@@ -143,25 +389,53 @@ class _Emitter:
             case Factor(table=t, row=row, column=column):
                 return f"{self.names.user('tensor', t)}[{self.expr(row)}, {column}]"
             case Call(op=op, args=args):
-                return format_call(op, [self.expr(a) for a in args], {"min": "min", "max": "max"})
+                return format_call(op, [self.expr(a) for a in args], _FUNCTIONS)
         raise TypeError(f"not a loop expression: {expr!r}")
+
+    # -- statements -------------------------------------------------------------------------
+    def block(self, stmts: tuple) -> None:
+        """A nested block: the lets it binds are out of scope after it."""
+        outer = set(self.emitted)
+        self.block_statements(stmts)
+        self.emitted = outer
+
+    def block_statements(self, stmts: tuple) -> None:
+        """Statements in order; at the class row (with a peelable table) the rest of the block
+        is emitted once per class with constant factors."""
+        if not stmts:
+            self.w.line("pass")
+            return
+        for n, stmt in enumerate(stmts):
+            if self.peel is not None and isinstance(stmt, Let) and stmt.name == self.peel.name:
+                self.class_switch(stmt, stmts[n + 1:])
+                return
+            self.stmt(stmt)
+
+    def class_switch(self, row: Let, rest: tuple) -> None:
+        cls = self.let(row.name)
+        self.w.line(f"{cls} = {self.expr(row.value)}")
+        last = len(self.peel.rows) - 1
+        for value, label in enumerate(self.peel.labels):
+            header = "else:" if value == last else f"{'if' if value == 0 else 'elif'} {cls} == {value}:"
+            with self.w.block(f"{header}  # {label}"):
+                self.class_value = value
+                self.block(specialize(rest, self.peel, value, self.reduce.idempotent))
+                self.class_value = None
 
     def stmt(self, stmt) -> None:
         w = self.w
         match stmt:
             case Block(body=body):
-                updates = [s for s in body if isinstance(s, Update)]
-                for s in body:
-                    if not isinstance(s, Update):
-                        self.stmt(s)
-                self.updates(updates)
+                self.block(body)
             case Let(name=name, value=value):
                 w.line(f"{self.let(name)} = {self.expr(value)}")
-                self.emitted_lets.add(name)
+                self.emitted.add(name)
             case Update():
                 self.update(stmt)
             case SparseLoop():
+                outer = set(self.emitted)
                 self.sparse_loop(stmt)
+                self.emitted = outer
             case DenseLoop(index=i, extent=extent, lower=lo, upper=hi, body=body):
                 start = self.index(lo) if lo is not None else "0"
                 stop = f"{self.index(hi)} + 1" if hi is not None else self.param_names[Param("extent", extent)]
@@ -172,20 +446,20 @@ class _Emitter:
                     header = f"for {self.index(i)} in range({start} + {self.chunk}, {stop}, {chunks}):"
                 else:
                     header = f"for {self.index(i)} in range({start}, {stop}):"
-                if self.class_path is None and self.class_row_in_scope():
-                    # Unswitch on the class above the dense loops: the base path's loops have no
-                    # branch inside and can vectorize.
-                    with w.block(f"if {self.expr(self.class_row)} == 0:"):
-                        self.dense_loop(stmt, header, "base")
-                    with w.block("else:"):
-                        self.dense_loop(stmt, header, "table")
-                else:
-                    self.dense_loop(stmt, header, self.class_path)
+                key = ("loop", i.name)
+                scaled, inner = hoist_invariant_factors(body.body, self.emitted, self.reduce)
+                for let in scaled:
+                    self.stmt(let)
+                self.open_registers(key)
+                with w.block(header):
+                    self.block(inner)
+                self.flush_registers(key)
             case Guard(lhs=a, rhs=b, body=body):
-                self.open_registers(("guard", stmt))
+                key = ("guard", a.name, b.name)
+                self.open_registers(key)
                 with w.block(f"if {self.index(a)} <= {self.index(b)}:"):
-                    self.stmt(body)
-                self.flush_registers(("guard", stmt))
+                    self.block(body.body)
+                self.flush_registers(key)
             case _:
                 raise TypeError(f"not a loop statement: {stmt!r}")
 
@@ -194,112 +468,189 @@ class _Emitter:
         bounds = self.param_names[Param("bounds")]
         self.first_loop = False
         if loop.format == "csr":
-            row = self.index(loop.indices[0])
-            ptr = self.param_names[Param("pointers")]
-            rows = f"for {row} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"
-            self.open_registers(("rows", loop))
-            with w.block(rows):
-                self.open_registers(("nonzeros", loop))
-                with w.block(f"for {p} in range({ptr}[{row}], {ptr}[{row} + 1]):"):
-                    for mode in range(1, len(loop.indices)):
-                        w.line(f"{self.index(loop.indices[mode])} = {self.param_names[Param('coords', mode)]}[{p}]")
-                    self.stmt(loop.body)
-                self.flush_registers(("nonzeros", loop))
-            self.flush_registers(("rows", loop))
+            self.csr_loop(loop)
             return
-        self.open_registers(("nonzeros", loop))
+        key = ("nonzeros", loop.tensor)
+        self.open_registers(key)
         with w.block(f"for {p} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"):
             for mode, index in enumerate(loop.indices):
                 w.line(f"{self.index(index)} = {self.param_names[Param('coords', mode)]}[{p}]")
-            self.stmt(loop.body)
-        self.flush_registers(("nonzeros", loop))
+            self.block(loop.body.body)
+        self.flush_registers(key)
 
-    def dense_loop(self, loop: DenseLoop, header: str, class_path: str | None) -> None:
-        outer, self.class_path = self.class_path, class_path
-        self.open_registers(("loop", loop))
-        with self.w.block(header):
-            self.stmt(loop.body)
-        self.flush_registers(("loop", loop))
-        self.class_path = outer
+    def _row_invariant(self, body: tuple, row: Index) -> tuple[tuple, tuple]:
+        """(lets that read only the row index and earlier row lets, the rest of the body)."""
+        hoisted: list[Let] = []
+        names = set(self._outer_lets)
 
-    @functools.cached_property
-    def class_row(self):
-        """The row expression of the factor table's lookups (None without a table)."""
-        rows = {lookup.row for (lookup,) in self.table_lookups.values()}
-        return rows.pop() if len(rows) == 1 else None
+        def invariant(node) -> bool:
+            match node:
+                case Access(indices=idx):
+                    return set(idx) <= {row}
+                case Ref(name=name):
+                    return name in names
+                case DriverValue() | ClassOf() | Factor():
+                    return False
+            return True
 
-    def class_row_in_scope(self) -> bool:
-        row = self.class_row
-        return isinstance(row, Ref) and row.name in self.emitted_lets
+        for stmt in body:
+            if isinstance(stmt, Let) and all(invariant(n) for n in walk(stmt.value)):
+                hoisted.append(stmt)
+                names.add(stmt.name)
+        return tuple(hoisted), tuple(s for s in body if s not in hoisted)
 
-    def updates(self, updates: list[Update]) -> None:
-        """Updates of one point. With a factor table, strictly off-diagonal points (class 0, by
-        far the most) take a branch-free base path with constant factors; diagonal classes read
-        the table. (A CPU choice: the Triton backend stays branch-free with the table.)"""
-        lookups = self.table_lookups
-        if not any(isinstance(u.factor, Ref) and u.factor.name in lookups for u in updates):
-            for update in updates:
-                self.update(update)
-            return
-        if self.class_path == "base":
-            self.base_updates(updates)
-        elif self.class_path == "table":
-            for update in updates:
-                self.update(update)
-        else:
-            with self.w.block(f"if {self.expr(self.class_row)} == 0:"):
-                self.base_updates(updates)
-            with self.w.block("else:"):
-                for update in updates:
-                    self.update(update)
+    def _diagonal_first(self, loop: SparseLoop, body: tuple) -> int | None:
+        """Position in `body` of the class row when the CSR row loop can peel the diagonal: a
+        matrix symmetric in (row, column), whose only class test is row == column."""
+        if self.peel is None or len(loop.indices) != 2 or loop.expanded:
+            return None
+        if self.peel.row.chains != (tuple(loop.indices),):
+            return None
+        return next((n for n, s in enumerate(body) if isinstance(s, Let) and s.name == self.peel.name), None)
 
-    def base_updates(self, updates: list[Update]) -> None:
-        """The updates at a strictly off-diagonal point: constant factors from table row 0."""
-        lookups = self.table_lookups
-        rows = {t.name: t.rows for t in self.program.tables}
-        emitted = False
-        for update in updates:
-            factor = update.factor
-            if isinstance(factor, Ref) and factor.name in lookups:
-                lookup = lookups[factor.name][0]
-                count = rows[lookup.table][0][lookup.column]
-                if count == 0:
+    def csr_loop(self, loop: SparseLoop) -> None:
+        w, p = self.w, self.position
+        bounds = self.param_names[Param("bounds")]
+        ptr = self.param_names[Param("pointers")]
+        row = self.index(loop.indices[0])
+        hoisted, body = self._row_invariant(loop.body.body, loop.indices[0])
+        diagonal_at = self._diagonal_first(loop, body)
+        rows_key, nonzeros_key = ("rows", loop.tensor), ("nonzeros", loop.tensor)
+
+        def coordinates() -> None:
+            for mode in range(1, len(loop.indices)):
+                w.line(f"{self.index(loop.indices[mode])} = {self.param_names[Param('coords', mode)]}[{p}]")
+
+        self.open_registers(rows_key)
+        with w.block(f"for {row} in range({bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]):"):
+            for let in hoisted:
+                self.stmt(let)
+            self.open_registers(nonzeros_key)
+            start, stop = self.start, self.stop
+            w.line(f"{start} = {ptr}[{row}]")
+            w.line(f"{stop} = {ptr}[{row} + 1]")
+            if diagonal_at is None:
+                self.nonzero_loop(body, coordinates, "")
+            else:
+                before, rest = body[:diagonal_at], body[diagonal_at + 1:]
+                column = self.param_names[Param("coords", 1)]
+                w.line("# Rows are sorted and canonical (row <= column): the diagonal entry is first.")
+                with w.block(f"if {start} < {stop} and {column}[{start}] == {row}:  # {self.peel.labels[1]}"):
+                    w.line(f"{p} = {start}")
+                    coordinates()
+                    self.class_value = 1
+                    self.block(specialize(before + rest, self.peel, 1, self.reduce.idempotent))
+                    w.line(f"{start} += 1")
+                off_diagonal = specialize(before + rest, self.peel, 0, self.reduce.idempotent)
+                self.class_value = 0
+                self.nonzero_loop(off_diagonal, coordinates, f"  # {self.peel.labels[0]}")
+                self.class_value = None
+            self.flush_registers(nonzeros_key)
+        self.flush_registers(rows_key)
+
+    def nonzero_loop(self, body: tuple, coordinates, comment: str) -> None:
+        """The loop over one CSR row's nonzeros. An update into a register opened outside it whose
+        product has factors fixed along the row (x[i], a constant factor) sums the other factors
+        in a row register and multiplies once after the loop: x_i * sum_j (A_ij * x_j). The
+        product is taken only if the loop ran (an empty row adds nothing, not inf * 0)."""
+        w, p, start, stop = self.w, self.position, self.start, self.stop
+        rows, body = self.factor_row_invariants(body)
+        for name in rows:
+            w.line(f"{name} = {_literal(self.reduce.identity)}")
+            self.live[Access(name, ())] = name
+        with w.block(f"for {p} in range({start}, {stop}):{comment}"):
+            coordinates()
+            self.block(body)
+        for name, (output, invariant) in rows.items():
+            del self.live[Access(name, ())]
+            with w.block(f"if {stop} > {start}:"):
+                self.accumulate(self.live[output], f"{self.expr(_product(invariant))} * {name}")
+
+    def factor_row_invariants(self, body: tuple) -> tuple[dict, tuple]:
+        """({row register: (output, invariant factors)}, the body accumulating into them)."""
+        if self.reduce.name != "add":
+            return {}, body
+        rows: dict[str, tuple[Access, tuple]] = {}
+        rewritten = []
+        for stmt in body:
+            if isinstance(stmt, Update) and stmt.output in self.live and not isinstance(stmt.factor, Ref | Factor):
+                value = stmt.value
+                factors = list(value.args) if isinstance(value, Call) and value.op == "mul" else [value]
+                if stmt.factor is not None:
+                    factors.insert(0, stmt.factor)
+                invariant = tuple(f for f in factors if isinstance(f, Literal)
+                                  or (isinstance(f, Ref) and f.name in self.emitted))
+                variant = [f for f in factors if f not in invariant]
+                if invariant and variant:
+                    key = (stmt.output, invariant)
+                    if key not in self.row_registers:
+                        self.row_registers[key] = self.names.fresh(f"{stmt.output.tensor}_row")
+                    name = self.row_registers[key]
+                    rows[name] = key
+                    rewritten.append(Update(Access(name, ()), stmt.reduce, _product(variant), None))
                     continue
-                factor = None if count == 1 else Literal(float(count))
-            self.update(dataclasses.replace(update, factor=factor), register_of=update)
-            emitted = True
-        if not emitted:
-            self.w.line("pass")
+            rewritten.append(stmt)
+        return rows, tuple(rewritten)
 
-    @functools.cached_property
-    def table_lookups(self) -> dict[str, tuple[Factor]]:
-        """Let-bound table lookups: name -> (Factor,)."""
-        return {
-            node.name: (node.value,)
-            for node in walk(self.program.body)
-            if isinstance(node, Let) and isinstance(node.value, Factor)
-        }
-
-    def update(self, update: Update, register_of: Update | None = None) -> None:
-        w = self.w
-        info = algebra.operator(update.reduce)
-        local = self.register_of(register_of or update)
-        target = local or f"{self.acc}[{self.subscript(update.output.indices)}]"
+    def update(self, update: Update) -> None:
+        local = self.live.get(update.output)
         value = self.expr(update.value)
         factor = update.factor
-        if isinstance(factor, Factor | Ref):
-            f = self.expr(factor)
-            with w.block(f"if {f} != 0:"):  # a zero factor skips the update: 0 * inf is not 0
-                self.accumulate(info, target, value if info.idempotent else f"{f} * {value}")
-        else:
-            scaled = value if factor is None or info.idempotent else f"{self.expr(factor)} * {value}"
-            self.accumulate(info, target, scaled)
 
-    def accumulate(self, info: algebra.Operator, target: str, value: str) -> None:
-        if info.infix:
-            self.w.line(f"{target} {info.symbol}= {value}")
+        def write(scaled: str) -> None:
+            if local:
+                self.accumulate(local, scaled)
+            else:
+                self.write(update.output, scaled)
+
+        if isinstance(factor, Factor | Ref):  # a table lookup (the table was not peeled)
+            f = self.expr(factor)
+            with self.w.block(f"if {f} != 0:"):  # a zero factor skips the update: 0 * inf is not 0
+                write(value if self.reduce.idempotent else f"{f} * {value}")
         else:
-            self.w.line(f"{target} = {info.symbol}({target}, {value})")
+            write(value if factor is None or self.reduce.idempotent else f"{self.expr(factor)} * {value}")
+
+    def accumulate(self, target: str, value: str) -> None:
+        if self.reduce.infix:
+            self.w.line(f"{target} {self.reduce.symbol}= {value}")
+        else:
+            self.w.line(f"{target} = {_FUNCTIONS[self.reduce.name]}({target}, {value})")
+
+    # -- the module -------------------------------------------------------------------------
+    @functools.cached_property
+    def _outer_lets(self) -> set[str]:
+        """Lets bound outside every loop (read once per call)."""
+        return {s.name for s in unnest(self.program.body)[0].stmts if isinstance(s, Let)}
+
+    def touched_rows_function(self) -> list[str]:
+        """Source of `touched_rows(chunk, ...)`: the output rows [lo, hi) chunk `chunk` writes.
+        Chunk 0's buffer is the result, so it covers every row."""
+        bounds, partial = self.param_names[Param("bounds")], self.param_names[Param("partial")]
+        loop = sparse_loop(self.program)
+        from_lead, to_lead = touched_rows_rule(self.program)
+        lines = ["@numba.njit(cache=True, nogil=True, inline=\"always\")",
+                 f"def touched_rows(chunk, {bounds}, lead, {partial}):"]
+        if not from_lead:
+            return [*lines, f"    return 0, {partial}.shape[1]"]
+        lines += ["    if chunk == 0:", f"        return 0, {partial}.shape[1]"]
+        end = f"{partial}.shape[1]"
+        if loop.format == "csr":
+            if to_lead:
+                end = f"{bounds}[chunk + 1]"
+            return [*lines, f"    return {bounds}[chunk], {end}"]
+        if to_lead:
+            end = f"lead[{bounds}[chunk + 1] - 1] + 1"
+        return [*lines,
+                f"    if {bounds}[chunk] >= {bounds}[chunk + 1]:",
+                "        return 0, 0",
+                f"    return lead[{bounds}[chunk]], {end}"]
+
+    def lead_argument(self) -> str:
+        """The array `touched_rows` reads a chunk's first leading coordinate from."""
+        loop = sparse_loop(self.program)
+        if loop is not None and loop.format == "coo":
+            return self.param_names[Param("coords", 0)]
+        return self.param_names[Param("bounds")]
 
     def emit(self) -> str:
         w, program = self.w, self.program
@@ -310,25 +661,98 @@ class _Emitter:
         w.line("import numba")
         w.line("import numpy as np  # noqa: F401")
         w.line()
+        w.line(f"MIRRORS_OUTPUT = {self.mirrored or self.mirror_at_update}  # the kernel writes both halves "
+               "of the symmetric output")
         w.line()
+        w.line()
+        for line in self.touched_rows_function():
+            w.line(line)
         args = ", ".join(self.param_names[p] for p in self.params)
-        chunks = self.param_names[Param("chunks")]
         # Two functions, not two dispatchers of one: numba's disk cache is keyed by function name.
         for name, decorator, loop in (
-            ("kernel", "@numba.njit(parallel=True, cache=True, nogil=True)", "numba.prange"),
+            # No fusion: numba would fuse the chunks' loop and the combine (both over n_chunks)
+            # into one, and a thread would combine a chunk another thread is still writing.
+            ("kernel", '@numba.njit(parallel={"fusion": False}, cache=True, nogil=True)', "numba.prange"),
             ("kernel_serial", "@numba.njit(cache=True, nogil=True)", "range"),
         ):
+            w.line()
+            w.line()
             if name == "kernel_serial":
-                w.line()
-                w.line()
                 w.line("# Small inputs: starting the thread pool costs more than the work.")
             w.line(decorator)
             self.first_loop = True
-            self.emitted_lets = set()
-            with w.block(f"def {name}({args}):"), w.block(f"for {self.chunk} in {loop}({chunks}):"):
-                w.line(f"{self.acc} = {self.param_names[Param('partial')]}[{self.chunk}]")
-                self.stmt(program.body)
+            self.emitted = set()
+            with w.block(f"def {name}({args}):"):
+                self.function_body(loop)
         return w.text()
+
+    @functools.cached_property
+    def locals(self) -> tuple[str, ...]:
+        """Names of the chunk and combine bookkeeping (the same in both functions)."""
+        return tuple(self.names.fresh(x) for x in ("flat", "row_size", "rows", "cell", "lo", "hi", "first",
+                                                   "last", "part", "other", "r", "c", "e", "r0", "r1", "c0", "c1"))
+
+    def function_body(self, loop: str) -> None:
+        """Chunks into their partial outputs (each initialized by its thread over the rows it
+        touches), then the parallel combine into partial[0] (and the mirror of a symmetric
+        output), each thread over its own rows."""
+        w = self.w
+        chunks = self.param_names[Param("chunks")]
+        partial, bounds = self.param_names[Param("partial")], self.param_names[Param("bounds")]
+        lead = self.lead_argument()
+        flat, row_size, rows, cell, lo, hi, first, last, part, other, r, c, e, r0, r1, c0, c1 = self.locals
+        identity = _literal(self.reduce.identity)
+        w.line(f"{rows} = {partial}.shape[1]")
+        w.line(f"{flat} = {partial}.reshape(({chunks}, {partial}.size // {chunks}))")
+        w.line(f"{row_size} = {flat}.shape[1] // max({rows}, 1)")
+        if self.mirrored:
+            w.line(f"{cell} = {row_size} // max({partial}.shape[2], 1)  # one (row, column) cell")
+        with w.block(f"for {self.chunk} in {loop}({chunks}):"):
+            if self.reduce.identity != 0.0:  # zeros come from np.zeros (fresh pages are zero)
+                w.line(f"{lo}, {hi} = touched_rows({self.chunk}, {bounds}, {lead}, {partial})")
+                if self.mirrored:
+                    with w.block(f"for {r} in range({lo}, {hi}):  # canonical part: columns >= row"):
+                        w.line(f"{flat}[{self.chunk}, {r} * {row_size} + {r} * {cell}:({r} + 1) * {row_size}] = "
+                               f"{identity}")
+                else:
+                    w.line(f"{flat}[{self.chunk}, {lo} * {row_size}:{hi} * {row_size}] = {identity}")
+            w.line(f"{self.acc} = {partial}[{self.chunk}]")
+            self.block(self.program.body.body)
+        if not self.mirrored:
+            w.line("# Combine the chunks into partial[0], each over the rows it touched.")
+            with w.block(f"for {part} in {loop}({chunks} if {chunks} > 1 else 0):"):
+                w.line(f"{first} = {rows} * {part} // {chunks}")
+                w.line(f"{last} = {rows} * ({part} + 1) // {chunks}")
+                with w.block(f"for {other} in range(1, {chunks}):"):
+                    w.line(f"{lo}, {hi} = touched_rows({other}, {bounds}, {lead}, {partial})")
+                    w.line(f"{lo}, {hi} = max({lo}, {first}), min({hi}, {last})")
+                    with w.block(f"for {e} in range({lo} * {row_size}, {hi} * {row_size}):"):
+                        self.accumulate(f"{flat}[0, {e}]", f"{flat}[{other}, {e}]")
+            return
+        w.line("# Combine the chunks' canonical parts into partial[0], then copy them to the other")
+        w.line(f"# half: blocks of {MIRROR_BLOCK} rows dealt cyclically (the triangle balances), each")
+        w.line(f"# copied {MIRROR_BLOCK} x {MIRROR_BLOCK} cells at a time (a blocked transpose: both sides in cache).")
+        with (w.block(f"for {part} in {loop}({chunks}):"),
+              w.block(f"for {r0} in range({part} * {MIRROR_BLOCK}, {rows}, {chunks} * {MIRROR_BLOCK}):")):
+            w.line(f"{r1} = min({r0} + {MIRROR_BLOCK}, {rows})")
+            with w.block(f"for {other} in range(1, {chunks}):"):
+                w.line(f"{lo}, {hi} = touched_rows({other}, {bounds}, {lead}, {partial})")
+                with (w.block(f"for {r} in range(max({r0}, {lo}), min({r1}, {hi})):"),
+                      w.block(f"for {e} in range({r} * {row_size} + {r} * {cell}, ({r} + 1) * {row_size}):")):
+                    self.accumulate(f"{flat}[0, {e}]", f"{flat}[{other}, {e}]")
+            with w.block(f"for {c0} in range({r0}, {rows}, {MIRROR_BLOCK}):"):
+                w.line(f"{c1} = min({c0} + {MIRROR_BLOCK}, {rows})")
+                with (w.block(f"for {c} in range({c0}, {c1}):"), w.block(f"for {r} in range({r0}, min({r1}, {c})):"),
+                      w.block(f"for {e} in range({cell}):")):
+                    w.line(f"{flat}[0, {c} * {row_size} + {r} * {cell} + {e}] = "
+                           f"{flat}[0, {r} * {row_size} + {c} * {cell} + {e}]")
+
+
+@functools.lru_cache(maxsize=256)
+def numba_parameters(program: LoopProgram) -> tuple[Param, ...]:
+    """The kernel's parameters: a peeled factor table is not one (its factors are constants)."""
+    peeled = class_peel(program) is not None
+    return tuple(p for p in kernel_parameters(program) if not (peeled and p.kind == "table"))
 
 
 SERIAL_BELOW = 20_000  # iteration points under which one thread beats starting the thread pool
@@ -356,14 +780,59 @@ def numba_module(program: LoopProgram):
     return load_source(numba_source(program), "numba")
 
 
+def _allocate(args, program: LoopProgram, chunks: int, single: bool) -> None:
+    """Chunk bounds and the per-chunk buffers. Zero-filled for `+=` (np.zeros: a large buffer is
+    fresh pages, zero without a memset, and the rows nobody touches are never paged in);
+    otherwise uninitialized, each chunk's thread filling the rows it touches with the identity."""
+    if single:
+        chunks = 1  # no loop at all: nothing to share
+    args.chunks = chunks
+    args.bounds = args.driver.chunk_bounds(chunks) if args.driver is not None else np.zeros(chunks + 1, np.int64)
+    make = np.zeros if algebra.operator(program.reduce).identity == 0.0 else np.empty
+    args.partial = make((chunks, *args.out_shape), dtype=args.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _launcher(program: LoopProgram):
+    """(generated module, its parameters): looked up once per program, not per call."""
+    return numba_module(program), numba_parameters(program)
+
+
 def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
-    import numba
+    """Run `program` on `args`, in parallel chunks unless the work is small (or `threads` == 1)."""
+    prepare_numba(program)(program, args, threads)
 
-    from ..runtime import allocate
-    from .parameters import argument_values
 
-    module = numba_module(program)
-    serial = threads == 1 or (threads is None and estimated_points(program, args) < SERIAL_BELOW)
-    allocate(args, program, chunks=1 if serial else threads or numba.get_num_threads())
-    kernel = module.kernel_serial if serial else module.kernel
-    kernel(*argument_values(kernel_parameters(program), args))
+@functools.lru_cache(maxsize=256)
+def prepare_numba(program: LoopProgram):
+    """run_numba for one program with everything that does not depend on the data looked up once:
+    the generated module, its parameter list, whether it has a loop to split (a prepared launch
+    calls it on every call)."""
+    module, params = _launcher(program)
+    single = sparse_loop(program) is None and not any(isinstance(n, DenseLoop) for n in walk(program.body))
+
+    def run(_program: LoopProgram, args, threads: int | None = None) -> None:
+        serial = single or threads == 1 or (threads is None and estimated_points(program, args) < SERIAL_BELOW)
+        # numba's workqueue threading layer (where neither OpenMP nor TBB loads) aborts the process
+        # on parallel kernels launched from two threads at once: until the layer is known to be
+        # another, one call runs in parallel and the others serially, each in its own thread.
+        guard = not serial and _THREADING_LAYER[0] in (None, "workqueue")
+        if guard and not _PARALLEL_LOCK.acquire(blocking=False):
+            serial, guard = True, False
+        try:
+            _allocate(args, program, 1 if serial else threads or numba.get_num_threads(), single)
+            kernel = module.kernel_serial if serial else module.kernel
+            kernel(*argument_values(params, args))
+            if not serial and _THREADING_LAYER[0] is None:
+                _THREADING_LAYER[0] = numba.threading_layer()
+        finally:
+            if guard:
+                _PARALLEL_LOCK.release()
+        args.partial = args.partial[:1]  # the kernel combined the chunks into partial[0]
+        args.output_mirrored = module.MIRRORS_OUTPUT
+
+    return run
+
+
+_PARALLEL_LOCK = threading.Lock()
+_THREADING_LAYER: list[str | None] = [None]  # numba's, once a parallel kernel has run

@@ -23,6 +23,7 @@ def sparse_loop(program: LoopProgram) -> SparseLoop | None:
     return next((n for n in walk(program.body) if isinstance(n, SparseLoop)), None)
 
 
+@functools.lru_cache(maxsize=256)
 def dense_extents(program: LoopProgram) -> tuple[Extent, ...]:
     found: dict[Extent, None] = {}
     for node in walk(program.body):

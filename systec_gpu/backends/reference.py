@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..ir.loop import LoopProgram, format_loop_program
 from ..ir.loop_interpreter import interpret_loops
-from ..runtime import KernelArgs, allocate
+from .arguments import KernelArgs, allocate
 
 
 def run_reference(program: LoopProgram, args: KernelArgs) -> None:

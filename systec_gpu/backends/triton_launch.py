@@ -7,6 +7,7 @@ specialization for sm_90 on meta tensors, without a GPU); `run_triton` allocates
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from ..schedule import ProblemShape, Schedule, apply_schedule
 from ..schedule_table import tuned_schedule
 from .cache import load_source
 from .parameters import sparse_loop
-from .triton_emit import emit_kernel
+from .triton_emit import TParam, emit_kernel
 
 
 def problem_shape(program: LoopProgram, args) -> ProblemShape:
@@ -123,9 +124,10 @@ def _to_device(array, device):
 
 
 def _driver_copy(driver, what, device, source, make=None):
-    """The device copy of a driver array, uploaded once: cached on the DriverArrays, which bind()
-    caches per storage object (in its `_cache`), so repeated calls on one storage reuse it. The
-    entry holds its source array and is used only while that is still the driver's array."""
+    """The device copy of a driver structure array (coordinates, pointers: never values), uploaded
+    once: cached on the driver's structure, which the inputs cache per storage structure, so
+    repeated calls on one storage reuse it. The entry holds its source array and is used only
+    while that is still the structure's array."""
     key = (what, str(device))
     hit = driver.device_copies.get(key)
     if hit is not None and hit[0] is source:
@@ -135,10 +137,29 @@ def _driver_copy(driver, what, device, source, make=None):
     return copy
 
 
-def _tile_starts(tiles: TileProgram, args) -> np.ndarray:
+# Device copies of constant host arrays (tile starts), per array object and device: the arrays
+# are owned by a cache that keeps them alive (_tile_starts).
+_DEVICE_CONSTANTS = None
+
+
+def _device_constant(array: np.ndarray, device):
+    global _DEVICE_CONSTANTS
+    if _DEVICE_CONSTANTS is None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        _DEVICE_CONSTANTS = WeakIdKeyDictionary()
+    copies = _DEVICE_CONSTANTS.setdefault(array, {})
+    key = str(device)
+    if key not in copies:
+        copies[key] = _to_device(array, device)
+    return copies[key]
+
+
+@functools.lru_cache(maxsize=1024)
+def _tile_starts(tiles: TileProgram, extents: tuple[int, ...]) -> np.ndarray:
     """Block-start tuples of the grid axes that meet the canonical triangle (the only ones launched)."""
     axes = tiles.grid_axes
-    grids = [np.arange(0, args.extent(a.extent), a.block, dtype=np.int64) for a in axes]
+    grids = [np.arange(0, extent, a.block, dtype=np.int64) for a, extent in zip(axes, extents, strict=True)]
     if any(len(g) == 0 for g in grids):
         return np.zeros((0, len(axes)), dtype=np.int32)
     starts = np.stack([g.ravel() for g in np.meshgrid(*grids, indexing="ij")], axis=1)
@@ -153,26 +174,110 @@ def _tile_starts(tiles: TileProgram, args) -> np.ndarray:
     return np.ascontiguousarray(starts[keep], dtype=np.int32)
 
 
-_STARTS: dict = {}  # (grid axes, their extents, device) -> block starts on the device
-
-
-def _device_starts(tiles: TileProgram, args, starts: np.ndarray, device):
-    """The launched blocks' starts on the device, uploaded once per grid shape (a repeat call
-    with the same extents copies nothing)."""
-    key = (tiles.grid_axes, tuple(args.extent(a.extent) for a in tiles.grid_axes), str(device))
-    if key not in _STARTS:
-        if len(_STARTS) >= 64:
-            _STARTS.pop(next(iter(_STARTS)))
-        _STARTS[key] = _to_device(starts, device)
-    return _STARTS[key]
-
-
 def _strides(shape: tuple[int, ...]) -> list[int]:
     strides, step = [], 1
     for size in reversed(shape):
         strides.append(step)
         step *= size
     return strides[::-1]
+
+
+@dataclass
+class _Call:
+    """One launch's arguments, as the binders of `_launch_plan` read them."""
+
+    args: object  # KernelArgs
+    device: object
+    starts: np.ndarray | None  # dense kernels: the launched tiles' block starts
+
+
+def _coordinate(driver, m: int):
+    # uint32 coordinates (below 2**31, chosen for numba) are read as int32: same bits, no copy.
+    c = driver.coords[m]
+    return c.view(np.int32) if c.dtype == np.uint32 else c
+
+
+def _expanded_rows(driver):
+    # A CSR driver walked as nonzeros: each needs its row; expand the pointers.
+    pointers = driver.pointers
+    rows = np.repeat(np.arange(len(pointers) - 1), np.diff(pointers))
+    return rows.astype(np.int32 if len(pointers) <= 2**31 else np.int64)
+
+
+def _coords_binder(tiles: TileProgram, key: int):
+    """The binder of tile coordinate mode `key`: a device copy cached on the driver's structure."""
+    indices = (tiles.sparse or tiles.rows).indices
+
+    def bind(c: _Call):
+        driver = c.args.driver
+        if driver.pointers is not None and tiles.sparse is not None and key == 0:
+            return _driver_copy(driver, ("rows",), c.device, driver.pointers, lambda: _expanded_rows(driver))
+        # the access's last modes (a repeated index inside the access binds one coordinate)
+        mode = len(driver.coords) - len(indices) + key
+        return _driver_copy(driver, ("coords", mode), c.device, driver.coords[mode],
+                            lambda: _coordinate(driver, mode))
+
+    return bind
+
+
+def _pointers_binder(tiles: TileProgram):
+    """CSR row pointers (int64); an int32 program reads an int32 copy, made once."""
+    narrow = tiles.index_bits == 32
+
+    def bind(c: _Call):
+        driver = c.args.driver
+        return _driver_copy(driver, ("pointers", tiles.index_bits), c.device, driver.pointers,
+                            (lambda: driver.pointers.astype(np.int32)) if narrow else None)
+
+    return bind
+
+
+def _binder(tiles: TileProgram, p: TParam):
+    """A function of the call (`_Call`) giving parameter `p`'s value: everything about `p` that
+    does not depend on the data is decided here, once per program and schedule."""
+    match p.kind:
+        case "out":
+            return lambda c, key=p.key: c.args.partial[key]
+        case "coords":
+            return _coords_binder(tiles, p.key)
+        case "pointers":
+            return _pointers_binder(tiles)
+        case "values":
+            # Values are read every call (never cached: they may change between calls).
+            return lambda c: _to_device(c.args.driver.values, c.device)
+        case "nnz":
+            return lambda c: int(c.args.driver.nnz)
+        case "dense":
+            return lambda c, key=p.key: _to_device(c.args.dense[key], c.device)
+        case "stride":
+            tensor, mode = p.key
+            if tensor == "<out>":
+                return lambda c, m=mode: int(_strides(tuple(c.args.partial.shape[1:]))[m])
+            return lambda c, t=tensor, m=mode: int(_strides(tuple(c.args.dense[t].shape))[m])
+        case "extent":
+            return lambda c, key=p.key: int(c.args.extent(key))
+        case "tiles":
+            return lambda c: _device_constant(c.starts, c.device)
+        case "block":
+            size = _block_size(tiles, p.key)
+            return lambda c: size
+    raise ValueError(f"unknown kernel parameter {p}")
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(program: LoopProgram, schedule: Schedule) -> tuple:
+    """(tile program, emitted kernel, the loaded kernel) of `program` under `schedule`:
+    scheduled, emitted, hashed and loaded once per process (in front of the disk cache)."""
+    tiles = apply_schedule(program, schedule)
+    emitted = emit_kernel(tiles)
+    return tiles, emitted, load_source(emitted.source, "triton").kernel
+
+
+@functools.lru_cache(maxsize=256)
+def _launch_plan(program: LoopProgram, schedule: Schedule) -> tuple:
+    """(tile program, source, (name, binder) per parameter, kernel): a launch's data-independent part."""
+    tiles, emitted, kernel = _compiled(program, schedule)
+    return tiles, emitted.source, tuple((emitted.names[p], _binder(tiles, p)) for p in emitted.params), kernel
 
 
 @dataclass
@@ -190,92 +295,43 @@ class Launch:
 
 def prepare_launch(program: LoopProgram, args, schedule: Schedule | None = None, *, device=None,
                    arch: str | None = None) -> Launch:
-    """Choose the schedule (unless given; `arch` as for choose_schedule), emit and load the
-    kernel, allocate the output buffers on `device` (default: the arguments' CUDA device, or the
-    CPU under the interpreter) and bind every kernel argument. `device="meta"` binds shapes and
-    dtypes only (perf/aot.py compiles that specialization for sm_90 without a GPU)."""
-    from ..runtime import allocate
+    """Choose the schedule (unless given; `arch` as for choose_schedule), allocate the output
+    buffers on `device` (default: the arguments' CUDA device, or the CPU under the interpreter)
+    and bind every kernel argument; the schedule's tile program, source, binders and loaded
+    kernel are memoized per (program, schedule). `device="meta"` binds shapes and dtypes only
+    (perf/aot.py compiles that specialization for sm_90 without a GPU)."""
+    from .arguments import allocate
 
-    tiles = apply_schedule(program, schedule or choose_schedule(program, args, arch))
+    schedule = schedule or choose_schedule(program, args, arch)
+    tiles, source, binders, kernel = _launch_plan(program, schedule)
     if tiles.index_bits == 32 and problem_shape(program, args).index_bits == 64:
         raise ScheduleError(f"{program.source}: index_bits=32, but this call has an extent, offset or nonzero count "
                             "of 2**31 or more; it needs index_bits=64")
-    emitted = emit_kernel(tiles)
-    kernel = load_source(emitted.source, "triton").kernel
     device = _device(args) if device is None else _torch_device(device)
     # The output lives on the device from the start; finish() reduces the buffers from there.
-    allocate(args, program, tiles.buffers, device=device)
+    allocate(args, program, tiles.buffers, device=device, single=tiles.buffers == 1)
     # The kernel stores both halves of a symmetric output itself: finish() must not mirror.
     args.output_mirrored = tiles.mirror
-    driver = args.driver
-
-    def coord(m):
-        # uint32 coordinates (below 2**31, chosen for numba) are read as int32: same bits, no copy.
-        c = driver.coords[m]
-        return c.view(np.int32) if c.dtype == np.uint32 else c
-
-    coords = {}  # tile coordinate mode -> (what, source, make) of its device copy
+    starts = None
     if tiles.sparse is not None:
-        coords = {m: (("coords", m), driver.coords[m], lambda m=m: coord(m)) for m in range(len(driver.coords))}
-        if driver.pointers is not None:
-            # A CSR driver walked as nonzeros: each needs its row; expand the pointers.
-            def rows():
-                pointers = driver.pointers
-                expanded = np.repeat(np.arange(len(pointers) - 1), np.diff(pointers))
-                return expanded.astype(np.int32 if len(pointers) <= 2**31 else np.int64)
-
-            coords[0] = (("rows",), driver.pointers, rows)
-        grid = (-(-driver.nnz // tiles.sparse.size),)
-        n_work = driver.nnz
+        n_work = args.driver.nnz
+        grid = (-(-n_work // tiles.sparse.size),)
     elif tiles.rows is not None:
-        coords = {m: (("coords", m), driver.coords[m], lambda m=m: coord(m)) for m in range(1, len(driver.coords))}
-        n_rows = len(driver.pointers) - 1
-        grid = (-(-n_rows // tiles.rows.rows),)
-        n_work = n_rows
+        n_work = len(args.driver.pointers) - 1
+        grid = (-(-n_work // tiles.rows.rows),)
     else:
-        starts = _tile_starts(tiles, args)
-        grid = (len(starts),)
+        starts = _tile_starts(tiles, tuple(args.extent(a.extent) for a in tiles.grid_axes))
         n_work = len(starts)
-
-    values: dict[str, object] = {}
-    for p in emitted.params:
-        match p.kind:
-            case "out":
-                value = args.partial[p.key]
-            case "coords":
-                what, source, make = coords[p.key]
-                value = _driver_copy(driver, what, device, source, make)
-            case "values":
-                value = _driver_copy(driver, ("values",), device, driver.values)
-            case "pointers":
-                # int64 CSR pointers; the int32 program reads an int32 copy (made once, cached)
-                narrow = tiles.index_bits == 32
-                value = _driver_copy(driver, ("pointers", tiles.index_bits), device, driver.pointers,
-                                     (lambda: driver.pointers.astype(np.int32)) if narrow else None)
-            case "nnz":
-                value = int(driver.nnz)
-            case "dense":
-                value = _to_device(args.dense[p.key], device)
-            case "stride":
-                tensor, mode = p.key
-                shape = args.partial.shape[1:] if tensor == "<out>" else args.dense[tensor].shape
-                value = int(_strides(tuple(shape))[mode])
-            case "extent":
-                value = int(args.extent(p.key))
-            case "tiles":
-                value = _device_starts(tiles, args, starts, device)
-            case "block":
-                value = _block_size(tiles, p.key)
-            case _:
-                raise ValueError(f"unknown kernel parameter {p}")
-        values[emitted.names[p]] = value
-    return Launch(tiles, emitted.source, kernel, values, grid, tiles.num_warps, n_work == 0)
+        grid = (n_work,)
+    call = _Call(args, device, starts)
+    values = {name: bind(call) for name, bind in binders} if n_work else {}
+    return Launch(tiles, source, kernel, values, grid, tiles.num_warps, n_work == 0)
 
 
 def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, poison: float | None = None) -> None:
-    """Run `program` on `args` (runtime.KernelArgs); leaves the result in `args.partial` (one
-    buffer, or two that finish() reduces), torch tensors on the device (dense operands already
-    there are used in place, no copy).
+    """Run `program` on `args` (backends.arguments.KernelArgs); leaves the result in `args.partial`
+    (one buffer, or two that finish() reduces), torch tensors on the device (dense operands
+    already there are used in place, no copy).
 
     `poison` (tests): fill the buffer the kernel stores into with this value instead of the
     identity before launch, so that an element the kernel should store but does not shows.

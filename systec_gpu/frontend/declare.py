@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 
@@ -51,23 +52,37 @@ def _check_indices(einsum: Einsum, text: str) -> None:
         seen.add(index)
 
 
+def _mode_number(tensor: str, group, mode) -> int:
+    if isinstance(mode, bool) or not isinstance(mode, numbers.Integral):
+        raise DeclarationError(
+            f"symmetric {tensor!r}: group {group!r} holds {mode!r}, which is not a mode number "
+            "(0-based integers, e.g. [(0, 1)])"
+        )
+    return int(mode)
+
+
 def normalize_groups(tensor: str, spec, ndim: int) -> tuple[tuple[int, ...], ...]:
     """`"full"` or a list of mode groups -> sorted disjoint groups of size >= 2."""
-    if spec in ("full", True):
+    if isinstance(spec, str) and spec == "full" or spec is True:
         if ndim < 2:
             raise DeclarationError(f"symmetric {tensor!r}: 'full' needs at least 2 modes, {tensor} has {ndim}")
         return (tuple(range(ndim)),)
-    if spec in (None, False, ()):
+    if spec is None or spec is False or (isinstance(spec, Sequence) and not isinstance(spec, str) and not spec):
         return ()
     if isinstance(spec, str) or not isinstance(spec, Sequence):
         raise DeclarationError(
             f"symmetric {tensor!r}: expected 'full' or a list of mode groups like [(0, 1)], got {spec!r}"
         )
-    if spec and all(isinstance(m, int) for m in spec):
+    if all(not isinstance(m, Sequence) or isinstance(m, str) for m in spec):
         spec = [spec]  # a single group written flat: (0, 1)
     groups, used = [], set()
     for group in spec:
-        modes = tuple(sorted(int(m) for m in group))
+        if isinstance(group, str) or not isinstance(group, Sequence):
+            raise DeclarationError(
+                f"symmetric {tensor!r}: {group!r} is not a group of modes; "
+                "write groups as tuples, e.g. [(0, 1), (2, 3)]"
+            )
+        modes = tuple(sorted(_mode_number(tensor, tuple(group), m) for m in group))
         if len(modes) < 2:
             raise DeclarationError(f"symmetric {tensor!r}: group {tuple(group)} needs at least 2 modes")
         for mode in modes:
@@ -83,6 +98,29 @@ def normalize_groups(tensor: str, spec, ndim: int) -> tuple[tuple[int, ...], ...
     return tuple(sorted(groups))
 
 
+def _by_tensor(keyword: str, given, einsum: Einsum) -> dict:
+    """`symmetric=` / `formats=` as a dict from tensor names; a clear error for anything else
+    (a name or a list of names is the usual slip: the message shows the mapping meant)."""
+    if given is None:
+        return {}
+    if isinstance(given, Mapping):
+        for key in given:
+            if not isinstance(key, str):
+                raise DeclarationError(f"{keyword}= keys are tensor names (strings), got {key!r}")
+        return dict(given)
+    arity = {a.tensor: len(a.indices) for a in accesses(einsum.rhs)}  # inputs: the examples
+    if keyword == "symmetric":
+        what, value, fits = "'full' or a list of mode groups", "full", lambda n: arity.get(n, 0) >= 2
+    else:
+        what, value, fits = f"one of {', '.join(map(repr, FORMATS))}", "coo", lambda n: n in arity
+    names = [given] if isinstance(given, str) else list(given) if isinstance(given, list | tuple) else []
+    names = [n for n in names if isinstance(n, str) and fits(n)] or [n for n in arity if fits(n)][:1]
+    example = "{" + ", ".join(f"{n!r}: {value!r}" for n in names) + "}" if names else f"{{'A': {value!r}}}"
+    raise DeclarationError(
+        f"{keyword}= must map tensor names to {what}, e.g. {keyword}={example}; got {given!r}"
+    )
+
+
 def build_program(
     einsum: Einsum,
     text: str = "",
@@ -92,26 +130,21 @@ def build_program(
     """Check the declarations against the einsum and fold them into a Program."""
     arity = _check_arity(einsum, text)
     _check_indices(einsum, text)
+    symmetric = _by_tensor("symmetric", symmetric, einsum)
+    formats = _by_tensor("formats", formats, einsum)
     symmetries = []
-    for tensor, spec in sorted((symmetric or {}).items()):
+    for tensor, spec in sorted(symmetric.items()):
         if tensor not in arity:
             raise DeclarationError(
                 f"symmetric= names {tensor!r}, which the expression does not use "
                 f"(tensors: {', '.join(sorted(arity))})"
             )
         groups = normalize_groups(tensor, spec, arity[tensor])
-        for group in groups:
-            for access in (einsum.output, *accesses(einsum.rhs)):
-                if access.tensor == tensor and len({access.indices[m] for m in group}) < len(group):
-                    raise DeclarationError(
-                        f"symmetric {tensor!r}: access {access} repeats an index inside group {group}; "
-                        "diagonal extraction of a symmetric tensor is not supported"
-                    )
         if groups:
             symmetries.append(Symmetry(tensor, groups))
     declared = {s.tensor for s in symmetries}
     fmt: dict[str, str] = {}
-    for tensor, value in (formats or {}).items():
+    for tensor, value in formats.items():
         if tensor not in arity:
             raise DeclarationError(f"formats= names {tensor!r}, which the expression does not use")
         if value not in FORMATS:

@@ -1,6 +1,7 @@
 """Parser for the expression language: `C[i,j] += A[i,k] * (B[k,j] + D[k,j])`.
 
-Grammar (whitespace ignored):
+Grammar (whitespace ignored, except that a line break may end a statement):
+    program := stmt ((";" | line break) stmt)* [";"]
     stmt   := access ("+=" | "min=" | "max=") expr
     expr   := term ("+" term)*
     term   := factor ("*" factor)*
@@ -18,16 +19,28 @@ from ..ir.einsum import Access, Call, Einsum, Expr, Index, Literal
 
 
 class ParseError(ValueError):
-    """A syntax error; the message shows the expression with a caret under the position."""
+    """A syntax error; the message shows the expression with a caret under the position (for a
+    text of several lines: the line of the position, with its number)."""
 
     def __init__(self, text: str, position: int, reason: str):
         self.text, self.position, self.reason = text, position, reason
-        super().__init__(f"{reason} at position {position}:\n  {text}\n  {' ' * position}^")
+        super().__init__(f"{reason} {caret(text, position)}")
+
+
+def caret(text: str, position: int) -> str:
+    """`at position P:` and the text with a caret under P (the line holding P when there are several)."""
+    if "\n" not in text:
+        return f"at position {position}:\n  {text}\n  {' ' * position}^"
+    start = text.rfind("\n", 0, position) + 1
+    end = text.find("\n", position)
+    line = text[start:end if end >= 0 else len(text)]
+    number = text.count("\n", 0, position) + 1
+    return f"at line {number}, column {position - start + 1}:\n  {line}\n  {' ' * (position - start)}^"
 
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<reduce>\+=|min=|max=)|(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?"
-    r"|\.\d+(?:[eE][-+]?\d+)?)|(?P<assign>(?:[A-Za-z_][A-Za-z0-9_]*|[-*/])?=)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[\[\](),*+]))"
+    r"|\.\d+(?:[eE][-+]?\d+)?)|(?P<assign>(?:[A-Za-z_][A-Za-z0-9_]*|[-*/])?=)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[\[\](),*+;]))"
 )
 
 
@@ -36,23 +49,38 @@ class _Token:
     kind: str  # "reduce", "number", "name", "punct", "end"
     text: str
     position: int
+    after_line_break: bool = False  # a line break lies between the previous token and this one
 
 
 def _tokenize(text: str) -> list[_Token]:
     tokens, position = [], 0
     while True:
+        start = position
         while position < len(text) and text[position].isspace():
             position += 1
+        broken = "\n" in text[start:position]
         if position == len(text):
-            tokens.append(_Token("end", "", position))
+            tokens.append(_Token("end", "", position, broken))
             return tokens
         match = _TOKEN.match(text, position)
         if match is None or match.end() == position:
             raise ParseError(text, position, f"unexpected character {text[position]!r}")
         kind = match.lastgroup
         assert kind is not None
-        tokens.append(_Token(kind, match.group(kind), match.start(kind)))
+        tokens.append(_Token(kind, match.group(kind), match.start(kind), broken))
         position = match.end()
+
+
+@dataclass(frozen=True)
+class ParsedStatement:
+    """One statement of a program: its einsum, where it lies in the text (`start` .. `end`), and
+    where its output and each tensor it reads are written (positions in the whole text)."""
+
+    einsum: Einsum
+    start: int
+    end: int
+    output_at: int
+    reads: tuple[tuple[str, int], ...]  # (tensor, position) per right-hand-side access, in order
 
 
 class _Parser:
@@ -60,6 +88,7 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.at = 0
+        self.positions: list[tuple[str, int]] = []  # accesses parsed so far: (tensor, position)
 
     @property
     def token(self) -> _Token:
@@ -81,6 +110,15 @@ class _Parser:
         return self.token.kind == "punct" and self.token.text == text
 
     def statement(self) -> Einsum:
+        einsum = self.einsum()
+        if self.token.kind != "end":
+            if self.peek(";") or self.token.after_line_break:
+                raise self.fail("expected the end of the expression (several statements are a program: "
+                                "compile them with systec_gpu.compile)")
+            raise self.fail("expected an operator or the end of the expression")
+        return einsum
+
+    def einsum(self) -> Einsum:
         output = self.access(what="output")
         if self.token.kind == "assign":
             raise self.fail(f"unknown reduction: expected one of {', '.join(REDUCTIONS)}")
@@ -89,9 +127,27 @@ class _Parser:
         reduce = self.token.text
         self.at += 1
         rhs = self.expr()
-        if self.token.kind != "end":
-            raise self.fail("expected an operator or the end of the expression")
         return Einsum(output, reduce, rhs)
+
+    def statements(self) -> tuple[ParsedStatement, ...]:
+        """Statements separated by ';' or by line breaks (a line break ends a statement only where
+        the statement is complete and a new one begins: an expression may span lines)."""
+        found = []
+        while True:
+            start, first = self.token.position, len(self.positions)
+            einsum = self.einsum()
+            end = self.tokens[self.at - 1].position + len(self.tokens[self.at - 1].text)
+            accesses = self.positions[first:]
+            found.append(ParsedStatement(einsum, start, end, accesses[0][1], tuple(accesses[1:])))
+            if self.peek(";"):
+                while self.peek(";"):
+                    self.at += 1
+                if self.token.kind == "end":
+                    return tuple(found)
+            elif self.token.kind == "end":
+                return tuple(found)
+            elif not self.token.after_line_break:
+                raise self.fail("expected an operator, ';' or the end of the statement")
 
     def expr(self) -> Expr:
         return self.infix("+", self.term)
@@ -134,6 +190,7 @@ class _Parser:
         name = self.token
         if name.kind != "name":
             raise self.fail(f"expected the {what} tensor name")
+        self.positions.append((name.text, name.position))
         self.at += 1
         if not self.peek("["):
             raise self.fail(f"expected '[' after {name.text} (write {name.text}[] for a scalar)")
@@ -157,3 +214,11 @@ def parse(text: str) -> Einsum:
     if not isinstance(text, str):
         raise TypeError(f"expression must be a string, got {type(text).__name__}")
     return _Parser(text).statement()
+
+
+def parse_statements(text: str) -> tuple[ParsedStatement, ...]:
+    """Parse a program: statements separated by ';' or line breaks (one statement is a program
+    too); raise ParseError naming the position (and line) and the reason."""
+    if not isinstance(text, str):
+        raise TypeError(f"expression must be a string, got {type(text).__name__}")
+    return _Parser(text).statements()

@@ -68,7 +68,8 @@ def _format(path: str | os.PathLike[str]) -> str:
 
 
 def load(path: str | os.PathLike[str], symmetric: Any = None, *, symmetrize: str | None = None,
-         check: bool = True, atol: float = 0.0, rtol: float = 0.0) -> SparseTensor:
+         check: bool = True, atol: float = 0.0, rtol: float = 0.0,
+         stored: str | None = None) -> SparseTensor:
     """Load a tensor file.
 
     ``symmetric``: None = as the file says (Matrix Market header, binsparse structure; for .tns
@@ -76,14 +77,19 @@ def load(path: str | os.PathLike[str], symmetric: Any = None, *, symmetrize: str
     of mode groups = declared and checked (``check``, ``atol``, ``rtol``); False = plain
     SparseTensor (a symmetric file is expanded).
 
+    Data read as symmetric from a file that does not say it holds one triangle (a Matrix Market
+    ``general`` file, an unmarked .tns) must store every permutation of each entry: an entry
+    without its mirror is an error naming both (``check=False`` reads the canonical entries only).
+    ``stored="one"`` says the file stores each symmetric entry once, in any arrangement.
+
     ``symmetrize`` ("sum" = A + Aᵀ, "average", "upper", "lower") turns data that is not already
     symmetric into a SymmetricTensor over the groups in ``symmetric`` (default: all modes);
     data the file already marks (or, for .tns, shows) as symmetric is returned unchanged.
     """
     reader = _READERS[_format(path)]
     if symmetrize is None:
-        return reader(path, symmetric, check=check, atol=atol, rtol=rtol)
-    t = reader(path, None, check=check, atol=atol, rtol=rtol)
+        return reader(path, symmetric, check=check, atol=atol, rtol=rtol, stored=stored)
+    t = reader(path, None, check=check, atol=atol, rtol=rtol, stored=stored)
     groups = wanted_groups(symmetric, t.ndim)
     groups = normalize_groups("full" if groups is None else groups, t.shape)
     if isinstance(t, SymmetricTensor) and t.groups == groups:

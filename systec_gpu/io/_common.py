@@ -39,13 +39,14 @@ def entry_error(path: str | os.PathLike[str], err: EntryError,
 
 def declare(path: str | os.PathLike[str], idx: Any, vals: Any, shape: tuple[int, ...],
             groups: Any, *, check: bool, atol: float, rtol: float,
-            line_of: Callable[[int], int | None]) -> SparseTensor:
-    """Entries given as COO with declared symmetry groups (() = none, duplicates then summed)."""
+            line_of: Callable[[int], int | None], stored: str = "full") -> SparseTensor:
+    """Entries given as COO with declared symmetry groups (() = none, duplicates then summed);
+    ``stored`` as for SymmetricTensor.from_coo ("full": every permutation is in the file)."""
     try:
         if groups == () or groups == []:
             return SparseTensor.from_coo(idx, vals, shape)
-        return SymmetricTensor.from_coo(idx, vals, shape, groups, check=check, atol=atol,
-                                        rtol=rtol)
+        return SymmetricTensor.from_coo(idx, vals, shape, groups, stored=stored, check=check,
+                                        atol=atol, rtol=rtol)
     except EntryError as e:
         raise entry_error(path, e, line_of) from None
     except ValueError as e:  # bad groups for this shape

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO
 
 import numpy as np
+
+from .errors import FormatError
 
 
 def is_gzip(path: str | os.PathLike[str]) -> bool:
@@ -20,8 +25,22 @@ def open_binary(path: str | os.PathLike[str], mode: str = "rb") -> IO[bytes]:
     return open(path, mode)  # noqa: SIM115 - returned to the caller, who closes it
 
 
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+@contextmanager
+def gzip_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Truncated or corrupt gzip data as a FormatError naming the file (not a bare EOFError)."""
+    try:
+        yield
+    except _GZIP_ERRORS as e:
+        if not is_gzip(path):
+            raise
+        raise FormatError(path, f"truncated or corrupt gzip data: {e}") from None
+
+
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    with open_binary(path) as f:
+    with gzip_errors(path), open_binary(path) as f:
         return f.read()
 
 

@@ -96,7 +96,7 @@ def _walk(level: Any, shape: tuple[int, ...], depth: int, pos: np.ndarray,
 
 def from_binsparse(bt: Any, symmetric: Any = None, *, header: dict[str, Any] | None = None,
                    check: bool = True, atol: float = 0.0, rtol: float = 0.0,
-                   path: str = "binsparse tensor") -> SparseTensor:
+                   path: str = "binsparse tensor", stored: str | None = None) -> SparseTensor:
     """Convert a ``binsparse.BinsparseTensor`` (and its descriptor, for symmetry) to our storage."""
     bs = _bs()
     header = header or {}
@@ -119,9 +119,9 @@ def from_binsparse(bt: Any, symmetric: Any = None, *, header: dict[str, Any] | N
         idx, vals = idx[:, keep], vals[keep]
     structure = header.get("structure")
     groups = wanted_groups(symmetric, len(shape))
-    stored: Any = ()
+    file_groups: Any = ()
     if structure in ("symmetric_lower", "symmetric_upper"):
-        stored = ((0, 1),)
+        file_groups = ((0, 1),)
     elif structure is not None:
         kind = structure.rsplit("_", 1)[0]
         if kind not in ("skew_symmetric", "hermitian"):
@@ -131,24 +131,28 @@ def from_binsparse(bt: Any, symmetric: Any = None, *, header: dict[str, Any] | N
         idx = np.concatenate([idx, idx[::-1, off]], axis=1)
         vals = np.concatenate([vals, mirror])
     elif _EXT_KEY in header:
-        stored = header[_EXT_KEY].get("groups", ())
+        file_groups = header[_EXT_KEY].get("groups", ())
     try:
-        stored = normalize_groups(stored, shape)
-        wanted = stored if groups is None else normalize_groups(groups, shape)
+        file_groups = normalize_groups(file_groups, shape)
+        wanted = file_groups if groups is None else normalize_groups(groups, shape)
     except ValueError as e:
         raise FormatError(path, str(e)) from None
-    if stored:
+    if file_groups:
         if structure == "symmetric_lower":
             idx = idx[::-1]
         try:
-            t = SymmetricTensor.from_canonical(idx, vals, shape, stored)
+            t = SymmetricTensor.from_canonical(idx, vals, shape, file_groups)
         except EntryError as e:
             raise entry_error(path, e, lambda p: None) from None
-        if wanted == stored:
+        if wanted == file_groups:
             return t
-        idx, vals = t.expanded().indices, t.expanded().values
+        e = t.expanded()
+        idx, vals = e.indices, e.values
+    # expanded above from the file's structure: every permutation is there; otherwise the
+    # entries are what the caller says (default: every permutation)
+    full = structure is not None or bool(file_groups)
     return declare(path, idx, vals, shape, wanted, check=check, atol=atol, rtol=rtol,
-                   line_of=lambda p: None)
+                   line_of=lambda p: None, stored="full" if full else (stored or "full"))
 
 
 def to_binsparse(t: SparseTensor) -> tuple[Any, dict[str, Any]]:
@@ -175,7 +179,7 @@ def to_binsparse(t: SparseTensor) -> tuple[Any, dict[str, Any]]:
 
 
 def read_binsparse(path: str | os.PathLike[str], symmetric: Any = None, *, check: bool = True,
-                   atol: float = 0.0, rtol: float = 0.0) -> SparseTensor:
+                   atol: float = 0.0, rtol: float = 0.0, stored: str | None = None) -> SparseTensor:
     """Read a binsparse container (symmetry from its descriptor when ``symmetric=None``)."""
     bs = _bs()
     try:
@@ -185,7 +189,7 @@ def read_binsparse(path: str | os.PathLike[str], symmetric: Any = None, *, check
     except (bs.BinsparseParseError, KeyError, TypeError) as e:
         raise FormatError(path, f"invalid binsparse container: {e}") from None
     return from_binsparse(bt, symmetric, header=header, check=check, atol=atol, rtol=rtol,
-                          path=os.fspath(path))
+                          path=os.fspath(path), stored=stored)
 
 
 def write_binsparse(path: str | os.PathLike[str], t: SparseTensor) -> None:

@@ -13,13 +13,20 @@ Parsing is vectorized: numpy finds lines and tokens; coordinates (and integer va
 with ``np.fromstring(sep=" ")`` and float values with the same routine (correctly rounded).
 A file whose value fields are all integers loads with int64 values.
 
-Writing: a SymmetricTensor writes its canonical entries only (read it back with
-``symmetric=True`` or the same groups); a ParTI header is written only when the mode sizes
-differ from what a reader would infer. Floats are written as ``repr`` (shortest exact).
+Symmetric data: a file read with ``symmetric=...`` must store every permutation of each entry
+(an entry without its mirror is an error naming both), unless it says otherwise: a
+SymmetricTensor writes its canonical entries only, under a first comment line
+``# systec_gpu: canonical entries, symmetric in modes ((0, 1, 2),)`` that the reader honours
+(``symmetric=None`` then gives that SymmetricTensor back); a SparseTensor writes
+``# systec_gpu: general entries, no symmetry`` (read back as a SparseTensor, no detection).
+``stored="one"`` reads a foreign file that stores each symmetric entry once, in any arrangement.
+A ParTI header is written only when the mode sizes differ from what a reader would infer. Floats
+are written as ``repr`` (shortest exact).
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import re
@@ -84,8 +91,9 @@ def _header(raw: bytes, path: str | os.PathLike[str]) -> tuple[int, list[int] | 
     if len(counts) >= 2 and counts[0] == 1 and (len(counts) == 2 or counts[2] == counts[1] + 1) \
             and ints(0, "the order line")[0] == counts[1]:
         head, dims = 2, ints(1, "dimensions")  # ParTI: order, then the dimensions
-    elif len(counts) >= 2 and counts[0] == counts[1] - 1:
+    elif len(counts) >= 2 and counts[0] == counts[1] - 1 and all(t.isdigit() for t in first[0][2]):
         head, dims = 1, ints(0, "dimensions")  # a dimensions line above the entries
+    # (a first line with a value that is not an integer is an entry: the field counts disagree)
     if len(counts) > head:
         k = counts[head]
     elif dims is not None:
@@ -103,10 +111,34 @@ def _header(raw: bytes, path: str | os.PathLike[str]) -> tuple[int, list[int] | 
     return body, dims, k, origin
 
 
+_CANONICAL_MARK = b"# systec_gpu: canonical entries, symmetric in modes "
+
+
+_GENERAL_MARK = b"# systec_gpu: general entries, no symmetry"
+
+
+def _canonical_groups(raw: bytes, path: str | os.PathLike[str]) -> tuple | None:
+    """The groups a file written by write_tns marks as holding canonical entries only (() for a
+    file it marks as holding a tensor without symmetry), None for any other file."""
+    if raw.startswith(_GENERAL_MARK):
+        return ()
+    if not raw.startswith(_CANONICAL_MARK):
+        return None
+    line = raw[len(_CANONICAL_MARK):raw.find(b"\n")].decode(errors="replace").strip()
+    try:
+        return ast.literal_eval(line)
+    except (ValueError, SyntaxError):
+        raise FormatError(path, f"unreadable symmetry groups {line!r} in the systec_gpu comment", 1) from None
+
+
 def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: bool = True,
-             atol: float = 0.0, rtol: float = 0.0) -> SparseTensor:
-    """Read a FROSTT file; ``symmetric=None`` detects full symmetry (logged on systec_gpu.io)."""
+             atol: float = 0.0, rtol: float = 0.0, stored: str | None = None) -> SparseTensor:
+    """Read a FROSTT file; ``symmetric=None`` detects full symmetry (logged on systec_gpu.io).
+
+    ``stored``: "full" (every permutation of each entry is in the file) or "one" (each entry
+    once); None: "one" for a file marked as canonical by write_tns, else "full"."""
     raw = read_bytes(path)
+    marked = _canonical_groups(raw, path)
     body, dims, k, origin = _header(raw, path)
     # integer values load as int64; comment lines do not count (header lines hold integers)
     text = re.sub(rb"(?m)^[ \t]*[#%].*$", b"", raw) if has_any(raw, b"#%") else raw
@@ -118,6 +150,7 @@ def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: b
     idx = np.empty((ndim, cap), dtype=np.int64)
     vals = np.empty(cap, dtype=np.int64 if is_int else np.float64)
     n, line0, pos = 0, raw.count(b"\n", 0, body), body
+    body_line = line0  # lines before the entries
     while pos < len(raw):  # blocks of whole lines keep the temporaries small
         stop = raw.rfind(b"\n", pos, pos + _BLOCK) + 1 or raw.find(b"\n", pos) + 1 or len(raw)
         block = raw[pos:stop]
@@ -145,14 +178,24 @@ def read_tns(path: str | os.PathLike[str], symmetric: object = None, *, check: b
         over = idx > np.array(dims, dtype=np.int64)[:, None]
         if over.any():
             j = int(np.argmax(over.any(axis=0)))
-            raise FormatError(path, f"index past the declared dimensions {tuple(dims)}",
-                              line_of(j))
+            header = "line 1" if body_line == 1 else f"lines 1-{body_line}"
+            raise FormatError(path, f"index past the dimensions {tuple(dims)} declared in the "
+                              f"header ({header})", line_of(j))
     idx -= 1
     groups = wanted_groups(symmetric, ndim)
+    if marked is not None:
+        shape = _shape(idx, dims, marked, path)
+        t = declare(path, idx, vals, shape, marked, check=check, atol=atol, rtol=rtol,
+                    line_of=line_of, stored="one")
+        if groups is None or normalize_groups(groups, shape) == getattr(t, "groups", ()):
+            return t
+        e = t.expanded() if isinstance(t, SymmetricTensor) else t
+        return declare(path, e.indices, e.values, shape, groups, check=check, atol=atol,
+                       rtol=rtol, line_of=lambda p: None)
     shape = _shape(idx, dims, groups, path)
     if groups is not None:
         return declare(path, idx, vals, shape, groups, check=check, atol=atol, rtol=rtol,
-                       line_of=line_of)
+                       line_of=line_of, stored=stored or "full")
     sym, why = _detect_full(idx, vals, shape, atol, rtol)
     if sym is not None:
         logger.info("%s: every entry's permutations are present with equal values: loaded as a "
@@ -309,6 +352,11 @@ def write_tns(path: str | os.PathLike[str], t: SparseTensor) -> None:
         for p in g:
             inferred[p] = m
     with open_binary(path, "wb") as f:
+        # what the tensor is, so that reading it back gives the same tensor (no detection)
+        if getattr(t, "groups", ()):
+            f.write(_CANONICAL_MARK + repr(tuple(t.groups)).encode() + b"\n")
+        else:
+            f.write(_GENERAL_MARK + b"\n")
         if tuple(inferred) != t.shape or t.nnz == 0:
             f.write(f"{t.ndim}\n{' '.join(map(str, t.shape))}\n".encode())
         row = " ".join(["%d"] * t.ndim) + (" %d\n" if vals.dtype.kind in "iu" else " %r\n")

@@ -25,7 +25,7 @@ import scipy.sparse
 
 from ..storage import EntryError, SparseTensor, SymmetricTensor, _to_numpy, normalize_groups
 from ._common import declare, entry_error, wanted_groups
-from ._text import line_counts, open_binary, regular_lines
+from ._text import gzip_errors, line_counts, open_binary, regular_lines
 from .errors import FormatError
 
 _DIGITS = b"0123456789"
@@ -141,8 +141,15 @@ def _fmm_error(path: str | os.PathLike[str], err: Exception,
 
 
 def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: bool = True,
-             atol: float = 0.0, rtol: float = 0.0) -> SparseTensor:
-    """Read a Matrix Market file (``symmetric=None``: as its header says)."""
+             atol: float = 0.0, rtol: float = 0.0, stored: str | None = None) -> SparseTensor:
+    """Read a Matrix Market file (``symmetric=None``: as its header says). A ``general`` file read
+    as symmetric must store both triangles (``stored="one"``: it stores one)."""
+    with gzip_errors(path):
+        return _read_mtx(path, symmetric, check=check, atol=atol, rtol=rtol, stored=stored)
+
+
+def _read_mtx(path: str | os.PathLike[str], symmetric: object, *, check: bool, atol: float,
+              rtol: float, stored: str | None) -> SparseTensor:
     with open_binary(path) as src:
         header, nhead = _read_header(src)
         try:
@@ -150,6 +157,9 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
         except (ValueError, RuntimeError) as e:
             raise _fmm_error(path, e, None) from None
         field, sym, shape = h.field, h.symmetry, (int(h.nrows), int(h.ncols))
+        if sym != "general" and shape[0] != shape[1]:
+            raise FormatError(path, f"the header says {sym}, but the size line gives a "
+                              f"{shape[0]} x {shape[1]} matrix, which is not square", nhead)
         groups = wanted_groups(symmetric, 2)
         if groups is not None:
             try:
@@ -168,6 +178,9 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
                 idx, vals = _read_coo(stream, flip=canonical)
         except (ValueError, RuntimeError, OverflowError) as e:
             raise _fmm_error(path, e, stream.finish()) from None
+        except BaseException:  # e.g. truncated gzip data: stop the checking thread first
+            stream.finish()
+            raise
         err = stream.finish()
         if err is not None:
             raise FormatError(path, err[1], err[0])
@@ -204,8 +217,10 @@ def read_mtx(path: str | os.PathLike[str], symmetric: object = None, *, check: b
             mirror = np.conj(mirror)
         idx = np.concatenate([idx, idx[::-1, off]], axis=1)
         vals = np.concatenate([vals, mirror])
+    # a general file's entries are what they are: stored="one" only where the caller says so
     return declare(path, idx, vals, shape, () if groups is None else groups, check=check,
-                   atol=atol, rtol=rtol, line_of=line_of)
+                   atol=atol, rtol=rtol, line_of=line_of,
+                   stored=(stored or "full") if sym == "general" else "full")
 
 
 _CORE = getattr(fmm, "_fmm_core", None)  # fmm's parser core (an internal module)

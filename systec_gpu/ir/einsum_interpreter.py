@@ -6,6 +6,8 @@ reduces over the indices absent from the output. Meant for small tensors.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .. import algebra
@@ -34,9 +36,15 @@ def _broadcast(access: Access, array: np.ndarray, order: tuple[Index, ...]) -> n
     return view.reshape(shape)
 
 
-def interpret_einsum(einsum: Einsum, arrays: dict[str, np.ndarray], dtype=np.float64) -> np.ndarray:
+def interpret_einsum(einsum: Einsum, arrays: dict[str, np.ndarray], dtype=np.float64,
+                     stored: Mapping[Access, np.ndarray] | None = None) -> np.ndarray:
     """Dense result of `einsum` on dense `arrays` (entries a sparse operand does not store
-    must already hold the reduction's identity)."""
+    must already hold the reduction's identity).
+
+    `stored` (access -> boolean array of its tensor's stored entries): the points where such an
+    access reads an entry that is not stored contribute nothing, whatever the other factors hold
+    (a kernel that iterates the stored entries of that access never visits them: with an inf or
+    a nan elsewhere, 0 * inf would otherwise make a nan)."""
     order = indices_of(einsum)
     sizes = _sizes(einsum, arrays)
     reduce, _ = algebra.reduction_for(einsum.reduce)
@@ -53,6 +61,9 @@ def interpret_einsum(einsum: Einsum, arrays: dict[str, np.ndarray], dtype=np.flo
 
     full_shape = tuple(sizes[i] for i in order)
     values = np.broadcast_to(evaluate(einsum.rhs), full_shape)
+    for access, mask in (stored or {}).items():
+        visited = np.broadcast_to(_broadcast(access, np.asarray(mask, dtype=bool), order), full_shape)
+        values = np.where(visited, values, reduce.identity)
     out_axes = [order.index(i) for i in einsum.output.indices]
     reduced_axes = tuple(a for a in range(len(order)) if a not in out_axes)
     result = reduce.numpy.reduce(values, axis=reduced_axes, initial=reduce.identity) if reduced_axes \

@@ -33,6 +33,8 @@ def interpret_loops(program: LoopProgram, args) -> np.ndarray:
     def value(expr):
         match expr:
             case Access(tensor=t, indices=idx):
+                if not idx:  # a scalar operand is bound as a 1-element array
+                    return args.dense[t].reshape(-1)[0]
                 return args.dense[t][tuple(env[i] for i in idx)]
             case DriverValue():
                 return env["<driver>"]

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from .einsum import Access, Expr, Index, Program, format_expr
 
 
+class SymmetryLimitError(ValueError):
+    """Exploiting the symmetry would make the program too large to generate; the message names
+    the index sets, their size and the limit, and what to do instead."""
+
+
 @dataclass(frozen=True)
 class PermutableSet:
     """Indices whose iteration is restricted to one canonical order.
@@ -82,3 +87,7 @@ def describe_class(sym: Symmetrized, diagonal: DiagonalClass) -> str:
             text += ("=" if equal else "<") + index.name
         parts.append(text)
     return ", ".join(parts) if parts else "(no symmetry)"
+
+
+def describe_sets(sym: Symmetrized) -> str:
+    return ", ".join("(" + ", ".join(i.name for i in s.indices) + ")" for s in sym.sets)

@@ -14,11 +14,10 @@ from ..ir.symmetrized import Symmetrized, Update
 
 def consolidate(sym: Symmetrized) -> Symmetrized:
     reduce, _ = algebra.reduction_for(sym.program.einsum.reduce)
-    updates: list[Update] = []
+    updates: dict[Update, None] = {}  # in order of first appearance
     for cu in sorted(sym.class_updates, key=lambda cu: cu.diagonal.row):
         for update, _count in cu.updates:
-            if update not in updates:
-                updates.append(update)
+            updates.setdefault(update, None)
     rows = []
     for cu in sorted(sym.class_updates, key=lambda cu: cu.diagonal.row):
         counts = dict(cu.updates)

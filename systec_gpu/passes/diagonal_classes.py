@@ -10,7 +10,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from ..ir.symmetrized import DiagonalClass, Symmetrized
+from ..ir.einsum import format_einsum
+from ..ir.symmetrized import DiagonalClass, Symmetrized, SymmetryLimitError, describe_sets
+
+# Rows of the multiplicity table (2**(g-1) for one set of g indices): a set of up to 12 indices
+# compiles in seconds; larger ones are refused before anything is enumerated.
+MAX_CLASSES = 2**11
 
 
 def class_row(equal: tuple[tuple[bool, ...], ...]) -> int:
@@ -23,6 +28,17 @@ def class_row(equal: tuple[tuple[bool, ...], ...]) -> int:
 
 
 def enumerate_diagonal_classes(sym: Symmetrized) -> Symmetrized:
+    count = 1
+    for permutable in sym.sets:
+        count *= 2 ** (len(permutable.indices) - 1)
+    if count > MAX_CLASSES:
+        sizes = " and ".join(str(len(s.indices)) for s in sym.sets)
+        raise SymmetryLimitError(
+            f"{format_einsum(sym.program.einsum)}: the permutable index sets {describe_sets(sym)} "
+            f"(of order {sizes}) have {count} diagonal classes, more than the limit of {MAX_CLASSES} "
+            f"(one set of up to {MAX_CLASSES.bit_length()} indices); compile with symmetry=False "
+            "or declare smaller symmetric groups"
+        )
     per_set = [
         list(itertools.product((False, True), repeat=len(s.indices) - 1)) for s in sym.sets
     ]

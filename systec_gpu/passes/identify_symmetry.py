@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import warnings
 
-from ..ir.einsum import Index, accesses, indices_of, substitute
+from ..ir.einsum import Index, Program, accesses, indices_of, substitute
 from ..ir.symmetrized import PermutableSet, Symmetrized
 from .normalize import normalize
 
@@ -25,9 +25,8 @@ def _swap(a: Index, b: Index) -> dict[Index, Index]:
     return {a: b, b: a}
 
 
-def _invariant(sym: Symmetrized, mapping: dict[Index, Index], relabel: tuple[Index, ...]) -> bool:
+def _invariant(program: Program, mapping: dict[Index, Index], relabel: tuple[Index, ...]) -> bool:
     """Is the right-hand side unchanged by `mapping`, up to renaming the indices in `relabel`?"""
-    program = sym.program
     target = normalize(program.einsum.rhs, program)
     swapped = substitute(program.einsum.rhs, mapping)
     for perm in itertools.permutations(relabel):
@@ -55,6 +54,41 @@ def _union_groups(items: list, pairs: list[tuple]) -> list[tuple]:
     return [tuple(c) for c in components.values() if len(c) > 1]
 
 
+def _access_sets(access, program) -> list[tuple[Index, ...]]:
+    """Index sets a symmetric access is invariant under, from each of its symmetric groups.
+
+    Usually a group's indices (A[i,j] symmetric: (i, j)). A repeated index (A[i,i,j]) or one
+    also used outside the group (A[i,j,i] symmetric in (0, 1)) is not interchangeable with the
+    others: the sets are the components of the swaps that leave the normalized access unchanged
+    (A[i,i,j,j] fully symmetric: (i, j); A[i,i,j]: none)."""
+    target = normalize(access, program)
+    found = []
+    for group in program.groups_of(access.tensor):
+        candidates = list(dict.fromkeys(access.indices[m] for m in group))
+        pairs = [
+            (a, b) for a, b in itertools.combinations(candidates, 2)
+            if normalize(substitute(access, _swap(a, b)), program) == target
+        ]
+        found += _union_groups(candidates, pairs)
+    return found
+
+
+def proved_output_groups(program: Program) -> list[tuple[int, ...]]:
+    """Mode groups of the output in which the expression itself proves it symmetric: swapping
+    two output indices leaves the normalized right-hand side unchanged, possibly after renaming
+    reduction indices (C[i,j] += A[i,k]*A[j,k]). Declared symmetry of the inputs is assumed."""
+    einsum = program.einsum
+    output = einsum.output
+    reduction = tuple(i for i in indices_of(einsum) if i not in output.indices)
+    relabel = reduction if len(reduction) <= MAX_RELABELED else ()
+    pairs = [
+        (a, b)
+        for a, b in itertools.combinations(range(len(output.indices)), 2)
+        if _invariant(program, _swap(output.indices[a], output.indices[b]), relabel)
+    ]
+    return _union_groups(list(range(len(output.indices))), pairs)
+
+
 def identify_symmetry(sym: Symmetrized) -> Symmetrized:
     if not sym.exploit:
         return sym
@@ -68,30 +102,24 @@ def identify_symmetry(sym: Symmetrized) -> Symmetrized:
 
     # (a) symmetric operands
     for access in accesses(einsum.rhs):
-        for group in program.groups_of(access.tensor):
-            indices = tuple(access.indices[m] for m in group)
+        for indices in _access_sets(access, program):
             if any(set(indices) == set(s.indices) for s in sets):
                 continue
+            modes = tuple(m for m, i in enumerate(access.indices) if i in indices)
             clash = set(indices) & taken()
             if clash:
                 notes.append(
-                    f"{access} symmetric in modes {group} not exploited: "
+                    f"{access} symmetric in modes {modes} not exploited: "
                     f"{', '.join(sorted(i.name for i in clash))} already in a permutable set"
                 )
                 continue
-            sets.append(PermutableSet(indices, f"{access.tensor} is symmetric in modes {group}"))
+            sets.append(PermutableSet(indices, f"{access.tensor} is symmetric in modes {modes}"))
 
     # (b) output symmetry: declared groups, then groups found by swap-and-normalize
     output = einsum.output
     reduction = tuple(i for i in indices_of(einsum) if i not in output.indices)
-    relabel = reduction if len(reduction) <= MAX_RELABELED else ()
     declared = program.groups_of(output.tensor)
-    pairs = [
-        (a, b)
-        for a, b in itertools.combinations(range(len(output.indices)), 2)
-        if _invariant(sym, _swap(output.indices[a], output.indices[b]), relabel)
-    ]
-    found = _union_groups(list(range(len(output.indices))), pairs)
+    found = proved_output_groups(program)
     for group in declared:
         if not any(set(group) <= set(f) for f in found):
             warnings.warn(
@@ -119,7 +147,7 @@ def identify_symmetry(sym: Symmetrized) -> Symmetrized:
 
     # (c) invisible symmetry among reduction indices
     free = [i for i in reduction if i not in taken()]
-    pairs = [(a, b) for a, b in itertools.combinations(free, 2) if _invariant(sym, _swap(a, b), ())]
+    pairs = [(a, b) for a, b in itertools.combinations(free, 2) if _invariant(program, _swap(a, b), ())]
     for group in _union_groups(free, pairs):
         sets.append(PermutableSet(group, "invisible: the right-hand side is invariant under swaps"))
 

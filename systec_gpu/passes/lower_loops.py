@@ -4,6 +4,10 @@ The outer loop visits the stored nonzeros of one sparse operand (the driver) whe
 has the driver's value as a factor of its combining operator (then skipping the entries it does
 not store is exact); the remaining indices become dense loops whose bounds keep each permutable
 set in canonical order. Schedules that cannot be applied are refused with a reason.
+
+A driver access that repeats an index (`A[i,i]`, `A[i,j,i]`) binds one coordinate per mode: the
+repeat binds a copy of the index (`i_1`: the index at mode 1) and a pair of guards
+`i <= i_1 <= i` keeps only the stored entries whose coordinates agree, on every backend.
 """
 
 from __future__ import annotations
@@ -131,6 +135,31 @@ def _implied_by_storage(sym: Symmetrized, driver: Access, expanded: bool, a: Ind
     return False
 
 
+def _collapse_runs(indices: tuple[Index, ...]) -> tuple[Index, ...]:
+    """(i, i, j, j) -> (i, j): one index per run of equal neighbours."""
+    return tuple(i for n, i in enumerate(indices) if n == 0 or indices[n - 1] != i)
+
+
+def driver_binding(driver: Access, taken: set[Index]) -> tuple[tuple[Index, ...], tuple[tuple[Index, Index], ...]]:
+    """The indices a sparse loop over `driver` binds (one per mode, all distinct) and the pairs
+    (index, copy) that must be equal: a repeated index binds a fresh copy at each later mode."""
+    bound: list[Index] = []
+    equal: list[tuple[Index, Index]] = []
+    used = set(taken)
+    for mode, index in enumerate(driver.indices):
+        if index not in bound:
+            bound.append(index)
+            continue
+        copy, n = Index(f"{index.name}_{mode}"), 0
+        while copy in used:
+            n += 1
+            copy = Index(f"{index.name}_{mode}_{n}")
+        used.add(copy)
+        bound.append(copy)
+        equal.append((index, copy))
+    return tuple(bound), tuple(equal)
+
+
 def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
     program = sym.program
     einsum = program.einsum
@@ -142,8 +171,11 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
 
     driver_groups = program.groups_of(driver.tensor) if driver else ()
     set_tuples = {s.indices for s in sym.sets}
+    # Canonical nonzeros suffice when every visited point reads the driver in sorted order:
+    # each group's indices (runs of a repeated index collapsed) are one index or a permutable set.
     expanded = bool(driver_groups) and not all(
-        tuple(driver.indices[m] for m in g) in set_tuples for g in driver_groups
+        len(runs) == 1 or runs in set_tuples
+        for runs in (_collapse_runs(tuple(driver.indices[m] for m in g)) for g in driver_groups)
     )
 
     # Innermost block: the class row, then one update per base update.
@@ -183,8 +215,12 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
                 sym, driver, expanded, a, b
             ):
                 block = Block((Guard(a, b, block),))
+        # A repeated index: only the stored entries whose repeated coordinates agree count.
+        binding, equal = driver_binding(driver, set(indices_of(einsum)))
+        for index, copy in reversed(equal):
+            block = Block((Guard(index, copy, Block((Guard(copy, index, block),))),))
         fmt = program.format_of(driver.tensor)
-        block = Block((SparseLoop(driver.tensor, driver.indices, expanded, fmt, block),))
+        block = Block((SparseLoop(driver.tensor, binding, expanded, fmt, block),))
 
     # What remains an Access after the driver's reads became DriverValue is read densely.
     dense_inputs = tuple(

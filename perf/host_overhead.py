@@ -1,0 +1,126 @@
+"""Host time of a repeat kernel call, per backend: what a solver loop pays in Python per call.
+
+    python perf/host_overhead.py [--out DIR] [--repeats N]
+
+Rows (SSYMV `y[i] += A[i,j]*x[j]`, A symmetric):
+- numba, 8x8 matrix (kernel time ~0): the end-to-end call `k(A=A, x=x)`, and the generated
+  function alone on arguments bound once (numba's dispatch included); the difference is the
+  library's own overhead;
+- triton with the launch made free (TRITON_INTERPRET=1, the generated kernel replaced by a no-op
+  after its first real run): everything the call does on the host but the launch itself;
+- each with A a prepared `SymmetricTensor` and with A a scipy CSR matrix (full storage) passed
+  again, on an 8x8 and a 10k x 10k matrix (~30 nonzeros per row).
+Timings are the median of `--repeats` batches of calls (per-call time of each batch), after a
+warm-up. Writes host-overhead-<host>-<date>.json under --out (default perf/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+import systec_gpu as sg  # noqa: E402
+
+
+def per_call(fn, repeats: int, batch: int) -> float:
+    """Median over `repeats` batches of the mean time of one call in the batch, in microseconds."""
+    for _ in range(batch):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        times.append((time.perf_counter() - start) / batch)
+    return float(np.median(times)) * 1e6
+
+
+def matrix(n: int, per_row: int, rng) -> sp.csr_matrix:
+    a = sp.random(n, n, density=min(1.0, per_row / n / 2), random_state=rng, format="csr")
+    return sp.csr_matrix(a + a.T)
+
+
+class _FreeLaunch:
+    """Stands in for a loaded Triton kernel: `kernel[grid](**args)` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def free_triton_launch():
+    """Replace every loaded Triton kernel by a no-op (after its first, real, interpreted run)."""
+    from systec_gpu.backends import cache, triton_backend
+
+    for path, module in cache._loaded.items():
+        if path.name.startswith("triton_"):
+            module.kernel = _FreeLaunch()
+    for memo in ("_compiled", "_launch_plan"):  # the in-memory caches hold the kernels they loaded
+        if hasattr(triton_backend, memo):
+            getattr(triton_backend, memo).cache_clear()
+
+
+def run(repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    rows = []
+    for n, per_row in ((8, 8), (10_000, 30)):
+        csr = matrix(n, per_row, rng)
+        prepared = sg.SymmetricTensor.from_coo(np.vstack(csr.nonzero()), csr.data, csr.shape)
+        x = rng.uniform(-1, 1, n)
+        batch = 2000 if n <= 8 else 20
+        for backend in ("numba", "triton"):
+            kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"}, backend=backend)
+            expected = csr @ x
+            for a in (prepared, csr):
+                np.testing.assert_allclose(kernel(A=a, x=x).numpy(), expected, rtol=1e-10, atol=1e-10)
+            if backend == "triton":
+                free_triton_launch()
+            row = {"backend": backend, "n": n, "nnz": int(csr.nnz)}
+            row["call_us_SymmetricTensor"] = per_call(lambda k=kernel, a=prepared, v=x: k(A=a, x=v), repeats, batch)
+            row["call_us_scipy"] = per_call(lambda k=kernel, a=csr, v=x: k(A=a, x=v), repeats, batch)
+            row["scipy_over_prepared"] = row["call_us_scipy"] / row["call_us_SymmetricTensor"]
+            if backend == "numba":
+                from systec_gpu.backends.numba_backend import numba_module
+                from systec_gpu.backends.parameters import argument_values, kernel_parameters
+
+                args = kernel._last
+                module = numba_module(kernel.loops)
+                function = module.kernel_serial if args.chunks == 1 else module.kernel
+                values = argument_values(kernel_parameters(kernel.loops), args)
+                row["generated_function_us"] = per_call(lambda f=function, v=values: f(*v), repeats, batch)
+                row["overhead_us"] = row["call_us_SymmetricTensor"] - row["generated_function_us"]
+            rows.append(row)
+            print(json.dumps(row))
+    return {"rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    result = run(args.repeats)
+    result["machine"] = {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                         "cores": os.cpu_count(), "python": platform.python_version(),
+                         "load_average": os.getloadavg()}
+    result["date"] = datetime.date.today().isoformat()
+    out = Path(args.out) / f"host-overhead-{platform.node() or 'host'}-{result['date']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""CPU plans: which code runs a compiled einsum on the CPU, decided in one place.
+
+`cpu_plan(program, loops)` is a pure function of the einsum program and its symmetrized loop
+program; `run_cpu_plan` runs the plan on a call's tensors. Three plans:
+
+- "generated": the generated Numba kernel of the symmetrized loops (the default);
+- "expanded": the generated Numba kernel of the same expression without exploiting symmetry,
+  when the symmetric schedule cannot do less dense work than it. A symmetric sparse operand
+  times a dense operand along a rank axis (SSYMM, `Y[i,r] += A[i,j]*X[j,r]`): each canonical
+  nonzero updates two rows of R lanes where the expanded kernel's two nonzeros update one each,
+  so the rank loop does the same work and the symmetric schedule saves only the reads of the
+  sparse coordinates and values, while its mirrored rows are scattered read-modify-writes
+  (measured on a 2-core Xeon, R = 16: 0.9-1.07x of the expanded kernel; perf/cpu.py);
+- "blas_syrk": a dense symmetric-output contraction BLAS computes, `C[i,j] += A[i,k]*A[j,k]`
+  (or `A[k,i]*A[k,j]`) with A dense: ?syrk from scipy.linalg.blas computes the upper triangle
+  (half the multiply-adds of a GEMM, at BLAS speed) and a parallel Numba pass mirrors it.
+  The generated kernel stays for sparse operands.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from math import factorial
+
+import numpy as np
+
+from .. import algebra
+from ..ir.einsum import Access, Call, Program
+from ..ir.loop import DenseLoop, LoopProgram, Update
+from ..ir.traverse import walk
+from ..passes.loop_nest import unnest
+from ..pipeline import lower_and_optimize, symmetrize
+from .parameters import sparse_loop
+
+# The symmetric schedule must cut the dense (rank-axis) work by at least this factor to be
+# chosen over the expanded one (it also pays scattered mirrored updates and a combine).
+MIN_DENSE_WORK_SAVING = 1.5
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str  # "generated" | "expanded" | "blas_syrk"
+    loops: LoopProgram  # the loop program a generated kernel runs (and binds the call's tensors)
+    reason: str
+    syrk: tuple[str, bool] | None = None  # blas_syrk: (tensor, True for A*A^T / False for A^T*A)
+
+
+def syrk_form(program: Program) -> tuple[str, bool] | None:
+    """(tensor, A*A^T?) when the program is `C[i,j] += A[i,k]*A[j,k]` (or `A[k,i]*A[k,j]`) over
+    (+, *) with A dense and no declared symmetry of A: what BLAS ?syrk computes."""
+    einsum = program.einsum
+    reduce, _ = algebra.reduction_for(einsum.reduce)
+    out = einsum.output.indices
+    rhs = einsum.rhs
+    if reduce.name != "add" or len(out) != 2 or out[0] == out[1]:
+        return None
+    if not (isinstance(rhs, Call) and rhs.op == "mul" and len(rhs.args) == 2):
+        return None
+    a, b = rhs.args
+    if not (isinstance(a, Access) and isinstance(b, Access) and a.tensor == b.tensor):
+        return None
+    if len(a.indices) != 2 or program.format_of(a.tensor) != "dense" or program.groups_of(a.tensor):
+        return None
+    i, j = out
+    for first, second in ((a, b), (b, a)):
+        (p, k), (q, k2) = first.indices, second.indices
+        if (p, q) == (i, j) and k == k2 and k not in out:
+            return a.tensor, True  # C = A A^T
+        (k, p), (k2, q) = first.indices, second.indices
+        if (p, q) == (i, j) and k == k2 and k not in out:
+            return a.tensor, False  # C = A^T A
+    return None
+
+
+def _innermost_dense_loop(loops: LoopProgram) -> DenseLoop | None:
+    headers = [level.header for level in unnest(loops.body) if level.header is not None]
+    return headers[-1] if headers and isinstance(headers[-1], DenseLoop) else None
+
+
+def dense_work_saving(program: Program, symmetric: LoopProgram, expanded: LoopProgram) -> float | None:
+    """How many times less rank-axis work the symmetric loops do than the expanded ones, per
+    strictly off-diagonal nonzero: (g! expanded nonzeros x their updates) / (the canonical
+    nonzero's updates). None when the comparison does not apply: no sparse driver, no innermost
+    rank loop, or dense loops with canonical bounds (those save work of their own)."""
+    loop = sparse_loop(symmetric)
+    inner = _innermost_dense_loop(symmetric)
+    if loop is None or loop.expanded or inner is None or _innermost_dense_loop(expanded) is None:
+        return None
+    if any(isinstance(n, DenseLoop) and (n.lower or n.upper) for n in walk(symmetric.body)):
+        return None
+    copies = 1
+    for group in program.groups_of(loop.tensor):
+        copies *= factorial(len(group))
+    base = [u for u in walk(inner.body) if isinstance(u, Update)]
+    if symmetric.tables:  # updates with a zero factor off the diagonal do no work there
+        base = [u for u, f in zip(base, symmetric.tables[0].rows[0], strict=False) if f != 0]
+    expanded_updates = sum(isinstance(n, Update) for n in walk(expanded.body))
+    return copies * expanded_updates / max(len(base), 1)
+
+
+_PLANS: dict[LoopProgram, tuple[Program, Plan]] = {}
+
+
+def cpu_plan(program: Program, loops: LoopProgram) -> Plan:
+    """The plan that runs `program` (symmetrized into `loops`) on the CPU, with the reason.
+    Memoized on the loop program (its hash is cached; hashing the einsum program costs ~5 us, a
+    tenth of a small SSYMV), the program checked on a hit."""
+    hit = _PLANS.get(loops)
+    if hit is not None and (hit[0] is program or hit[0] == program):
+        return hit[1]
+    if len(_PLANS) >= 256:
+        _PLANS.clear()
+    plan = _choose_plan(program, loops)
+    _PLANS[loops] = (program, plan)
+    return plan
+
+
+def _choose_plan(program: Program, loops: LoopProgram) -> Plan:
+    syrk = syrk_form(program)
+    if syrk is not None:
+        tensor, aat = syrk
+        product = f"{tensor}*{tensor}^T" if aat else f"{tensor}^T*{tensor}"
+        return Plan("blas_syrk", loops, f"{tensor} is dense: BLAS ?syrk computes the upper triangle of "
+                    f"{product} (half a GEMM's multiply-adds), mirrored in parallel", syrk)
+    loop = sparse_loop(loops)
+    if loop is not None and not loop.expanded:
+        expanded = lower_and_optimize(symmetrize(program, exploit=False))
+        saving = dense_work_saving(program, loops, expanded)
+        if saving is not None and saving < MIN_DENSE_WORK_SAVING:
+            return Plan("expanded", expanded,
+                        f"the symmetric schedule cuts the rank-loop work only {saving:.2g}x (each canonical "
+                        f"nonzero of {loop.tensor} updates as many rows as its expanded copies do), so it saves "
+                        f"only the reads of {loop.tensor}'s coordinates and values and pays scattered mirrored "
+                        "row updates: the expanded kernel is as fast or faster")
+    return Plan("generated", loops, "the generated kernel of the symmetrized loops")
+
+
+def describe_plan(program: Program, loops: LoopProgram) -> str:
+    """The CPU plan in one line, for `Kernel.explain()`."""
+    plan = cpu_plan(program, loops)
+    return f"cpu plan: {plan.name}: {plan.reason}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a plan
+
+
+@functools.cache
+def _fill_upper():
+    """The parallel mirror kernel (numba is imported on first use: `import systec_gpu` stays light)."""
+    import numba
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def fill_upper(t, parts):
+        """t[i, j] = t[j, i] for i < j (t C-contiguous): 8 x 8 tiles (constant trip counts: unrolled
+        and vectorized), block rows dealt cyclically to `parts` threads (the triangle balances)."""
+        n = t.shape[0]
+        blocks = n // 8
+        edge = blocks * 8
+        for part in numba.prange(parts):
+            for block in range(part, blocks, parts):
+                i0 = block * 8
+                for i in range(i0, i0 + 8):
+                    for j in range(i + 1, i0 + 8):
+                        t[i, j] = t[j, i]
+                for j0 in range(i0 + 8, edge, 8):
+                    for ii in range(8):
+                        for jj in range(8):
+                            t[i0 + ii, j0 + jj] = t[j0 + jj, i0 + ii]
+                for i in range(i0, i0 + 8):
+                    for j in range(edge, n):
+                        t[i, j] = t[j, i]
+        for i in range(edge, n):
+            for j in range(i + 1, n):
+                t[i, j] = t[j, i]
+
+    return fill_upper
+
+
+def _syrk(a: np.ndarray, aat: bool) -> np.ndarray:
+    """Upper triangle of a a^T (aat) or a^T a, Fortran order; a is C-contiguous, so a.T is the
+    Fortran-ordered operand BLAS reads without a copy."""
+    from scipy.linalg import blas
+
+    n = a.shape[0] if aat else a.shape[1]
+    if a.size == 0:
+        return np.zeros((n, n), dtype=a.dtype, order="F")
+    routine = blas.ssyrk if a.dtype == np.float32 else blas.dsyrk
+    return routine(1.0, a.T, trans=1 if aat else 0, lower=0)
+
+
+def syrk_full(a: np.ndarray, aat: bool) -> np.ndarray:
+    """a a^T (aat) or a^T a, both triangles, C-contiguous: ?syrk, then the parallel mirror."""
+    c = _syrk(a, aat).T  # the same matrix (symmetric), C-contiguous, its lower triangle computed
+    import numba
+
+    _fill_upper()(c, numba.get_num_threads())
+    return c
+
+
+def run_syrk(plan: Plan, args) -> None:
+    """Fill bound arguments (backends.arguments.KernelArgs of `plan.loops`) with the "blas_syrk"
+    plan's result: both halves, written by BLAS and the mirror (the runtime clears the lower half
+    for callers that asked for the canonical part only)."""
+    tensor, aat = plan.syrk
+    if plan.loops.layout_of(tensor) == (1, 0):  # bound transposed: swap the product's sides
+        aat = not aat
+    args.partial = syrk_full(np.ascontiguousarray(args.dense[tensor]), aat)[None]
+    args.chunks = 1
+    args.output_mirrored = True

@@ -1,0 +1,551 @@
+"""A call's tensors, normalized in one pass: kinds, dtypes, devices, shapes, symmetry, storage.
+
+Every way into a kernel (`Kernel.__call__`, the torch op, the CLI) binds its tensors here, into
+the `KernelArgs` the backends read. What is checked, and where each input kind goes:
+
+- names: every tensor of the expression, nothing else;
+- kinds: numpy arrays (and lists, scalars), torch tensors (dense or sparse), CuPy arrays, scipy
+  and pydata sparse arrays, `SparseTensor` / `SymmetricTensor`; anything else (None, strings)
+  is a TypeError naming the operand;
+- dtypes: floating values compute in the widest float given (float16/bfloat16 in float32);
+  integers and booleans in float64, refused if an integer does not fit it exactly (> 2**53);
+  complex values are refused;
+- devices: meta tensors are refused; all torch operands on one device;
+- shapes: each index has one size; symmetric modes have equal sizes;
+- symmetry: declared symmetry of dense and sparse inputs is checked (`check=True`), or only
+  the canonical part is read (`check=False`);
+- sparse operands become storage (`SymmetricTensor` for symmetric ones) whose coordinates are
+  validated once per structure (in range, canonical, sorted, unique).
+
+Caches (all of them; nothing else in the call path keeps data between calls):
+- a storage's structure cache (`SparseTensor._cache`: kernel coordinates, CSR pointers, chunk
+  bounds, device copies of coordinates, the validity check) lives as long as the storage and is
+  shared by `with_values`; it never holds values;
+- conversions of foreign sparse inputs (scipy, pydata, torch sparse, and a `SparseTensor` given
+  for a symmetric operand): `_CONVERTED`, keyed weakly by the input object (dropped with it) and
+  reused only while the input's arrays still equal the copies taken when it was converted, so an
+  input modified in place is converted again;
+- per kernel, the prepared launches (`runtime.Launch`) and their bind plans: no data.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import algebra
+from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, torch_dtype
+from .backends.parameters import sparse_loop
+from .dense_symmetry import check_symmetric, mirror_canonical
+from .ir.einsum import Program, accesses, tensors_of
+from .ir.loop import LoopProgram
+from .storage import SparseTensor, SymmetricTensor, _is_torch
+
+# ---------------------------------------------------------------------------------------------
+# Input kinds
+
+
+def _module(obj) -> str:
+    return type(obj).__module__.split(".")[0]
+
+
+def is_cupy(obj) -> bool:
+    return _module(obj) == "cupy"
+
+
+def _is_scipy_sparse(obj) -> bool:
+    return type(obj).__module__.startswith("scipy.sparse")
+
+
+def _is_pydata_sparse(obj) -> bool:
+    return _module(obj) == "sparse"
+
+
+def is_sparse_input(obj) -> bool:
+    if isinstance(obj, SparseTensor) or _is_scipy_sparse(obj) or _is_pydata_sparse(obj):
+        return True
+    if _is_torch(obj):
+        import torch
+
+        return obj.layout != torch.strided
+    return False
+
+
+def _refuse_kind(name: str, obj) -> None:
+    """TypeError/ValueError for inputs that are not tensors at all, or hold no data."""
+    if obj is None or isinstance(obj, str | bytes | Mapping | set):
+        raise TypeError(f"{name}: expected an array or tensor (numpy, torch, CuPy, scipy/pydata sparse, "
+                        f"SparseTensor), got {type(obj).__name__} {obj!r:.40}")
+    if _is_torch(obj) and obj.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (shape {tuple(obj.shape)}, no data): kernels need values")
+
+
+def to_numpy(obj) -> np.ndarray:
+    """A host numpy view (or copy) of a dense input; float16/bfloat16 torch as float32."""
+    if _is_torch(obj):
+        import torch
+
+        tensor = obj.detach()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.cpu().resolve_conj().numpy()
+    if is_cupy(obj):
+        return obj.get()
+    return np.asarray(obj)
+
+
+def shape_of(obj) -> tuple[int, ...]:
+    return tuple(int(s) for s in obj.shape) if hasattr(obj, "shape") else np.shape(obj)
+
+
+def as_torch(obj):
+    """A torch tensor of a dense input: torch as is, CuPy by DLPack (no copy), numpy shared."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if is_cupy(obj):
+        return torch.from_dlpack(obj)
+    return torch.from_numpy(np.ascontiguousarray(obj))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dtypes
+
+_EXACT_INTEGER = 2**53  # float64 holds every integer of at most this magnitude
+
+
+def value_dtype(name: str, obj) -> np.dtype:
+    """The numpy dtype of an input's values (torch float16/bfloat16 report float16); TypeError
+    for values no kernel computes with (complex, strings, objects)."""
+    if isinstance(obj, SparseTensor):
+        obj = obj.values
+    dtype = getattr(obj, "dtype", None)
+    if _is_torch(obj):
+        import torch
+
+        if dtype.is_complex:
+            dtype = np.dtype(np.complex128)
+        elif dtype in (torch.float16, torch.bfloat16):
+            return np.dtype(np.float16)
+        else:
+            return np.dtype(str(dtype).removeprefix("torch."))
+    elif dtype is None:
+        dtype = np.asarray(obj).dtype
+    dtype = np.dtype(dtype)
+    kind = dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name}: complex values are not supported (pass the real and imaginary parts as "
+                        "separate real tensors)")
+    if kind not in "fiub":
+        raise TypeError(f"{name}: values of dtype {dtype} cannot be computed with; give numbers")
+    return dtype
+
+
+def result_dtype(dtypes) -> np.dtype:
+    """The compute and result dtype: the widest float given (at least float32); float64 when
+    only integers or booleans are given (exact up to 2**53, checked by `exact_in_float64`)."""
+    floats = [d for d in dtypes if d.kind == "f"]
+    if floats:
+        return np.dtype(np.float64) if max(d.itemsize for d in floats) >= 8 else np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def exact_in_float64(name: str, values) -> None:
+    """ValueError if 64-bit integer values do not convert to float64 exactly."""
+    array = values if isinstance(values, np.ndarray) else None
+    if array is None or array.dtype.kind not in "iu" or array.dtype.itemsize < 8 or array.size == 0:
+        return
+    big = array > _EXACT_INTEGER  # compared as integers: float64 would round 2**53 + 1 down
+    if array.dtype.kind == "i":
+        big |= array < -_EXACT_INTEGER
+    if big.any():
+        k = int(np.argmax(big))
+        raise ValueError(f"{name}: the integer {int(array.reshape(-1)[k])} does not fit float64 exactly "
+                         f"(|value| > 2**53), in which kernels compute integer inputs")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse operands as storage
+
+# input object -> (copies of its arrays, how it was converted, the storage): see the module doc.
+_CONVERTED = None
+_CONVERTED_LOCK = threading.Lock()  # calls of one kernel may come from several threads
+
+
+def _converted_cache():
+    global _CONVERTED
+    if _CONVERTED is None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        _CONVERTED = WeakIdKeyDictionary()
+    return _CONVERTED
+
+
+def _arrays_of(obj) -> tuple:
+    """The arrays a foreign sparse input's conversion depends on (compared on reuse)."""
+    if isinstance(obj, SparseTensor):
+        return (obj.indices, to_numpy(obj.values))
+    if _is_scipy_sparse(obj):
+        found = [getattr(obj, a) for a in ("indptr", "indices", "data", "row", "col", "coords", "offsets")
+                 if getattr(obj, a, None) is not None]
+        return tuple(np.asarray(a) for group in found for a in (group if isinstance(group, tuple) else (group,)))
+    if _is_pydata_sparse(obj):
+        import sparse
+
+        coo = obj if isinstance(obj, sparse.COO) else None
+        return (np.asarray(coo.coords), np.asarray(coo.data)) if coo is not None else ()
+    if _is_torch(obj):
+        import torch
+
+        if obj.layout == torch.sparse_coo:
+            return (to_numpy(obj._indices()), to_numpy(obj._values()))
+        if obj.layout in (torch.sparse_csr, torch.sparse_bsr):
+            return (to_numpy(obj.crow_indices()), to_numpy(obj.col_indices()), to_numpy(obj.values()))
+        if obj.layout in (torch.sparse_csc, torch.sparse_bsc):
+            return (to_numpy(obj.ccol_indices()), to_numpy(obj.row_indices()), to_numpy(obj.values()))
+    return ()
+
+
+def _convert(name: str, obj, groups, check: bool) -> SparseTensor:
+    if isinstance(obj, SparseTensor):
+        return SymmetricTensor.from_coo(obj.indices, obj.values, obj.shape, groups, check=check, name=name)
+    from .io.convert import as_sparse_tensor
+
+    return as_sparse_tensor(obj, symmetric=list(groups) if groups else False, check=check, name=name)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays hold the same bytes (NaN payloads included): unsigned integer views
+    compare fastest."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize)
+    if unsigned is not None and a.flags.c_contiguous and b.flags.c_contiguous:
+        return bool(np.array_equal(a.view(unsigned), b.view(unsigned)))
+    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+
+
+def _converted(name: str, obj, groups, check: bool) -> SparseTensor:
+    """`_convert`, reused while the input's arrays are unchanged (weakly keyed by the input)."""
+    cache = _converted_cache()
+    how = (tuple(groups), check, name)
+    arrays = _arrays_of(obj)
+    with _CONVERTED_LOCK:
+        found = cache.get(obj) if arrays else None
+    if found is not None and found[1] == how and len(found[0]) == len(arrays) and all(
+        _same_bits(a, b) for a, b in zip(found[0], arrays, strict=True)
+    ):
+        return found[2]
+    storage = _convert(name, obj, groups, check)
+    if arrays:
+        entry = (tuple(np.array(a, copy=True) for a in arrays), how, storage)
+        with _CONVERTED_LOCK:
+            cache[obj] = entry
+    return storage
+
+
+def to_storage(name: str, obj, groups, check: bool, fill: float = 0.0) -> SparseTensor:
+    """An input for a sparse operand as storage: SymmetricTensor when `groups` is non-empty.
+
+    A dense array keeps every entry that differs from `fill`, the semiring's value of an unstored
+    entry (0 under +=, +inf under min=): a dense zero is a real entry for min=/max=. A sparse
+    input's unstored entries are `fill`."""
+    if isinstance(obj, SymmetricTensor):
+        if groups and tuple(obj.groups) != tuple(groups):
+            raise ValueError(
+                f"{name} is a SymmetricTensor with groups {obj.groups}, but the kernel was compiled "
+                f"with {name} symmetric in {tuple(groups)}"
+            )
+        return obj if groups else obj.expanded()
+    if isinstance(obj, SparseTensor):
+        return _converted(name, obj, groups, check) if groups else obj
+    if is_sparse_input(obj):
+        return _converted(name, obj, groups, check)
+    _refuse_kind(name, obj)
+    dense = to_numpy(obj)
+    if groups:
+        return SymmetricTensor.from_dense(dense, groups, check=check, fill=fill, name=name)
+    return SparseTensor.from_dense(dense, fill=fill)
+
+
+def densify(name: str, obj, fill: float) -> np.ndarray:
+    """Dense numpy array of an input; entries a sparse input does not store hold `fill`."""
+    if not is_sparse_input(obj):
+        return to_numpy(obj)
+    storage = to_storage(name, obj, (), check=False)
+    values = to_numpy(storage.values)
+    dense = np.full(storage.shape, fill, dtype=np.result_type(values.dtype, np.float32))
+    dense[tuple(storage.indices)] = values
+    return dense
+
+
+def _driver_structure(storage: SparseTensor, expanded: bool, fmt: str) -> DriverStructure:
+    """The driver's coordinates (and pointers) in the kernel's layout, cached on the storage's
+    structure: a repeat call, or a `with_values` tensor, reuses them."""
+    key = ("driver_structure", expanded, fmt)
+    cache = storage._cache
+    if key in cache:
+        return cache[key]
+    take = None
+    source = storage
+    if expanded and isinstance(storage, SymmetricTensor):
+        source, take = storage.expansion()
+    # Unsigned coordinates spare numba the negative-index wraparound check on every access
+    # (about 1.7x on SpMV); below 2**31 they are also valid int32 bits for Triton.
+    index_dtype = np.uint32 if max(source.shape, default=0) < 2**31 else np.int64
+    coords = tuple(np.ascontiguousarray(source.indices[m], dtype=index_dtype) for m in range(source.ndim))
+    pointers = None
+    if fmt == "csr":
+        pointers = np.zeros(source.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(source.indices[0], minlength=source.shape[0]), out=pointers[1:])
+    n_expanded = storage.n_expanded if isinstance(storage, SymmetricTensor) else storage.nnz
+    structure = cache[key] = DriverStructure(coords, pointers, source.nnz, n_expanded, take)
+    return structure
+
+
+def driver_arrays(name: str, storage: SparseTensor, expanded: bool, fmt: str, dtype) -> DriverArrays:
+    """The driver for this call: cached structure, values read now (never cached)."""
+    storage.validate(name)  # once per structure: in range, canonical, sorted, unique
+    structure = _driver_structure(storage, expanded, fmt)
+    raw = to_numpy(storage.values)
+    exact_in_float64(name, raw)
+    values = np.ascontiguousarray(raw, dtype=dtype)
+    if values.shape != (storage.nnz,):
+        raise ValueError(f"{name}: {storage.nnz} stored entries but values of shape {tuple(values.shape)}")
+    if structure.take is not None:
+        values = values[structure.take]
+    return DriverArrays(structure, values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense operands on a device (the Triton backend): torch ops, no host round trip
+
+
+def mirror_tensor(tensor, groups):
+    """`mirror_in_place` with torch ops on `tensor` (any device, any strides): every entry
+    becomes its canonical entry (sorted group coordinates). Returns `tensor`."""
+    import torch
+
+    for group in groups:
+        front = tensor.movedim(tuple(group), tuple(range(len(group))))  # a view: writes reach `tensor`
+        n = front.shape[0]
+        if n == 0:
+            continue
+        axes = torch.meshgrid(*[torch.arange(n, device=tensor.device)] * len(group), indexing="ij")
+        grid = torch.stack([a.reshape(-1) for a in axes])
+        canonical = grid.sort(dim=0).values
+        off = (grid != canonical).any(dim=0)  # only the non-canonical entries are written
+        grid, canonical = grid[:, off], canonical[:, off]
+        front[tuple(grid)] = front[tuple(canonical)]
+    return tensor
+
+
+def _check_symmetric_tensor(name: str, tensor, groups) -> None:
+    """check_symmetric on the device: one scalar comes back; the data only when the check fails
+    (to name the offending pair with the host check's message)."""
+    import torch
+
+    bad = torch.zeros((), dtype=torch.bool, device=tensor.device)
+    for group in groups:
+        for p, q in itertools.pairwise(group):
+            other = tensor.transpose(p, q)
+            agree = tensor == other
+            if tensor.is_floating_point():
+                agree |= tensor.isnan() & other.isnan()
+            bad |= ~agree.all()
+    if bool(bad):
+        check_symmetric(name, to_numpy(tensor), groups)
+
+
+def _stays_on_device(obj) -> bool:
+    """A dense operand that a device backend keeps as a torch tensor where it is."""
+    return is_cupy(obj) or (_is_torch(obj) and not is_sparse_input(obj))
+
+
+def _device_dense(name: str, obj, groups, check: bool, perm, dtype):
+    """A dense torch/CuPy operand in the kernel layout: contiguous, `dtype`, on its own device."""
+    tensor = as_torch(obj).detach()
+    if groups:
+        if check:
+            _check_symmetric_tensor(name, tensor, groups)
+        tensor = mirror_tensor(tensor.clone(), groups)
+    tensor = tensor.to(torch_dtype(dtype))
+    if perm is not None:
+        tensor = tensor.permute(tuple(perm))
+    return tensor.contiguous().reshape(tuple(tensor.shape) or (1,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Binding
+
+
+def check_tensor_names(names, given, output: str) -> None:
+    """TypeError naming the tensors a call misses or has in excess."""
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise TypeError(f"missing tensor(s) for {output}: {', '.join(missing)}")
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise TypeError(f"unexpected tensor(s) {', '.join(unknown)}; the expression uses {', '.join(names)}")
+
+
+@dataclass
+class BindPlan:
+    """What binding needs of a kernel, computed once per loop program: no data."""
+
+    names: tuple[str, ...]
+    name_set: frozenset[str]
+    output: str
+    ndims: dict  # tensor -> its number of modes in the expression
+    size_sources: tuple  # (index name, tensor, mode, access text) per access mode, in order
+    symmetric_shapes: tuple  # (tensor, group) whose modes must have equal sizes
+    permutable_sets: tuple  # tuples of index names that must have equal sizes
+    dense_inputs: tuple[str, ...]
+    declared: dict  # dense tensor -> its declared groups
+    layouts: dict  # tensor -> permutation of its modes in the kernel, or None
+    out_indices: tuple[str, ...]
+    fill: float
+    driver: str | None
+    driver_groups: tuple
+    driver_expanded: bool
+    driver_format: str | None
+    tables: dict = field(default_factory=dict)  # dtype -> factor tables in that dtype
+
+
+@functools.lru_cache(maxsize=256)
+def bind_plan(loops: LoopProgram, program: Program) -> BindPlan:
+    einsum = program.einsum
+    names = tensors_of(einsum)
+    ndims, sources = {}, []
+    for access in accesses(einsum.rhs):
+        ndims.setdefault(access.tensor, len(access.indices))
+        for mode, index in enumerate(access.indices):
+            sources.append((index.name, access.tensor, mode, str(access)))
+    loop = sparse_loop(loops) if loops.driver is not None else None
+    return BindPlan(
+        names=tuple(names),
+        name_set=frozenset(names),
+        output=einsum.output.tensor,
+        ndims=ndims,
+        size_sources=tuple(sources),
+        symmetric_shapes=tuple((t, g) for t, groups in loops.symmetric_inputs for g in groups),
+        permutable_sets=tuple(tuple(i.name for i in chain) for chain in loops.sets),
+        dense_inputs=tuple(loops.dense_inputs),
+        declared=dict(loops.symmetric_inputs),
+        layouts={n: loops.layout_of(n) for n in (*names, einsum.output.tensor)},
+        out_indices=tuple(i.name for i in einsum.output.indices),
+        fill=algebra.fill_value(algebra.operator(loops.reduce)),
+        driver=loops.driver,
+        driver_groups=program.groups_of(loops.driver) if loops.driver is not None else (),
+        driver_expanded=loop.expanded if loop is not None else False,
+        driver_format=loop.format if loop is not None else None,
+    )
+
+
+def _sizes(plan: BindPlan, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    for name, ndim in plan.ndims.items():
+        if len(shapes[name]) != ndim:
+            access = next(text for _, t, _, text in plan.size_sources if t == name)
+            raise ValueError(f"{name} has {len(shapes[name])} modes (shape {shapes[name]}) but is used as {access}")
+    sizes: dict[str, int] = {}
+    where: dict[str, tuple[str, int]] = {}
+    for index, tensor, mode, text in plan.size_sources:
+        size = shapes[tensor][mode]
+        known = sizes.setdefault(index, size)
+        if known != size:
+            first, first_mode = where[index]
+            raise ValueError(f"size mismatch for index {index}: {first} has size {known} at mode {first_mode} "
+                             f"but {tensor} has size {size} at mode {mode} ({text})")
+        where.setdefault(index, (tensor, mode))
+    return sizes
+
+
+def _device_of(obj):
+    """The torch device of an input (its values' for storage), or None for host arrays."""
+    if isinstance(obj, SparseTensor):
+        obj = obj.values
+    return obj.device if _is_torch(obj) else None
+
+
+def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check: bool = True,
+         device_tensors: bool = False, plan: BindPlan | None = None) -> KernelArgs:
+    """Check and convert a call's inputs (see the module doc). `device_tensors` (device backends):
+    dense torch and CuPy operands stay on their device as torch tensors; otherwise every array is
+    numpy on the host. `plan`: bind_plan(loops, program), given by a prepared launch."""
+    plan = plan or bind_plan(loops, program)
+    if inputs.keys() != plan.name_set:
+        check_tensor_names(plan.names, inputs, plan.output)
+    shapes, dtypes, device, cupy = {}, [], None, None
+    for name in plan.names:  # one pass: kind, shape, dtype, device
+        obj = inputs[name]
+        if type(obj) is np.ndarray:  # the common case, first
+            shapes[name] = obj.shape
+            dtypes.append(value_dtype(name, obj))
+            continue
+        _refuse_kind(name, obj)
+        shapes[name] = shape_of(obj)
+        dtypes.append(value_dtype(name, obj))
+        if device is None:
+            device = _device_of(obj)
+        if cupy is None and (is_cupy(obj) or is_cupy(getattr(obj, "values", None))):
+            cupy = obj if is_cupy(obj) else obj.values
+    sizes = _sizes(plan, shapes)
+    for tensor, group in plan.symmetric_shapes:
+        shape = shapes[tensor]
+        if len({shape[m] for m in group}) > 1:
+            raise ValueError(f"{tensor} is declared symmetric in modes {group} but has shape {shape}")
+    for chain in plan.permutable_sets:
+        if len({sizes[i] for i in chain}) > 1:
+            detail = ", ".join(f"{i} = {sizes[i]}" for i in chain)
+            raise ValueError(f"indices {', '.join(chain)} must have equal sizes to be permuted ({detail})")
+    dtype = result_dtype(dtypes)
+    out_shape = tuple(sizes[i] for i in plan.out_indices)
+    shapes[plan.output] = out_shape
+
+    driver = None
+    if plan.driver is not None:
+        storage = to_storage(plan.driver, inputs[plan.driver], plan.driver_groups, check, plan.fill)
+        driver = driver_arrays(plan.driver, storage, plan.driver_expanded, plan.driver_format, dtype)
+
+    dense = {}
+    for name in plan.dense_inputs:
+        obj = inputs[name]
+        groups = plan.declared.get(name)
+        perm = plan.layouts[name]
+        if device_tensors and _stays_on_device(obj):
+            dense[name] = _device_dense(name, obj, groups, check, perm, dtype)
+            continue
+        if type(obj) is np.ndarray and groups is None and perm is None and obj.dtype == dtype and obj.ndim \
+                and obj.flags.c_contiguous:
+            dense[name] = obj  # already in the kernel's layout: no copy
+            continue
+        array = densify(name, obj, plan.fill)
+        exact_in_float64(name, array)
+        if groups is not None:
+            if check:
+                check_symmetric(name, array, groups)
+            array = mirror_canonical(array, groups)
+        if perm is not None:
+            array = array.transpose(perm)
+        dense[name] = np.ascontiguousarray(array.reshape(array.shape or (1,)), dtype=dtype)
+
+    perm = plan.layouts[plan.output]
+    kernel_shape = tuple(out_shape[m] for m in perm) if perm else out_shape
+    tables = plan.tables.get(dtype)
+    if tables is None:
+        # Factors in the value dtype: no integer-to-float conversion per update.
+        tables = plan.tables[dtype] = {t.name: np.array(t.rows, dtype=dtype) for t in loops.tables}
+    cupy_output = device_tensors and cupy is not None
+    if cupy_output and device is None:
+        import torch
+
+        device = torch.device("cuda", int(cupy.device.id))
+    return KernelArgs(dense, driver, shapes, sizes, tables, kernel_shape or (1,), dtype, torch_device=device,
+                      cupy_output=cupy_output)
