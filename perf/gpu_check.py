@@ -18,7 +18,8 @@ timings of the symmetric kernels against their peers (issue 11's target table).
      (expanded / canonical nonzeros: the most a traffic-bound kernel gains by reading less).
    Columns: kernel_ms (the prepared launch alone: the same kernel, repeatedly, do_bench medians,
    L2 flushed between runs), call_ms (the end-to-end call kernel(**inputs, check=False): binding,
-   launch, finish; no host copies on repeat calls), nosym_ms, peer_ms, warm_*_ms (back-to-back
+   launch, finish; coordinates and dense operands stay on the device across calls, but the sparse
+   operand's values are uploaded every call: inputs.py never caches values), nosym_ms, peer_ms, warm_*_ms (back-to-back
    runs without flushing L2: what an L2-resident matrix sees), speedup_vs_peer = peer_ms /
    kernel_ms, bandwidth of the bytes the symmetric kernel must move vs the device's copy bandwidth.
 Writes gpu-<device>-<date>.json to --out (default perf/results/) after every row (a partial file
