@@ -102,7 +102,7 @@ def default_schedule(loops: LoopProgram, shape: ProblemShape | None = None, **si
     bits = shape.index_bits
     per_thread = elements_per_thread(loops, shape.itemsize)
     if sparse is None:
-        return _dense(loops, shape, per_thread)
+        return _dense(loops, shape)
     vector = any(isinstance(n, DenseLoop) for n in walk(sparse.body))  # a dense loop: the vector tile axis
     dense_block = min(_ceil_power_of_two(max(shape.dense_extent, 1)), 64) if vector else 1
     if sparse.format == "csr":
@@ -151,20 +151,19 @@ def _contracts(loops: LoopProgram) -> bool:
     return any(isinstance(lv.header, ContractionLoop) for lv in tiles.levels)
 
 
-def _dense(loops: LoopProgram, shape: ProblemShape, per_thread: int) -> DenseTriangleSchedule:
+def _dense(loops: LoopProgram, shape: ProblemShape) -> DenseTriangleSchedule:
     """A contraction (SSYRK): 64 x 64 output blocks over 8 warps (about 80 registers on sm_90,
     fp32 and fp64), the contraction 32 (fp32) or 16 (fp64) at a time. Other dense programs keep
-    scalar loops over [block, block] lanes within the register budget over 4 warps."""
+    scalar loops over [block, block] lanes."""
     small = max(16, _ceil_power_of_two(max(shape.grid_extent, 1)))
     k_block = 32 if shape.itemsize <= 4 else 16
     if _contracts(loops):
         block = min(64, small)
         return DenseTriangleSchedule(block=block, k_block=k_block, num_warps=8 if block == 64 else 4,
                                      index_bits=shape.index_bits)
-    # Nested scalar loops keep every value of the block live across iterations: 16 x 16 lanes
-    # over 2 warps (4 per thread), or 8 x 8 over one warp for costly bodies and fp64. Fewer elements per
-    # thread (lanes replicated across threads) made ptxas spill a few bytes at 30-40 registers in
-    # random 5-D programs (perf/aot.py sweeps), 32 x 32 blocks too.
-    block = min(16 if per_thread >= 4 and shape.itemsize <= 4 else 8, small)
-    warps = max(1, block * block // (32 * 4))
+    # Nested scalar loops keep every value of the block live across iterations: 8 x 8 lanes on
+    # one warp (2 per thread). Larger blocks (16 x 16 over 2 or 4 warps, 32 x 32) made ptxas
+    # spill a few bytes, predicates mostly, in random 4- and 5-D programs (perf/aot.py sweeps of
+    # the property tests' generator); 8 x 8 on one warp spilled in none of them.
+    block, warps = min(8, small), 1
     return DenseTriangleSchedule(block=block, k_block=k_block, num_warps=warps, index_bits=shape.index_bits)
