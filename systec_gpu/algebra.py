@@ -26,15 +26,31 @@ class Operator:
     # The torch.distributed.ReduceOp (by name) that combines partial results under this operator:
     # all_reduce / reduce_scatter of the outputs of shards (systec_gpu/distributed.py).
     collective: str
+    # The atomic read-modify-write that applies this reduction to memory ("add", "min", "max"),
+    # None where hardware has none (a product of updates is not a reduction here).
+    atomic: str | None = None
+
+    @property
+    def relaxed_atomics(self) -> bool:
+        """Atomic updates of this reduction may land in any order (it is commutative and
+        associative), so they need no memory fence while nothing reads the output before the
+        kernel ends: relaxed semantics (fire-and-forget RED on NVIDIA GPUs)."""
+        return self.atomic is not None and self.commutative and self.associative
+
+    @property
+    def atomic_semantics(self) -> str:
+        """The memory semantics of this reduction's atomics in a kernel that does not read its
+        output: "relaxed" when the order cannot matter, else "acq_rel"."""
+        return "relaxed" if self.relaxed_atomics else "acq_rel"
 
 
 OPERATORS: dict[str, Operator] = {
     op.name: op
     for op in (
-        Operator("add", "+", 0.0, None, True, True, False, np.add, True, "SUM"),
+        Operator("add", "+", 0.0, None, True, True, False, np.add, True, "SUM", atomic="add"),
         Operator("mul", "*", 1.0, 0.0, True, True, False, np.multiply, True, "PRODUCT"),
-        Operator("min", "min", math.inf, -math.inf, True, True, True, np.minimum, False, "MIN"),
-        Operator("max", "max", -math.inf, math.inf, True, True, True, np.maximum, False, "MAX"),
+        Operator("min", "min", math.inf, -math.inf, True, True, True, np.minimum, False, "MIN", atomic="min"),
+        Operator("max", "max", -math.inf, math.inf, True, True, True, np.maximum, False, "MAX", atomic="max"),
     )
 }
 

@@ -1,4 +1,4 @@
-"""Command line: `systec-gpu demo | bench | explain`."""
+"""Command line: `systec-gpu demo | bench | aot | explain`."""
 
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the catalog on shipped real data, checked against numpy")
     demo.add_argument("--show", default="mttkrp3", help="catalog kernel whose program and source to print")
     commands.add_parser("bench", help="benchmarks against the peers (see perf/)", add_help=False)
+    commands.add_parser("aot", help="compile every catalog kernel for a GPU arch without a GPU (perf/aot.py: "
+                        "registers, spills, atomics; --arch sm_90)", add_help=False)
     explain = commands.add_parser("explain", help="print the symmetrized program of an expression")
     explain.add_argument("expression")
     explain.add_argument("--symmetric", action="append", default=[], metavar="TENSOR[=GROUP]",
                          help="a symmetric tensor: A or A=full (all modes), A=0,1 (one group of "
                               "0-based modes; repeat for more groups)")
     explain.add_argument("--source", choices=("numba", "triton"), help="also print generated source")
-    if argv[:1] == ["bench"]:
-        from .cli_bench import bench_main
+    if argv[:1] in (["bench"], ["aot"]):
+        from .cli_bench import perf_main
 
-        return bench_main(argv[1:])
+        return perf_main(argv[0], argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo

@@ -1,4 +1,5 @@
-"""`systec-gpu bench`: locate the benchmark harness (perf/bench.py of the source checkout) and run it.
+"""`systec-gpu bench` and `systec-gpu aot`: locate a perf/ script of the source checkout
+(perf/bench.py, perf/aot.py) and run it.
 
 The harness lives outside the package (it imports plotting and peer libraries the package does not
 need), so it is found relative to the package source: an editable install or a repo checkout.
@@ -11,25 +12,30 @@ import sys
 from pathlib import Path
 
 
-def find_harness() -> Path | None:
-    """perf/bench.py next to the package source, or None when the package is installed without it."""
+def find_harness(script: str = "bench") -> Path | None:
+    """perf/<script>.py next to the package source, or None when the package is installed without it."""
     import systec_gpu
 
-    candidate = Path(systec_gpu.__file__).resolve().parents[1] / "perf" / "bench.py"
+    candidate = Path(systec_gpu.__file__).resolve().parents[1] / "perf" / f"{script}.py"
     return candidate if candidate.is_file() else None
 
 
 def bench_main(argv: list[str] | None = None) -> int:
     """Run the harness with `argv` (the arguments after `bench`); returns its exit status."""
-    path = find_harness()
+    return perf_main("bench", argv)
+
+
+def perf_main(script: str, argv: list[str] | None = None) -> int:
+    """Run perf/<script>.py's main with `argv`; returns its exit status."""
+    path = find_harness(script)
     if path is None:
         import systec_gpu
 
-        print("systec-gpu bench: the harness perf/bench.py was not found next to the package source "
+        print(f"systec-gpu {script}: perf/{script}.py was not found next to the package source "
               f"({Path(systec_gpu.__file__).resolve().parents[1]}); run it from a repository checkout "
               "installed with `pip install -e .[bench]`", file=sys.stderr)
         return 2
-    spec = importlib.util.spec_from_file_location("systec_perf_bench", path)
+    spec = importlib.util.spec_from_file_location(f"systec_perf_{script}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     # dataclasses look their module up in sys.modules while the class body executes.

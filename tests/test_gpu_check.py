@@ -16,8 +16,12 @@ def test_gpu_check_tiny_writes_a_passing_row_per_kernel(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     (path,) = tmp_path.glob("gpu-*.json")
     report = json.loads(path.read_text())
-    assert {r["kernel"] for r in report["checks"]} == {"ssymv", "ssyrk", "mttkrp3", "bellman"}
+    assert {(r["kernel"], r["dtype"]) for r in report["checks"]} == {
+        (k, d) for k in ("ssymv", "ssyrk", "mttkrp3", "bellman") for d in ("float64", "float32")}
     assert all(r["ok"] is True for r in report["checks"])
-    assert {r["kernel"] for r in report["timings"]} == {"ssymv", "syprd", "ssymm", "mttkrp3"}
-    assert all(r["ok"] is True and r["sym_ms"] > 0 for r in report["timings"])
-    assert report["ok"] is True
+    assert {r["kernel"] for r in report["timings"]} == {"ssymv", "syprd", "ssymm", "bellman", "ssyrk", "mttkrp3"}
+    assert {r["dtype"] for r in report["timings"] if r["kernel"] == "ssymv"} == {"float32", "float64"}
+    assert all(r["ok"] is True and r["kernel_ms"] > 0 and r["call_ms"] > 0 for r in report["timings"])
+    assert all(r["memory_bound"] > 1 for r in report["timings"] if r["kernel"] == "mttkrp3")
+    assert all(r["speedup_vs_peer"] > 0 for r in report["timings"] if r["kernel"] in ("ssymv", "ssymm", "ssyrk"))
+    assert report["ok"] is True and report["skipped"] == []

@@ -56,8 +56,8 @@ def test_a_new_schedule_gets_its_own_launch_plan(counted):
     plans = triton_backend._launch_plan.cache_info().currsize
     kernel(A=small, x=np.ones(6))
     assert triton_backend._launch_plan.cache_info().currsize == plans
-    big = symmetric_sparse(2, 40, rng, per_class=30)  # more nonzeros: a larger tile, a new schedule
-    np.testing.assert_allclose(kernel(A=big, x=np.ones(40)).numpy(), big.to_dense().sum(axis=1), rtol=1e-12)
+    big = symmetric_sparse(2, 1100, rng, per_class=30)  # more rows: a larger row block, a new schedule
+    np.testing.assert_allclose(kernel(A=big, x=np.ones(1100)).numpy(), big.to_dense().sum(axis=1), rtol=1e-12)
     assert triton_backend._launch_plan.cache_info().currsize == plans + 1
 
 

@@ -100,13 +100,32 @@ def test_ssyrk_owned_store_writes_every_element(n, symmetry):
     kernel = compile_catalog("ssyrk", backend="triton", symmetry=symmetry)
     inputs = {"A": rng.uniform(-1, 1, (n, 3))}
     args = bind(kernel.loops, kernel.program, inputs)
-    run_triton(kernel.loops, args, DenseTriangleSchedule(block=4), poison=np.nan)
+    run_triton(kernel.loops, args, DenseTriangleSchedule(block=4, dot=False), poison=np.nan)
     assert args.output_mirrored == symmetry
     expected = inputs["A"] @ inputs["A"].T
     # The kernel's own output, before finish(): complete, both halves.
     np.testing.assert_allclose(args.partial[0], expected, rtol=1e-10, atol=1e-10)
     result = finish(args, kernel.loops, kernel.program).numpy()
     np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32"])
+@pytest.mark.parametrize("symmetry", [True, False], ids=["sym", "nosym"])
+@pytest.mark.parametrize("n,k", [(1, 1), (16, 16), (17, 5), (40, 33)])
+def test_ssyrk_tl_dot_stores_every_element(n, k, symmetry, precision):
+    """tl.dot over blocks of 16 (k steps of 16): diagonal, off-diagonal and ragged blocks, a
+    ragged last k step; poisoned output, so every element must be stored by the kernel. (The
+    interpreter multiplies in the input dtype whatever the precision; on a GPU "tf32" rounds.)"""
+    rng = np.random.default_rng(n * 100 + k)
+    kernel = compile_catalog("ssyrk", backend="triton", symmetry=symmetry)
+    inputs = {"A": rng.uniform(-1, 1, (n, k))}
+    args = bind(kernel.loops, kernel.program, inputs)
+    schedule = DenseTriangleSchedule(block=16, k_block=16, input_precision=precision)
+    assert "tl.dot(" in triton_source(kernel.loops, schedule)
+    run_triton(kernel.loops, args, schedule, poison=np.nan)
+    expected = inputs["A"] @ inputs["A"].T
+    np.testing.assert_allclose(args.partial[0], expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(finish(args, kernel.loops, kernel.program).numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_ssyrk_canonical_output_keeps_the_identity_below_the_diagonal():
