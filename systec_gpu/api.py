@@ -22,10 +22,11 @@ BACKENDS = (registry.AUTO, *registry.BACKENDS)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _kernel_name(text: str, program: Program, exploit: bool, backend: str) -> str:
+def _kernel_name(text: str, program: Program, exploit: bool, backend: str, accumulate: str | None = None) -> str:
     # The backend is part of the op: torch.ops.systec.<name> runs this kernel's backend.
     stem = re.sub(r"\W+", "_", program.einsum.output.tensor).strip("_") or "k"
     key = f"{format_program(program)}|{exploit}" + ("" if backend == registry.AUTO else f"|{backend}")
+    key += f"|{accumulate}" if accumulate else ""
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{stem}_{'sym' if exploit else 'nosym'}_{digest}"
 
@@ -46,6 +47,7 @@ class Kernel:
         self._last_loops: LoopProgram | None = None
         self._stats: dict | None = None
         self._launches: dict[str, Launch] = {}  # backend name -> prepared launch
+        self.accumulate: str | None = None  # compute dtype override (compile's accumulate=)
         self._kernel_op = None  # its torch op (torch_ops.kernel_op), once registered
 
     def __repr__(self) -> str:
@@ -66,7 +68,8 @@ class Kernel:
         """The prepared launch of this kernel on `backend` (made on first use, then reused)."""
         found = self._launches.get(backend)
         if found is None:
-            found = self._launches[backend] = Launch(self.loops, self.program, registry.backend(backend))
+            found = self._launches[backend] = Launch(self.loops, self.program, registry.backend(backend),
+                                                     accumulate=self.accumulate)
         return found
 
     def __call__(self, *, check: bool = True, canonical_output: bool = False, out=None, group=None,
@@ -109,7 +112,8 @@ class Kernel:
 
     def related(self, expression: str, *, symmetric=None, formats=None) -> Kernel:
         """Another expression compiled with this kernel's backend (e.g. a derivative)."""
-        return _compile(expression, symmetric=symmetric, formats=formats, backend=self.backend, register=False)
+        return _compile(expression, symmetric=symmetric, formats=formats, backend=self.backend, register=False,
+                        accumulate=self.accumulate)
 
     @property
     def stats(self) -> dict:
@@ -173,6 +177,7 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     loop_order: Sequence[str] | None = None,
     name: str | None = None,
     outputs: Sequence[str] | str | None = None,
+    accumulate: str | None = None,
 ) -> Kernel | ProgramKernel | SparseOutputKernel:
     """Compile `expr` (e.g. "y[i] += A[i,j]*x[j]") into a kernel.
 
@@ -184,20 +189,28 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     loop_order: index names, outermost first (a sparse operand's indices come first).
     outputs: for a program (statements separated by ';' or line breaks), the tensors to return
         (default: the last statement's output).
+    accumulate: "float32" or "float64", the dtype a kernel computes and returns in (default: the
+        widest float given, float16/bfloat16 inputs in float32). On the Triton path float16 and
+        bfloat16 operands are read as they are and widened where they are loaded.
 
     One statement with a dense output gives a Kernel; a program a ProgramKernel (systec_gpu/program.py);
     one statement with a sparse output a SparseOutputKernel (systec_gpu/spgemm.py).
     """
+    if accumulate is not None and accumulate not in ("float32", "float64"):
+        raise ValueError(f"accumulate must be 'float32' or 'float64', got {accumulate!r}")
     if is_program(expr, formats, outputs):
+        if accumulate is not None:
+            raise NotImplementedError("accumulate= applies to single statements; programs compute in their "
+                                      "inputs' dtype")
         registry.check_name(backend)
         return compile_program(expr, compile_statement=_compile, symmetric=symmetric, formats=formats,
                                symmetry=symmetry, backend=backend, loop_order=loop_order, name=name, outputs=outputs)
     return _compile(expr, symmetric=symmetric, formats=formats, symmetry=symmetry, backend=backend,
-                    loop_order=loop_order, name=name)
+                    loop_order=loop_order, name=name, accumulate=accumulate)
 
 
 def _compile(expr: str, *, symmetric=None, formats=None, symmetry: bool = True, backend: str = "auto",
-             loop_order=None, name: str | None = None, register: bool = True) -> Kernel:
+             loop_order=None, name: str | None = None, register: bool = True, accumulate: str | None = None) -> Kernel:
     """`compile`; `register=False` leaves the torch op to be registered by the caller (derivative
     kernels: their ops are registered without derivatives of their own)."""
     registry.check_name(backend)
@@ -207,7 +220,9 @@ def _compile(expr: str, *, symmetric=None, formats=None, symmetry: bool = True, 
     program = front(expr, symmetric, formats)
     symmetrized = symmetrize(program, exploit=symmetry)
     loops = lower_and_optimize(symmetrized, loop_order)
-    kernel = Kernel(expr, program, symmetrized, loops, backend, name or _kernel_name(expr, program, symmetry, backend))
+    kernel = Kernel(expr, program, symmetrized, loops, backend,
+                    name or _kernel_name(expr, program, symmetry, backend, accumulate))
+    kernel.accumulate = accumulate
     if register:
         # torch.ops.systec.<name> exists from now on (torch is imported here, not by `import systec_gpu`)
         from .torch_ops import kernel_op

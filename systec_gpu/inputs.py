@@ -404,7 +404,7 @@ def _device_values(name: str, storage: SparseTensor, dtype):
         values = values.to(storage.indices.device)
     if values.dtype == torch.int64 and bool(((values > _EXACT_INTEGER) | (values < -_EXACT_INTEGER)).any()):
         exact_in_float64(name, to_numpy(values))  # raises, naming the value
-    return values.to(torch_dtype(dtype)).contiguous()
+    return values.to(operand_dtype(values.dtype, dtype)).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,10 +459,21 @@ def _device_dense(name: str, obj, groups, check: bool, perm, dtype):
         if check:
             _check_symmetric_tensor(name, tensor, groups)
         tensor = mirror_tensor(tensor.clone(), groups)
-    tensor = tensor.to(torch_dtype(dtype))
+    tensor = tensor.to(operand_dtype(tensor.dtype, dtype))
     if perm is not None:
         tensor = tensor.permute(tuple(perm))
     return tensor.contiguous().reshape(tuple(tensor.shape) or (1,))
+
+
+def operand_dtype(given, dtype: np.dtype):
+    """The torch dtype a device kernel reads an operand in: float16/bfloat16 as given when the
+    kernel accumulates in a wider float (the kernel widens each value where it loads it: half
+    the bytes read), everything else in the compute dtype."""
+    import torch
+
+    if given in (torch.float16, torch.bfloat16) and np.dtype(dtype).itemsize >= 4:
+        return given
+    return torch_dtype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,10 +569,12 @@ def _device_of(obj):
 
 
 def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check: bool = True,
-         device_tensors: bool = False, plan: BindPlan | None = None) -> KernelArgs:
+         device_tensors: bool = False, plan: BindPlan | None = None, accumulate=None) -> KernelArgs:
     """Check and convert a call's inputs (see the module doc). `device_tensors` (device backends):
     dense torch and CuPy operands stay on their device as torch tensors; otherwise every array is
-    numpy on the host. `plan`: bind_plan(loops, program), given by a prepared launch."""
+    numpy on the host. `plan`: bind_plan(loops, program), given by a prepared launch.
+    `accumulate`: the compute and result dtype (float32 or float64), instead of the widest
+    float given."""
     plan = plan or bind_plan(loops, program)
     if inputs.keys() != plan.name_set:
         check_tensor_names(plan.names, inputs, plan.output)
@@ -588,7 +601,7 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
         if len({sizes[i] for i in chain}) > 1:
             detail = ", ".join(f"{i} = {sizes[i]}" for i in chain)
             raise ValueError(f"indices {', '.join(chain)} must have equal sizes to be permuted ({detail})")
-    dtype = result_dtype(dtypes)
+    dtype = result_dtype(dtypes) if accumulate is None else np.dtype(accumulate)
     out_shape = tuple(sizes[i] for i in plan.out_indices)
     shapes[plan.output] = out_shape
 

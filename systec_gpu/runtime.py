@@ -40,8 +40,8 @@ class Launch:
     call only binds (cheap checks and conversions), runs and finishes: no source is emitted or
     hashed again."""
 
-    def __init__(self, loops: LoopProgram, program: Program, backend: Backend):
-        self.program, self.backend = program, backend
+    def __init__(self, loops: LoopProgram, program: Program, backend: Backend, accumulate=None):
+        self.program, self.backend, self.accumulate = program, backend, accumulate
         self.cpu_plan = None
         if backend.name == "numba":
             # the CPU plan (backends/plans.py): the generated kernel, the expanded one, or BLAS
@@ -56,7 +56,7 @@ class Launch:
 
     def __call__(self, tensors: dict, *, check: bool = True, canonical: bool = False, out=None):
         args = bind(self.loops, self.program, tensors, check=check, device_tensors=self.backend.device_tensors,
-                    plan=self.plan)
+                    plan=self.plan, accumulate=self.accumulate)
         if out is not None:
             args.destination = check_out(out, args, self.program)
         self.run(self.loops, args)

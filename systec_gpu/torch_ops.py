@@ -168,7 +168,13 @@ class KernelOp:
                 else:
                     sizes[index.name] = (shape[mode], access.tensor, mode)
         out_shape = [self._shape(o, args)[mode] for o, mode in self.out_sources]
-        return t0.dtype, t0.device, out_shape
+        # the dtype the kernel computes in: accumulate=, else float16/bfloat16 widened to float32
+        accumulate = getattr(self.kernel, "accumulate", None)
+        if accumulate is not None:
+            dtype = getattr(torch, accumulate)
+        else:
+            dtype = torch.float32 if t0.dtype in (torch.float16, torch.bfloat16) else t0.dtype
+        return dtype, t0.device, out_shape
 
     # ------------------------------------------------------------------ implementations
     def _fake(self, *args):

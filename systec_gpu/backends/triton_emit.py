@@ -215,15 +215,24 @@ class _Emitter:
             terms.append(f"{(names or {}).get(i, self.index(i))} * {stride}")
         return " + ".join(terms)
 
+    @property
+    def accumulator_type(self) -> str:
+        """The element type every value is computed in: the output's."""
+        return f"{self.param('out', 0)}.dtype.element_ty"
+
     def expr(self, expr) -> str:
         match expr:
             case Access(tensor=t, indices=idx):
+                # operands may be narrower than the accumulator (float16/bfloat16 in, float32
+                # accumulation): every value is widened where it is loaded
                 pointer = f"{self.param('dense', t)} + {self.offset(t, idx, False)}"
                 mask = self.mask_for(self.expr_dims(expr))
-                return f"tl.load({pointer}, mask={mask}, other=0.0)" if mask else f"tl.load({pointer})"
+                load = f"tl.load({pointer}, mask={mask}, other=0.0)" if mask else f"tl.load({pointer})"
+                return f"{load}.to({self.accumulator_type})"
             case DriverValue():
                 mask = self.mask_for(self.expr_dims(expr))
-                return f"tl.load({self.param('values')} + {self.position}, mask={mask}, other=0.0)"
+                return (f"tl.load({self.param('values')} + {self.position}, mask={mask}, other=0.0)"
+                        f".to({self.accumulator_type})")
             case Ref(name=name):
                 return self.let(name)
             case Literal(value=v):
@@ -625,8 +634,10 @@ class _Emitter:
         with w.block(f"for {start} in range(0, {extent}, {block}):"):
             w.line(f"{along_columns} = ({start} + tl.arange(0, {block}))[None, :]")
             w.line(f"{along_rows} = ({start} + tl.arange(0, {block}))[:, None]")
-            w.line(f"a = tl.load({self.param('dense', dot.left.tensor)} + {left}, mask={left_mask}, other=0.0)")
-            w.line(f"b = tl.load({self.param('dense', dot.right.tensor)} + {right}, mask={right_mask}, other=0.0)")
+            w.line(f"a = tl.load({self.param('dense', dot.left.tensor)} + {left}, mask={left_mask}, "
+                   f"other=0.0).to({dtype})")
+            w.line(f"b = tl.load({self.param('dense', dot.right.tensor)} + {right}, mask={right_mask}, "
+                   f"other=0.0).to({dtype})")
             w.line(f'{self.acc} = tl.dot(a, b, {self.acc}, input_precision="{dot.input_precision}", '
                    f"out_dtype={dtype})")
 
