@@ -91,13 +91,20 @@ def run(repeats: int) -> dict:
             row["call_us_scipy"] = per_call(lambda k=kernel, a=csr, v=x: k(A=a, x=v), repeats, batch)
             row["scipy_over_prepared"] = row["call_us_scipy"] / row["call_us_SymmetricTensor"]
             if backend == "numba":
-                from systec_gpu.backends.numba_backend import numba_module
-                from systec_gpu.backends.parameters import argument_values, kernel_parameters
+                import numba
 
-                args = kernel._last
-                module = numba_module(kernel.loops)
-                function = module.kernel_serial if args.chunks == 1 else module.kernel
-                values = argument_values(kernel_parameters(kernel.loops), args)
+                from systec_gpu.backends import numba_backend
+                from systec_gpu.backends.parameters import argument_values
+                from systec_gpu.inputs import bind
+
+                # the generated function alone, on arguments bound once, as the call runs it
+                launch = kernel.launch("numba")
+                args = bind(launch.loops, kernel.program, {"A": prepared, "x": x}, plan=launch.plan)
+                serial = numba_backend.estimated_points(launch.loops, args) < numba_backend.SERIAL_BELOW
+                numba_backend._allocate(args, launch.loops, 1 if serial else numba.get_num_threads(), False)
+                module, params = numba_backend._launcher(launch.loops)
+                function = module.kernel_serial if serial else module.kernel
+                values = argument_values(params, args)
                 row["generated_function_us"] = per_call(lambda f=function, v=values: f(*v), repeats, batch)
                 row["overhead_us"] = row["call_us_SymmetricTensor"] - row["generated_function_us"]
             rows.append(row)

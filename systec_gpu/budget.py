@@ -12,6 +12,7 @@ the defaults compile without spills.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ class LaneCost:
         return cost
 
 
+@functools.lru_cache(maxsize=256)  # chosen per call: walk each program once
 def lane_cost(loops: LoopProgram) -> LaneCost:
     """Count what the body of the program's innermost scope computes per lane."""
     sparse = next((n for n in walk(loops.body) if isinstance(n, SparseLoop)), None)
@@ -87,10 +89,27 @@ def _ceil_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+@functools.lru_cache(maxsize=256)
 def elements_per_thread(loops: LoopProgram, itemsize: int) -> int:
     """The largest power of two of dense-tile elements one thread may hold within the target."""
     cost = SLOPE * lane_cost(loops).per_element(itemsize)
     return _floor_power_of_two(max(1.0, (REGISTER_TARGET - BASE_REGISTERS) / max(cost, 1.0)))
+
+
+@functools.lru_cache(maxsize=256)  # a schedule is chosen per call: walk each program once
+def _structure(loops: LoopProgram) -> tuple:
+    """(the sparse loop or None, whether a dense loop inside it gives a vector tile axis, whether
+    a CSR row's own output is the only write of the output)."""
+    sparse = next((n for n in walk(loops.body) if isinstance(n, SparseLoop)), None)
+    if sparse is None:
+        return None, False, False
+    vector = any(isinstance(n, DenseLoop) for n in walk(sparse.body))
+    # The row's own output leaves the registers by a plain store when nothing else writes the
+    # output; beside scattered (mirrored) updates, by one relaxed atomic per row: a store would
+    # need a second buffer and a pass summing the two after the kernel.
+    alone = all(set(u.output.indices) & set(sparse.indices) == {sparse.indices[0]}
+                for u in walk(sparse) if isinstance(u, Update))
+    return sparse, vector, alone
 
 
 def default_schedule(loops: LoopProgram, shape: ProblemShape | None = None, **sizes) -> Schedule:
@@ -98,19 +117,13 @@ def default_schedule(loops: LoopProgram, shape: ProblemShape | None = None, **si
     the schedule of a large call (TYPICAL; 64-bit indices: always valid), e.g. for Kernel.source()."""
     if shape is None:
         shape = ProblemShape(**sizes) if sizes else TYPICAL
-    sparse = next((n for n in walk(loops.body) if isinstance(n, SparseLoop)), None)
+    sparse, vector, alone = _structure(loops)
     bits = shape.index_bits
     per_thread = elements_per_thread(loops, shape.itemsize)
     if sparse is None:
         return _dense(loops, shape)
-    vector = any(isinstance(n, DenseLoop) for n in walk(sparse.body))  # a dense loop: the vector tile axis
     dense_block = min(_ceil_power_of_two(max(shape.dense_extent, 1)), 64) if vector else 1
     if sparse.format == "csr":
-        # The row's own output leaves the registers by a plain store when nothing else writes
-        # the output; beside scattered (mirrored) updates, by one relaxed atomic per row: a
-        # store would need a second buffer and a pass summing the two after the kernel.
-        alone = all(set(u.output.indices) & set(sparse.indices) == {sparse.indices[0]}
-                    for u in walk(sparse) if isinstance(u, Update))
         return _rows(shape, per_thread, dense_block, bits, "store" if alone else "atomic")
     warps = 4
     per_tile = _floor_power_of_two(per_thread * 32 * warps / dense_block)
@@ -142,6 +155,7 @@ def _rows(shape: ProblemShape, per_thread: int, dense_block: int, bits: int, row
                             num_warps=warps, index_bits=bits)
 
 
+@functools.lru_cache(maxsize=256)
 def _contracts(loops: LoopProgram) -> bool:
     """The program is a dense contraction that tl.dot runs (see schedule._contraction)."""
     try:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import schedule_table
 from ..budget import default_schedule
 from ..ir.loop import DenseLoop, LoopProgram
 from ..ir.tile import ContractionLoop, TileProgram
@@ -25,15 +27,22 @@ from .parameters import sparse_loop
 from .triton_emit import TParam, emit_kernel
 
 
+@functools.lru_cache(maxsize=256)
+def _loop_shape(program: LoopProgram) -> tuple:
+    """(the sparse loop, the dense loops, the first dense loop inside the sparse one): walked once
+    per program, not per call."""
+    loop = sparse_loop(program)
+    dense = tuple(n for n in walk(program.body) if isinstance(n, DenseLoop))
+    vector = next((n for n in walk(loop) if isinstance(n, DenseLoop)), None) if loop is not None else None
+    return loop, dense, vector
+
+
 def problem_shape(program: LoopProgram, args) -> ProblemShape:
     """The sizes of a call that its schedule is chosen from (runtime.KernelArgs -> ProblemShape)."""
-    loop = sparse_loop(program)
+    loop, dense, vector = _loop_shape(program)
     driver = args.driver
-    dense = [n for n in walk(program.body) if isinstance(n, DenseLoop)]
-    inner = [n for n in walk(loop)] if loop is not None else []
-    vector = next((n for n in inner if isinstance(n, DenseLoop)), None)
-    numels = [int(np.prod(args.out_shape)) * 2]  # two buffers at most
-    numels += [int(np.prod(tuple(a.shape))) for a in args.dense.values()]
+    numels = [math.prod(args.out_shape) * 2]  # two buffers at most
+    numels += [math.prod(a.shape) for a in args.dense.values()]
     nnz = int(driver.nnz) if driver is not None else 0
     rows = len(driver.pointers) - 1 if driver is not None and driver.pointers is not None else 0
     # int32 offsets hold with room for a tile past the end (pid * block + lane) and a row past the last.
@@ -60,16 +69,28 @@ def device_arch(args) -> str | None:
     return f"sm_{major}{minor}"
 
 
-def choose_schedule(program: LoopProgram, args, arch: str | None = None) -> Schedule:
+def choose_schedule(program: LoopProgram, args, arch: str | None = None,
+                    shape: ProblemShape | None = None) -> Schedule:
     """The schedule for these arguments: the device-tuned table's entry for `arch` (default: the
     arguments' device) and this shape class, else the register-budget heuristic. The environment
     variable SYSTEC_TRITON_SCHEDULE ("field=value,...", e.g. "rows_per_block=8,num_warps=2")
     overrides fields of whichever kind was chosen."""
-    shape = problem_shape(program, args)
-    schedule = tuned_schedule(program, shape, arch if arch is not None else device_arch(args))
+    shape = shape or problem_shape(program, args)
+    arch = arch if arch is not None else device_arch(args)
+    return _schedule_for(program, shape, arch, os.environ.get("SYSTEC_TRITON_SCHEDULE", ""),
+                         id(schedule_table.load_table()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _schedule_for(program: LoopProgram, shape: ProblemShape, arch: str | None, override: str,
+                  table: int) -> Schedule:
+    """choose_schedule's decision, memoized per (program, shape, arch, override, and the loaded
+    table's identity: perf/tune.py reloads a refilled table)."""
+    del table  # part of the key only
+    schedule = tuned_schedule(program, shape, arch)
     if schedule is None:
         schedule = default_schedule(program, shape)
-    return _overridden(schedule, os.environ.get("SYSTEC_TRITON_SCHEDULE", ""))
+    return _overridden(schedule, override)
 
 
 def _overridden(schedule: Schedule, text: str) -> Schedule:
@@ -308,9 +329,10 @@ def prepare_launch(program: LoopProgram, args, schedule: Schedule | None = None,
     (perf/aot.py compiles that specialization for sm_90 without a GPU)."""
     from .arguments import allocate
 
-    schedule = schedule or choose_schedule(program, args, arch)
+    shape = problem_shape(program, args)
+    schedule = schedule or choose_schedule(program, args, arch, shape)
     tiles, source, binders, kernel = _launch_plan(program, schedule)
-    if tiles.index_bits == 32 and problem_shape(program, args).index_bits == 64:
+    if tiles.index_bits == 32 and shape.index_bits == 64:
         raise ScheduleError(f"{program.source}: index_bits=32, but this call has an extent, offset or nonzero count "
                             "of 2**31 or more; it needs index_bits=64")
     device = _device(args) if device is None else _torch_device(device)
