@@ -27,6 +27,10 @@ def example_path(name: str = "bcsstk01.mtx.gz"):
 
 def __getattr__(name: str):
     # I/O pulls in optional readers: import it on first use.
+    if name == "distributed":  # torch.distributed comes with it: on first use
+        import importlib
+
+        return importlib.import_module(f"{__name__}.distributed")
     if name in ("load", "save", "io"):
         import importlib
 
