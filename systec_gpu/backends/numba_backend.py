@@ -48,6 +48,7 @@ from ..ir.loop import (
 )
 from ..ir.traverse import walk
 from ..passes.loop_nest import unnest
+from .arguments import has_loops
 from .cache import load_source
 from .parameters import Param, argument_values, kernel_parameters, sparse_loop
 from .writer import CodeWriter, Namer, format_call, format_class_row
@@ -809,7 +810,7 @@ def prepare_numba(program: LoopProgram):
     the generated module, its parameter list, whether it has a loop to split (a prepared launch
     calls it on every call)."""
     module, params = _launcher(program)
-    single = sparse_loop(program) is None and not any(isinstance(n, DenseLoop) for n in walk(program.body))
+    single = sparse_loop(program) is None and not has_loops(program)
 
     def run(_program: LoopProgram, args, threads: int | None = None) -> None:
         serial = single or threads == 1 or (threads is None and estimated_points(program, args) < SERIAL_BELOW)
