@@ -110,31 +110,36 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=datasets.default_data_dir())
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--tensors", default=",".join(TENSORS))
+    parser.add_argument("--threads", default="2,1", help="numba thread counts, one pass over every case each")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    import numba
+
     rng = np.random.default_rng(0)
     rows = []
-    for name in args.tensors.split(","):
-        tensor = datasets.load(datasets.find_file(args.data, name))
-        for kernel, texts, max_extent in KERNELS:
-            text = texts.get(tensor.ndim)
-            if text is None or tensor.shape[0] > max_extent:
-                continue
-            row = run_case(name, text, tensor, args.pairs, rng)
-            row["name"] = kernel
-            rows.append(row)
-            s = row["seconds"]
-            print(f"{name:30s} {kernel:16s} nnz={row['canonical_nnz']:8d} bytes coo/csf="
-                  f"{row['structure_bytes']['coo'] / row['structure_bytes']['csf']:.2f} "
-                  f"coo {s['coo']['median'] * 1e3:8.3f} ms  csf {s['csf']['median'] * 1e3:8.3f} ms  "
-                  f"pair ratio {row['coo_over_csf_median_pair_ratio']:.2f} "
-                  f"[{row['pair_ratio_min_max'][0]:.2f}, {row['pair_ratio_min_max'][1]:.2f}]  "
-                  f"rule: {row['default_rule_picks']}", flush=True)
+    tensors = {name: datasets.load(datasets.find_file(args.data, name)) for name in args.tensors.split(",")}
+    for threads in (int(t) for t in args.threads.split(",")):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        for name, tensor in tensors.items():
+            for kernel, texts, max_extent in KERNELS:
+                text = texts.get(tensor.ndim)
+                if text is None or tensor.shape[0] > max_extent:
+                    continue
+                row = run_case(name, text, tensor, args.pairs, rng)
+                row["name"] = kernel
+                row["numba_threads"] = numba.get_num_threads()
+                rows.append(row)
+                s = row["seconds"]
+                print(f"t={row['numba_threads']} {name:30s} {kernel:16s} nnz={row['canonical_nnz']:8d} bytes coo/csf="
+                      f"{row['structure_bytes']['coo'] / row['structure_bytes']['csf']:.2f} "
+                      f"coo {s['coo']['median'] * 1e3:8.3f} ms  csf {s['csf']['median'] * 1e3:8.3f} ms  "
+                      f"pair ratio {row['coo_over_csf_median_pair_ratio']:.2f} "
+                      f"[{row['pair_ratio_min_max'][0]:.2f}, {row['pair_ratio_min_max'][1]:.2f}]  "
+                      f"rule: {row['default_rule_picks']}", flush=True)
     report = {
         "what": "COO vs CSF driver, same Numba kernel otherwise; interleaved pairs, same run",
         "date": dt.date.today().isoformat(),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "numba_threads": __import__("numba").get_num_threads(),
                     "note": "shared 2-core VM: other jobs ran at the same time; see each row's pair-ratio spread"},
         "rank": RANK,
         "rows": rows,
