@@ -10,6 +10,7 @@ from typing import Any
 
 from .backends import registry
 from .backends.plans import describe_plan
+from .formats.choice import describe as describe_formats
 from .ir.einsum import Program, format_program
 from .ir.loop import LoopProgram, format_loop_program
 from .ir.symmetrized import Symmetrized
@@ -27,6 +28,8 @@ def _kernel_name(text: str, program: Program, exploit: bool, backend: str, accum
     stem = re.sub(r"\W+", "_", program.einsum.output.tensor).strip("_") or "k"
     key = f"{format_program(program)}|{exploit}" + ("" if backend == registry.AUTO else f"|{backend}")
     key += f"|{accumulate}" if accumulate else ""
+    # formats that print alike but differ (a default COO that CPUs may read as CSF, a declared COO)
+    key += "".join(f"|{tensor}:{fmt.key}" for tensor, fmt in program.formats if fmt.key != fmt.name)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{stem}_{'sym' if exploit else 'nosym'}_{digest}"
 
@@ -159,6 +162,7 @@ class Kernel:
             names = ", ".join(i.name for i in permutable.indices)
             lines.append(f"permutable ({names}): {permutable.origin}; visit {order}")
         lines.append(format_loop_program(self.loops))
+        lines += describe_formats(self.loops)
         lines.append(describe_plan(self.program, self.loops))
         return "\n".join(lines) + "\n"
 
@@ -182,7 +186,8 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     """Compile `expr` (e.g. "y[i] += A[i,j]*x[j]") into a kernel.
 
     symmetric: tensor -> "full" or mode groups (naming the output declares output symmetry).
-    formats: tensor -> "dense" | "coo" | "csr" (symmetric inputs default to "coo"); "coo"/"csr" for
+    formats: tensor -> "dense" | "coo" | "csr" | "csf" (symmetric inputs default to "csr" for matrices,
+        for higher orders to COO, read as CSF on the CPU where that reads fewer bytes); "coo"/"csr" for
         the output of a Gram product (C[i,j] += A[i,k]*A[j,k]) gives a sparse symmetric output.
     symmetry: False compiles the same expression without exploiting symmetry (the baseline).
     backend: "auto" (Triton on CUDA tensors, Numba otherwise), "numba", "triton", "reference".

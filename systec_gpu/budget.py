@@ -123,7 +123,7 @@ def default_schedule(loops: LoopProgram, shape: ProblemShape | None = None, **si
     if sparse is None:
         return _dense(loops, shape)
     dense_block = min(_ceil_power_of_two(max(shape.dense_extent, 1)), 64) if vector else 1
-    if sparse.format == "csr":
+    if sparse.format.row_pointers:
         return _rows(shape, per_thread, dense_block, bits, "store" if alone else "atomic")
     warps = 4
     per_tile = _floor_power_of_two(per_thread * 32 * warps / dense_block)

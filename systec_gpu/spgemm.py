@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 
 from .backends import registry
+from .formats import sparse_output_spellings
 from .frontend.declare import DeclarationError
 from .inputs import check_tensor_names, result_dtype, to_numpy, to_storage, value_dtype
 from .ir.einsum import Access, Call, Index, Literal, Program, format_program
 from .ir.symmetrized import Symmetrized
 from .storage import SparseTensor, SymmetricTensor
 
-SPARSE_FORMATS = ("coo", "csr")
+SPARSE_FORMATS = sparse_output_spellings()  # spellings of a sparse symmetric output
 
 
 class SparseOutputError(DeclarationError):

@@ -84,7 +84,7 @@ class KernelOp:
         self.operands: list[_Operand] = []
         args: list[str] = []
         for name in order:
-            sparse = program.format_of(name) != "dense"
+            sparse = program.format_of(name).sparse
             self.operands.append(_Operand(name, sparse, ndims[name], program.groups_of(name), len(args)))
             if sparse:
                 args += [f"Tensor {name}_indices", f"Tensor {name}_values", f"SymInt[] {name}_shape"]

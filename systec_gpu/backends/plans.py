@@ -60,7 +60,7 @@ def syrk_form(program: Program) -> tuple[str, bool] | None:
     a, b = rhs.args
     if not (isinstance(a, Access) and isinstance(b, Access) and a.tensor == b.tensor):
         return None
-    if len(a.indices) != 2 or program.format_of(a.tensor) != "dense" or program.groups_of(a.tensor):
+    if len(a.indices) != 2 or program.format_of(a.tensor).sparse or program.groups_of(a.tensor):
         return None
     i, j = out
     for first, second in ((a, b), (b, a)):

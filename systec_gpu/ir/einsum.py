@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .. import algebra
+from ..formats import DENSE, StorageFormat
 
 
 @dataclass(frozen=True, order=True)
@@ -69,7 +70,7 @@ class Program:
 
     einsum: Einsum
     symmetries: tuple[Symmetry, ...] = ()
-    formats: tuple[tuple[str, str], ...] = ()  # (tensor, "dense" | "coo" | "csr")
+    formats: tuple[tuple[str, StorageFormat], ...] = ()  # (tensor, its format: formats/)
 
     def groups_of(self, tensor: str) -> tuple[tuple[int, ...], ...]:
         for sym in self.symmetries:
@@ -77,8 +78,8 @@ class Program:
                 return sym.groups
         return ()
 
-    def format_of(self, tensor: str) -> str:
-        return dict(self.formats).get(tensor, "dense")
+    def format_of(self, tensor: str) -> StorageFormat:
+        return dict(self.formats).get(tensor, DENSE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def format_program(program: Program) -> str:
     for sym in program.symmetries:
         lines.append(f"  symmetric {sym.tensor}: {', '.join(map(str, sym.groups))}")
     for tensor, fmt in program.formats:
-        if fmt != "dense":
+        if fmt.sparse:
             lines.append(f"  format {tensor}: {fmt}")
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ repeat binds a copy of the index (`i_1`: the index at mode 1) and a pair of guar
 from __future__ import annotations
 
 from .. import algebra
+from ..formats.choice import loop_format
 from ..ir.einsum import Access, Call, Index, Literal, accesses, format_einsum, indices_of
 from ..ir.loop import (
     Block,
@@ -70,7 +71,7 @@ def choose_driver(sym: Symmetrized) -> tuple[Access | None, list[str]]:
     order = index_order(sym)
     notes = []
     for access in accesses(program.einsum.rhs):
-        if program.format_of(access.tensor) == "dense":
+        if not program.format_of(access.tensor).sparse:
             continue
         if all(_driver_is_factor(u.rhs, access, sym, combine.name, order) for u in sym.updates):
             return access, notes
@@ -219,7 +220,8 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
         binding, equal = driver_binding(driver, set(indices_of(einsum)))
         for index, copy in reversed(equal):
             block = Block((Guard(index, copy, Block((Guard(copy, index, block),))),))
-        fmt = program.format_of(driver.tensor)
+        fmt, note = loop_format(program.format_of(driver.tensor), driver.tensor, expanded)
+        notes += [note] if note else []
         block = Block((SparseLoop(driver.tensor, binding, expanded, fmt, block),))
 
     # What remains an Access after the driver's reads became DriverValue is read densely.
