@@ -29,6 +29,25 @@ class Operator:
     # The atomic read-modify-write that applies this reduction to memory ("add", "min", "max"),
     # None where hardware has none (a product of updates is not a reduction here).
     atomic: str | None = None
+    # -- spellings: how each backend writes this operator (emitters ask here, never `op == "min"`)
+    # Numba: the function of a non-infix operator (infix ones are written with `symbol`).
+    numba: str | None = None
+    # Triton: two values combined ({a}, {b}), and the function that reduces a tile along an
+    # axis (`f(value, axis=k, keep_dims=True)`, or `f(value)` for all of it).
+    triton_combine: str = ""
+    triton_reduce: str = ""
+    # torch: the function reducing a dimension (`torch.<f>(x, dim=0)`) and the one combining
+    # two tensors elementwise (`torch.<f>(a, b)`): the op path, the oracles, the collectives.
+    torch_reduce: str = ""
+    torch_combine: str = ""
+
+    def numba_call(self, a: str, b: str) -> str:
+        """Numba source combining two values under this operator."""
+        return f"{a} {self.symbol} {b}" if self.infix else f"{self.numba}({a}, {b})"
+
+    def triton_call(self, a: str, b: str) -> str:
+        """Triton source combining two values under this operator."""
+        return self.triton_combine.format(a=a, b=b)
 
     @property
     def relaxed_atomics(self) -> bool:
@@ -47,10 +66,17 @@ class Operator:
 OPERATORS: dict[str, Operator] = {
     op.name: op
     for op in (
-        Operator("add", "+", 0.0, None, True, True, False, np.add, True, "SUM", atomic="add"),
-        Operator("mul", "*", 1.0, 0.0, True, True, False, np.multiply, True, "PRODUCT"),
-        Operator("min", "min", math.inf, -math.inf, True, True, True, np.minimum, False, "MIN", atomic="min"),
-        Operator("max", "max", -math.inf, math.inf, True, True, True, np.maximum, False, "MAX", atomic="max"),
+        Operator("add", "+", 0.0, None, True, True, False, np.add, True, "SUM", atomic="add",
+                 triton_combine="{a} + {b}", triton_reduce="tl.sum", torch_reduce="sum", torch_combine="add"),
+        Operator("mul", "*", 1.0, 0.0, True, True, False, np.multiply, True, "PRODUCT",
+                 triton_combine="{a} * {b}", torch_reduce="prod",
+                 torch_combine="mul"),
+        Operator("min", "min", math.inf, -math.inf, True, True, True, np.minimum, False, "MIN", atomic="min",
+                 numba="np.minimum", triton_combine="tl.minimum({a}, {b})", triton_reduce="tl.min",
+                 torch_reduce="amin", torch_combine="minimum"),
+        Operator("max", "max", -math.inf, math.inf, True, True, True, np.maximum, False, "MAX", atomic="max",
+                 numba="np.maximum", triton_combine="tl.maximum({a}, {b})", triton_reduce="tl.max",
+                 torch_reduce="amax", torch_combine="maximum"),
     )
 }
 
@@ -62,7 +88,9 @@ REDUCTIONS: dict[str, tuple[str, str]] = {
 }
 
 # Binary operators of the right-hand side, by their source symbol.
-INFIX: dict[str, str] = {"*": "mul", "+": "add"}
+INFIX: dict[str, str] = {op.symbol: op.name for op in OPERATORS.values() if op.infix}
+# Operators written as functions on the right-hand side (`min(a, b)`), by their source name.
+FUNCTIONS: dict[str, str] = {op.symbol: op.name for op in OPERATORS.values() if not op.infix}
 
 
 def operator(name: str) -> Operator:

@@ -43,10 +43,6 @@ from ..passes.lower_loops import ScheduleError
 from ..schedule import Schedule, apply_schedule
 from .writer import CodeWriter, Namer, format_call, format_class_row
 
-# Triton spellings of the reductions (the algebra table names them; these are Triton's words).
-_COMBINE = {"min": "tl.minimum", "max": "tl.maximum"}
-_REDUCE = {"add": "tl.sum", "min": "tl.min", "max": "tl.max"}
-
 
 @dataclass(frozen=True)
 class TParam:
@@ -83,19 +79,22 @@ def _atomic(op: str, pointer: str, value: str, mask: str | None) -> str:
     return f'tl.atomic_{info.atomic}({pointer}, {value}{masked}, sem="{info.atomic_semantics}")'
 
 
-def _reduced(op: str, value: str, axis: int) -> str:
-    return f"{_REDUCE[op]}({value}, axis={axis}, keep_dims=True)"
+def _reduced(op: str, value: str, axis: int | None = None) -> str:
+    """`value` reduced by `op` along `axis` (kept as a length-1 axis), or all of it."""
+    function = algebra.operator(op).triton_reduce
+    return f"{function}({value})" if axis is None else f"{function}({value}, axis={axis}, keep_dims=True)"
 
 
 def _combined(op: str, a: str, b: str) -> str:
-    return f"{a} + {b}" if op == "add" else f"{_COMBINE[op]}({a}, {b})"
+    return algebra.operator(op).triton_call(a, b)
 
 
 class _Emitter:
     def __init__(self, tiles: TileProgram):
         self.tiles = tiles
         self.loops = tiles.loops
-        helpers = [f"_{kind}_{op}" for kind in ("scatter", "segmented", "tile", "run") for op in _REDUCE]
+        helpers = [f"_{kind}_{op}" for kind in ("scatter", "segmented", "tile", "run")
+                   for op, info in algebra.OPERATORS.items() if info.atomic is not None]
         self.names = Namer(reserved=("triton", "tl", "kernel", *helpers))
         self.w = CodeWriter()
         self.params: list[TParam] = []
@@ -243,7 +242,7 @@ class _Emitter:
                 code, _ = self.factor(expr)
                 return code
             case Call(op=op, args=args):
-                return format_call(op, [self.expr(a) for a in args], _COMBINE)
+                return format_call(op, [self.expr(a) for a in args], algebra.Operator.triton_call)
         raise TypeError(f"not a loop expression: {expr!r}")
 
     def factor(self, factor: Factor) -> tuple[str, float | None]:
@@ -316,10 +315,10 @@ class _Emitter:
         w, info = self.w, algebra.operator(u.reduce)
         value, mask = self.scaled(u)
         if self.tiles.write == "owned":
-            if info.name == "add":
-                w.line(f"{self.acc} += tl.where({mask}, {value}, 0.0)")
+            if info.infix:  # `acc += ...`: lanes outside the mask add the identity
+                w.line(f"{self.acc} {info.symbol}= tl.where({mask}, {value}, {_literal(info.identity)})")
             else:
-                w.line(f"{self.acc} = tl.where({mask}, {_COMBINE[info.name]}({self.acc}, {value}), {self.acc})")
+                w.line(f"{self.acc} = tl.where({mask}, {info.triton_call(self.acc, value)}, {self.acc})")
             return
         if info.atomic is None:
             raise ScheduleError(f"no atomic for reduction {info.name!r}")
@@ -580,7 +579,7 @@ class _Emitter:
             del self.row_accs[output]
             pointer = f"{self.out(write == 'atomic')} + {self.offset('', output.indices, True)}"
             if not axes:  # a scalar output: one value per program
-                self.w.line(_atomic(op, pointer, f"{_REDUCE[op]}({name})", None))
+                self.w.line(_atomic(op, pointer, _reduced(op, name), None))
                 continue
             mask = self.bounds_mask(axes)
             if write == "store":
@@ -772,7 +771,7 @@ def _tile_helper(w: CodeWriter, op: str) -> None:
         w.line("# The address does not vary along the nonzeros (axis 0): reduce the tile, write once")
         w.line("# wherever the address is in bounds (a tile without a hit writes the identity).")
         _broadcast(w, ("value", "mask"))
-        w.line(f"total = {_REDUCE[op]}(tl.where(mask, value, {identity}), axis=0, keep_dims=True)")
+        w.line(f"total = {_reduced(op, f'tl.where(mask, value, {identity})', 0)}")
         _broadcast(w, ("pointer", "total", "bounds"))
         w.line(_atomic(op, "pointer", "total", "bounds"))
 
