@@ -32,10 +32,14 @@ class Operator:
     # -- spellings: how each backend writes this operator (emitters ask here, never `op == "min"`)
     # Numba: the function of a non-infix operator (infix ones are written with `symbol`).
     numba: str | None = None
-    # Triton: two values combined ({a}, {b}), and the function that reduces a tile along an
-    # axis (`f(value, axis=k, keep_dims=True)`, or `f(value)` for all of it).
+    # Triton: two values combined ({a}, {b}); the function that reduces a tile along an axis
+    # (`f(value, axis=k, keep_dims=True)`, or `f(value)` for all of it), "" where the kernel
+    # reduces with `tl.reduce` and a jit helper spelled by `triton_combine` (Triton's own
+    # tl.min/tl.max combine with tl.minimum's default, which drops nan); and the operand of
+    # this reduction's atomic ({value}): see `_NAN_STAYS`.
     triton_combine: str = ""
     triton_reduce: str = ""
+    triton_atomic_operand: str = "{value}"
     # torch: the function reducing a dimension (`torch.<f>(x, dim=0)`) and the one combining
     # two tensors elementwise (`torch.<f>(a, b)`): the op path, the oracles, the collectives.
     torch_reduce: str = ""
@@ -63,6 +67,14 @@ class Operator:
         return "relaxed" if self.relaxed_atomics else "acq_rel"
 
 
+# nan propagates through min and max as in numpy (np.minimum, the oracle's). Triton's float
+# atomic_min/atomic_max are integer atomics on the bits: a signed min/max where the sign bit of
+# the value is clear, an unsigned max/min where it is set (triton/language/semantic.py). A nan
+# with the sign bit set (-nan) wins a signed min (its bits are a negative integer) and an
+# unsigned max (they are above every negative float's): once in memory under atomic_min it
+# stays. Likewise +nan under atomic_max. So a nan operand is given that sign before the atomic.
+_NAN_STAYS = "tl.where({{value}} != {{value}}, {nan}, {{value}})"
+
 OPERATORS: dict[str, Operator] = {
     op.name: op
     for op in (
@@ -72,10 +84,12 @@ OPERATORS: dict[str, Operator] = {
                  triton_combine="{a} * {b}", torch_reduce="prod",
                  torch_combine="mul"),
         Operator("min", "min", math.inf, -math.inf, True, True, True, np.minimum, False, "MIN", atomic="min",
-                 numba="np.minimum", triton_combine="tl.minimum({a}, {b})", triton_reduce="tl.min",
+                 numba="np.minimum", triton_combine="tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)",
+                 triton_atomic_operand=_NAN_STAYS.format(nan='float("-nan")'),
                  torch_reduce="amin", torch_combine="minimum"),
         Operator("max", "max", -math.inf, math.inf, True, True, True, np.maximum, False, "MAX", atomic="max",
-                 numba="np.maximum", triton_combine="tl.maximum({a}, {b})", triton_reduce="tl.max",
+                 numba="np.maximum", triton_combine="tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)",
+                 triton_atomic_operand=_NAN_STAYS.format(nan='float("nan")'),
                  torch_reduce="amax", torch_combine="maximum"),
     )
 }

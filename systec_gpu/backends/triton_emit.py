@@ -76,13 +76,23 @@ def _atomic(op: str, pointer: str, value: str, mask: str | None) -> str:
     if info.atomic is None:
         raise ScheduleError(f"no atomic for reduction {op!r}")
     masked = f", mask={mask}" if mask else ""
-    return f'tl.atomic_{info.atomic}({pointer}, {value}{masked}, sem="{info.atomic_semantics}")'
+    operand = info.triton_atomic_operand.format(value=value)
+    return f'tl.atomic_{info.atomic}({pointer}, {operand}{masked}, sem="{info.atomic_semantics}")'
 
 
 def _reduced(op: str, value: str, axis: int | None = None) -> str:
-    """`value` reduced by `op` along `axis` (kept as a length-1 axis), or all of it."""
+    """`value` reduced by `op` along `axis` (kept as a length-1 axis), or all of it: Triton's
+    function where the table names one, else `tl.reduce` with the `_combine_<op>` helper."""
     function = algebra.operator(op).triton_reduce
+    if not function:
+        if axis is None:
+            return f"tl.reduce({value}, None, _combine_{op})"
+        return f"tl.reduce({value}, {axis}, _combine_{op}, keep_dims=True)"
     return f"{function}({value})" if axis is None else f"{function}({value}, axis={axis}, keep_dims=True)"
+
+
+def _needs_combine_helper(op: str) -> bool:
+    return not algebra.operator(op).triton_reduce
 
 
 def _combined(op: str, a: str, b: str) -> str:
@@ -93,7 +103,7 @@ class _Emitter:
     def __init__(self, tiles: TileProgram):
         self.tiles = tiles
         self.loops = tiles.loops
-        helpers = [f"_{kind}_{op}" for kind in ("scatter", "segmented", "tile", "run")
+        helpers = [f"_{kind}_{op}" for kind in ("combine", "scatter", "segmented", "tile", "run")
                    for op, info in algebra.OPERATORS.items() if info.atomic is not None]
         self.names = Namer(reserved=("triton", "tl", "kernel", *helpers))
         self.w = CodeWriter()
@@ -331,7 +341,7 @@ class _Emitter:
             identity = _literal(info.identity)
             reduced = f"tl.where({mask}, {value}, {identity})"
             for axis in sorted(set(range(self.ndim)) - lanes, reverse=True):
-                reduced = _reduced(info.name, reduced, axis)
+                reduced = self.reduced(info.name, reduced, axis)
             value, mask = reduced, self.bounds_mask(lanes) or everywhere
         if not segmented:
             self.helpers.add(("scatter", info.name))
@@ -342,11 +352,18 @@ class _Emitter:
         bounds = self.bounds_mask(frozenset(range(1, self.ndim))) or everywhere
         if key is None:
             self.helpers.add(("tile", info.name))
+            self.reduced(info.name, "", 0)  # the helper reduces the tile
             w.line(f"_tile_{info.name}({pointer}, {value}, {mask}, {bounds})")
         else:
             self.helpers |= {("segmented", info.name), ("run", info.name)}
             start, end = self.runs
             w.line(f"_segmented_{info.name}({pointer}, {value}, {mask}, {start}, {end} & {bounds})")
+
+    def reduced(self, op: str, value: str, axis: int | None = None) -> str:
+        """`_reduced`, noting the jit helper it calls."""
+        if _needs_combine_helper(op):
+            self.helpers.add(("combine", op))
+        return _reduced(op, value, axis)
 
     def row_update(self, u: Update) -> None:
         """An update reduced into a row block's accumulator (owned rows, or no lane index)."""
@@ -356,7 +373,7 @@ class _Emitter:
         reduced = f"tl.where({mask}, {value}, {identity})"
         for axis in range(self.ndim - 1, -1, -1):
             if axis not in axes:
-                reduced = _reduced(op, reduced, axis)
+                reduced = self.reduced(op, reduced, axis)
         self.w.line(f"{name} = {_combined(op, name, reduced)}")
 
     # -- levels ------------------------------------------------------------------------------
@@ -579,7 +596,11 @@ class _Emitter:
             del self.row_accs[output]
             pointer = f"{self.out(write == 'atomic')} + {self.offset('', output.indices, True)}"
             if not axes:  # a scalar output: one value per program
-                self.w.line(_atomic(op, pointer, _reduced(op, name), None))
+                total = self.reduced(op, name)
+                if algebra.operator(op).triton_atomic_operand != "{value}":  # spelled more than once: name it
+                    self.w.line(f"{name} = {total}")
+                    total = name
+                self.w.line(_atomic(op, pointer, total, None))
                 continue
             mask = self.bounds_mask(axes)
             if write == "store":
@@ -692,7 +713,7 @@ class _Emitter:
             w.line(f"# {line}")
         w.line("import triton")
         w.line("import triton.language as tl")
-        order = ("run", "scatter", "segmented", "tile")  # _run_* before the helpers that use them
+        order = ("combine", "run", "scatter", "segmented", "tile")  # helpers before the helpers that use them
         for kind, op in sorted(self.helpers, key=lambda h: (order.index(h[0]), h[1])):
             w.line()
             w.line()
@@ -744,6 +765,12 @@ def _scatter_helper(w: CodeWriter, op: str) -> None:
         w.line(_atomic(op, "pointer", "value", "mask"))
 
 
+def _combine_helper(w: CodeWriter, op: str) -> None:
+    with w.block(f"def _combine_{op}(a, b):"):
+        w.line("# The combine of tl.reduce: the algebra table's spelling (nan propagates).")
+        w.line(f"return {_combined(op, 'a', 'b')}")
+
+
 def _run_helper(w: CodeWriter, op: str) -> None:
     with w.block(f"def _run_{op}(value, start, next_value, next_start):"):
         w.line("# One step of a segmented scan: a lane that starts a run drops what came before it.")
@@ -776,7 +803,8 @@ def _tile_helper(w: CodeWriter, op: str) -> None:
         w.line(_atomic(op, "pointer", "total", "bounds"))
 
 
-_HELPERS = {"scatter": _scatter_helper, "run": _run_helper, "segmented": _segmented_helper, "tile": _tile_helper}
+_HELPERS = {"combine": _combine_helper, "scatter": _scatter_helper, "run": _run_helper,
+            "segmented": _segmented_helper, "tile": _tile_helper}
 
 
 # ---------------------------------------------------------------------------------------------
