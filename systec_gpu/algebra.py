@@ -6,6 +6,7 @@ side's products: (+, *), (min, +), (max, +). Facts are stated once here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -94,17 +95,111 @@ OPERATORS: dict[str, Operator] = {
     )
 }
 
-# Reduction spelled in the source -> (reduction operator, combining operator of its semiring).
-REDUCTIONS: dict[str, tuple[str, str]] = {
-    "+=": ("add", "mul"),
-    "min=": ("min", "add"),
-    "max=": ("max", "add"),
-}
-
 # Binary operators of the right-hand side, by their source symbol.
 INFIX: dict[str, str] = {op.symbol: op.name for op in OPERATORS.values() if op.infix}
 # Operators written as functions on the right-hand side (`min(a, b)`), by their source name.
 FUNCTIONS: dict[str, str] = {op.symbol: op.name for op in OPERATORS.values() if not op.infix}
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The values a kernel's operands hold (declared with `compile(..., values=name)`)."""
+
+    name: str
+    lowest: float
+    highest: float
+    samples: tuple[float, ...]  # finite values of the domain the semiring laws are checked on
+
+    def count_outside(self, values) -> int:
+        """How many of `values` (numpy, torch or CuPy) lie outside the domain (nan lies inside:
+        it propagates whatever the domain)."""
+        outside = (values < self.lowest) | (values > self.highest)
+        return int(outside.sum())
+
+
+DOMAINS: dict[str, Domain] = {
+    d.name: d
+    for d in (
+        Domain("real", -math.inf, math.inf, (-2.5, -1.0, 0.0, 0.5, 3.0)),
+        Domain("nonnegative", 0.0, math.inf, (0.0, 0.5, 1.0, 3.0)),
+    )
+}
+
+# The reductions: source symbol, reduction, combining operator (the one that binds a sparse
+# operand into its term, so that its unstored entries, the reduction's identity over the
+# values, annihilate the term and can be skipped), and the values it holds over. A symbol
+# whose row for the declared values is missing falls back to its row over the reals.
+SEMIRING_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("+=", "add", "mul", "real"),
+    ("min=", "min", "add", "real"),
+    ("max=", "max", "add", "real"),
+)
+
+
+class SemiringError(ValueError):
+    """A reduction and an operator that do not form a semiring over the declared values."""
+
+
+@dataclass(frozen=True)
+class Semiring:
+    symbol: str  # as written in the source: "+=", "max=", ...
+    reduce: Operator  # its identity is the one over `domain`: the value of an unstored entry
+    combine: Operator
+    domain: Domain
+
+    @property
+    def zero(self) -> float:
+        return self.reduce.identity
+
+    def __str__(self) -> str:
+        return f"({self.reduce.symbol}, {self.combine.symbol}) over {self.domain.name} values"
+
+    def binding_error(self, op: Operator) -> str | None:
+        """Why a sparse operand bound into its term by `op` cannot hold this semiring's zero in
+        its unstored entries (the zero must annihilate `op`, so that skipping the entry and
+        reading it agree, or be `op`'s identity, a neutral value), or None when it can."""
+        zero, samples = self.zero, self.domain.samples
+        with np.errstate(invalid="ignore"):
+            if all(op.numpy(zero, x) == zero and op.numpy(x, zero) == zero for x in samples):
+                return None
+            if all(op.numpy(zero, x) == x and op.numpy(x, zero) == x for x in samples):
+                return None
+            x = next(x for x in samples if op.numpy(zero, x) != zero)
+            shown = f"{zero!r} {op.symbol} {x!r}" if op.infix else f"{op.symbol}({zero!r}, {x!r})"
+            got = float(op.numpy(zero, x))
+        return (f"its unstored entries hold {zero!r}, the identity of {self.reduce.symbol} over {self.domain.name} "
+                f"values, which does not annihilate {op.symbol} ({shown} = {got!r}): ({self.reduce.symbol}, "
+                f"{op.symbol}) is not a semiring over {self.domain.name} values")
+
+
+def _over(op: Operator, domain: Domain) -> Operator:
+    """`op` on `domain`: its identity there (the real one, clamped into the domain, checked on
+    the samples), under a name of its own where that identity differs (max over non-negative
+    values starts from 0, not -inf)."""
+    identity = min(max(op.identity, domain.lowest), domain.highest)
+    if not all(op.numpy(identity, x) == x for x in domain.samples):
+        raise SemiringError(f"{op.name} has no identity over {domain.name} values")
+    return op if identity == op.identity else dataclasses.replace(op, name=f"{op.name}_{domain.name}",
+                                                                  identity=identity)
+
+
+def _semirings() -> dict[tuple[str, str], Semiring]:
+    """The rows, checked: each reduction's identity must annihilate its combining operator."""
+    rings = {}
+    for symbol, reduce, combine, values in SEMIRING_ROWS:
+        domain = DOMAINS[values]
+        ring = Semiring(symbol, _over(OPERATORS[reduce], domain), OPERATORS[combine], domain)
+        reason = ring.binding_error(ring.combine)
+        if reason is not None:
+            raise SemiringError(f"algebra.SEMIRING_ROWS: {symbol} {ring}: {reason}")
+        rings[symbol, values] = ring
+        OPERATORS.setdefault(ring.reduce.name, ring.reduce)
+    return rings
+
+
+SEMIRINGS: dict[tuple[str, str], Semiring] = _semirings()
+# The source symbols of the reductions (the parser's tokens), each with its semiring over the reals.
+REDUCTIONS: dict[str, Semiring] = {symbol: SEMIRINGS[symbol, "real"] for symbol, *_ in SEMIRING_ROWS}
 
 
 def operator(name: str) -> Operator:
@@ -114,12 +209,28 @@ def operator(name: str) -> Operator:
         raise ValueError(f"unknown operator {name!r}; known: {sorted(OPERATORS)}") from None
 
 
-def reduction_for(symbol: str) -> tuple[Operator, Operator]:
-    """(reduction, combining operator) of an assignment symbol such as `min=`."""
+def semiring(symbol: str, values: str = "real") -> Semiring:
+    """The semiring of an assignment symbol such as `min=` over the declared values: its row,
+    else its row over the reals (the values a subset of them: checked at call time)."""
     if symbol not in REDUCTIONS:
         raise ValueError(f"unknown reduction {symbol!r}; known: {', '.join(REDUCTIONS)}")
-    reduce_name, combine_name = REDUCTIONS[symbol]
-    return OPERATORS[reduce_name], OPERATORS[combine_name]
+    if values not in DOMAINS:
+        raise ValueError(f"values={values!r}: unknown; known: {', '.join(DOMAINS)}")
+    found = SEMIRINGS.get((symbol, values))
+    return found if found is not None else dataclasses.replace(REDUCTIONS[symbol], domain=DOMAINS[values])
+
+
+def semirings_hint(symbol: str, op: str) -> str:
+    """Where the table makes (`symbol`, `op`) a semiring: the values to declare, or ""."""
+    rows = [ring for (s, _), ring in SEMIRINGS.items() if s == symbol and ring.combine.name == op]
+    return "; ".join(f"declare values={ring.domain.name!r} (checked at call time): {ring} is a semiring whose "
+                     f"zero is {ring.zero!r}" for ring in rows)
+
+
+def reduction_for(symbol: str, values: str = "real") -> tuple[Operator, Operator]:
+    """(reduction, combining operator) of an assignment symbol such as `min=`."""
+    ring = semiring(symbol, values)
+    return ring.reduce, ring.combine
 
 
 def apply(op: str, values):
