@@ -133,6 +133,7 @@ SEMIRING_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("+=", "add", "mul", "real"),
     ("min=", "min", "add", "real"),
     ("max=", "max", "add", "real"),
+    ("max=", "max", "mul", "nonnegative"),  # max-times (Viterbi): unstored entries are 0
 )
 
 

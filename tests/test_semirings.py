@@ -6,6 +6,7 @@ oracle on the reference, Numba and Triton-interpreter backends.
 TRITON_INTERPRET must be set before a generated kernel is decorated (see test_triton_backend.py).
 """
 
+import itertools
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
@@ -99,3 +100,95 @@ def test_nan_combines_are_spelled_by_the_table():
     assert "propagate_nan=tl.PropagateNan.ALL" in source
     assert "tl.min(" not in source  # Triton's tl.min combines with tl.minimum's default: nan dropped
     assert 'float("-nan")' in source  # the nan operand of atomic_min keeps its place (algebra._NAN_STAYS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Semirings: (max, *) over non-negative values, the refusals, the call-time check
+
+
+def _dense_of(value) -> np.ndarray:
+    """A dense array of an input: a sparse one's unstored entries hold 0, the zero of (max, *)
+    over non-negative values (and of (+, *))."""
+    if isinstance(value, sg.SparseTensor):
+        dense = np.zeros(value.shape)
+        stored = value.expanded() if isinstance(value, SymmetricTensor) else value
+        dense[tuple(np.asarray(stored.indices))] = np.asarray(stored.values)
+        return dense
+    return np.asarray(value, dtype=np.float64)
+
+
+def _nonnegative_symmetric(order: int, size: int, rng, empty_row: int | None = None) -> SymmetricTensor:
+    """A symmetric tensor of values in [0, 2), about half of its canonical entries stored; none in
+    `empty_row` (whose max over nothing is the zero, 0)."""
+    canonical = [c for c in itertools.combinations_with_replacement(range(size), order)
+                 if empty_row not in c and rng.random() < 0.5]
+    coords = np.array(canonical, dtype=np.int64).T.reshape(order, -1)
+    return SymmetricTensor.from_canonical(coords, rng.uniform(0.0, 2.0, coords.shape[1]), (size,) * order, "full")
+
+
+MAX_TIMES = [
+    ("y[i] max= A[i,j] * x[j]", 2, {"x": (6,)}),
+    ("C[i,r] max= A[i,j] * X[j,r]", 2, {"X": (6, 3)}),
+    ("y[] max= x[i] * A[i,j] * x[j]", 2, {"x": (6,)}),
+    ("y[i] max= A[i,j,k] * x[j] * x[k]", 3, {"x": (6,)}),
+]
+
+
+@pytest.mark.parametrize("symmetry", [True, False], ids=["sym", "nosym"])
+@pytest.mark.parametrize("backend", ["reference", "numba", "triton"])
+@pytest.mark.parametrize(("expr", "order", "dense"), MAX_TIMES, ids=[m[0] for m in MAX_TIMES])
+def test_max_times_over_nonnegative_values_matches_numpy(expr, order, dense, backend, symmetry):
+    rng = np.random.default_rng(order + len(expr))
+    inputs = {"A": _nonnegative_symmetric(order, 6, rng, empty_row=4),
+              **{name: rng.uniform(0.0, 2.0, shape) for name, shape in dense.items()}}
+    kernel = sg.compile(expr, symmetric={"A": "full"}, values="nonnegative", backend=backend, symmetry=symmetry)
+    ring = kernel.program.einsum.semiring
+    assert (ring.reduce.symbol, ring.combine.symbol, ring.zero) == ("max", "*", 0.0)
+    expected = interpret_einsum(kernel.program.einsum, {n: _dense_of(v) for n, v in inputs.items()})
+    got = kernel(**inputs).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+    if expected.ndim:
+        assert (expected == 0).any()  # the empty row: 0, not -inf
+
+
+def test_max_times_over_reals_is_refused_naming_the_operators():
+    with pytest.raises(sg.algebra.SemiringError, match=r"A is sparse.*-inf \* -2\.5 = inf.*\(max, \*\) is not a "
+                       r"semiring over real values.*values='nonnegative'"):
+        sg.compile("y[i] max= A[i,j] * x[j]", symmetric={"A": "full"})
+    with pytest.raises(sg.algebra.SemiringError, match=r"\(min, \*\) is not a semiring over real values.*densely"):
+        sg.compile("y[i] min= A[i,j] * x[j]", formats={"A": "coo"})
+    # Dense operands have no unstored entries: max over products is plain arithmetic.
+    kernel = sg.compile("y[i] max= A[i,j] * x[j]", backend="numba")
+    a, x = np.array([[-1.0, 2.0], [3.0, -4.0]]), np.array([-1.0, 0.5])
+    np.testing.assert_array_equal(kernel(A=a, x=x).numpy(), (a * x).max(axis=1))
+    # A sparse operand in a sum under += holds 0, the identity of +: accepted as before.
+    sg.compile("y[i] += A[i,j] + x[j]", formats={"A": "coo"})
+
+
+def test_declared_values_are_checked_at_call_time():
+    kernel = sg.compile("y[i] max= A[i,j] * x[j]", symmetric={"A": "full"}, values="nonnegative",
+                        backend="numba")
+    a = _nonnegative_symmetric(2, 4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"x: 1 value\(s\) outside the declared values='nonnegative'.*\(max, \*\)"):
+        kernel(A=a, x=np.array([1.0, -0.5, 2.0, 0.0]))
+    negative = SymmetricTensor.from_dense(-_dense_of(a), "full")
+    with pytest.raises(ValueError, match=r"A: \d+ value\(s\) outside"):
+        kernel(A=negative, x=np.ones(4))
+    kernel(A=negative, x=np.ones(4), check=False)  # the user's word, as for declared symmetry
+    with pytest.raises(ValueError, match="values='positive': unknown"):
+        sg.compile("y[i] max= A[i,j] * x[j]", values="positive")
+
+
+def test_a_table_row_that_is_no_semiring_is_refused_when_the_table_loads(monkeypatch):
+    monkeypatch.setattr(sg.algebra, "SEMIRING_ROWS", (("max=", "max", "mul", "real"),))
+    with pytest.raises(sg.algebra.SemiringError, match=r"SEMIRING_ROWS: max= \(max, \*\) over real values"):
+        sg.algebra._semirings()
+
+
+def test_the_parser_reads_its_tokens_from_the_table():
+    from systec_gpu.frontend.parser import parse
+
+    for symbol in sg.algebra.REDUCTIONS:
+        assert parse(f"y[i] {symbol} A[i,j] * x[j]").reduce == symbol
+    for name in sg.algebra.FUNCTIONS:
+        assert parse(f"y[i] += {name}(A[i,j], x[j])").rhs.op == sg.algebra.FUNCTIONS[name]
