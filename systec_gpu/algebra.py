@@ -7,6 +7,7 @@ side's products: (+, *), (min, +), (max, +). Facts are stated once here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -109,11 +110,23 @@ class Domain:
     lowest: float
     highest: float
     samples: tuple[float, ...]  # finite values of the domain the semiring laws are checked on
+    members: tuple[float, ...] = ()  # a finite domain's values (booleans: 0 and 1); () for an interval
+
+    def contains(self, other: Domain) -> bool:
+        if other.members:
+            return all(self.lowest <= m <= self.highest and (not self.members or m in self.members)
+                       for m in other.members)
+        return not self.members and self.lowest <= other.lowest and other.highest <= self.highest
 
     def count_outside(self, values) -> int:
-        """How many of `values` (numpy, torch or CuPy) lie outside the domain (nan lies inside:
-        it propagates whatever the domain)."""
-        outside = (values < self.lowest) | (values > self.highest)
+        """How many of `values` (numpy, torch or CuPy) lie outside the domain (in an interval,
+        nan lies inside: it propagates whatever the domain)."""
+        if self.members:
+            outside = values == values  # every element, then those equal to no member dropped
+            for member in self.members:
+                outside = outside & (values != member)
+        else:
+            outside = (values < self.lowest) | (values > self.highest)
         return int(outside.sum())
 
 
@@ -127,8 +140,10 @@ DOMAINS: dict[str, Domain] = {
 
 # The reductions: source symbol, reduction, combining operator (the one that binds a sparse
 # operand into its term, so that its unstored entries, the reduction's identity over the
-# values, annihilate the term and can be skipped), and the values it holds over. A symbol
-# whose row for the declared values is missing falls back to its row over the reals.
+# values, annihilate the term and can be skipped), and the values it holds over. A statement's
+# semiring is the row of its symbol whose values contain the declared ones, preferring the
+# row whose combining operator is the right-hand side's and then the narrowest values
+# (`semiring`): `y[i] max= A[i,j] * x[j]` over non-negative values is (max, *).
 SEMIRING_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("+=", "add", "mul", "real"),
     ("min=", "min", "add", "real"),
@@ -199,8 +214,10 @@ def _semirings() -> dict[tuple[str, str], Semiring]:
 
 
 SEMIRINGS: dict[tuple[str, str], Semiring] = _semirings()
-# The source symbols of the reductions (the parser's tokens), each with its semiring over the reals.
-REDUCTIONS: dict[str, Semiring] = {symbol: SEMIRINGS[symbol, "real"] for symbol, *_ in SEMIRING_ROWS}
+# The source symbols of the reductions (the parser's tokens), each with its first row.
+REDUCTIONS: dict[str, Semiring] = {}
+for _symbol, *_, _values in SEMIRING_ROWS:
+    REDUCTIONS.setdefault(_symbol, SEMIRINGS[_symbol, _values])
 
 
 def operator(name: str) -> Operator:
@@ -210,15 +227,25 @@ def operator(name: str) -> Operator:
         raise ValueError(f"unknown operator {name!r}; known: {sorted(OPERATORS)}") from None
 
 
-def semiring(symbol: str, values: str = "real") -> Semiring:
-    """The semiring of an assignment symbol such as `min=` over the declared values: its row,
-    else its row over the reals (the values a subset of them: checked at call time)."""
+@functools.lru_cache(maxsize=64)
+def semiring(symbol: str, values: str = "real", op: str | None = None) -> Semiring:
+    """The semiring of an assignment symbol such as `min=` over the declared values, for a
+    right-hand side whose operator is `op` (None: an access or a literal): the row of the symbol
+    whose values contain the declared ones, one combining with `op` first, then the narrowest.
+    The row's values are narrowed to the declared ones (checked at call time)."""
     if symbol not in REDUCTIONS:
         raise ValueError(f"unknown reduction {symbol!r}; known: {', '.join(REDUCTIONS)}")
     if values not in DOMAINS:
         raise ValueError(f"values={values!r}: unknown; known: {', '.join(DOMAINS)}")
-    found = SEMIRINGS.get((symbol, values))
-    return found if found is not None else dataclasses.replace(REDUCTIONS[symbol], domain=DOMAINS[values])
+    declared = DOMAINS[values]
+    rows = [ring for (s, _), ring in SEMIRINGS.items() if s == symbol and ring.domain.contains(declared)]
+    if not rows:
+        over = ", ".join(f"{ring} (declare values={ring.domain.name!r})" for (s, _), ring in SEMIRINGS.items()
+                         if s == symbol)
+        raise SemiringError(f"{symbol} over {values} values: no such semiring; {symbol} is {over}")
+    # the narrowest values: those that contain the fewest other candidates' values
+    rows.sort(key=lambda ring: (ring.combine.name != op, sum(ring.domain.contains(r.domain) for r in rows)))
+    return dataclasses.replace(rows[0], domain=declared)
 
 
 def semirings_hint(symbol: str, op: str) -> str:

@@ -192,3 +192,15 @@ def test_the_parser_reads_its_tokens_from_the_table():
         assert parse(f"y[i] {symbol} A[i,j] * x[j]").reduce == symbol
     for name in sg.algebra.FUNCTIONS:
         assert parse(f"y[i] += {name}(A[i,j], x[j])").rhs.op == sg.algebra.FUNCTIONS[name]
+
+
+def test_the_right_hand_side_and_the_values_pick_the_semiring():
+    def ring(expr, values="real"):
+        return sg.compile(expr, values=values, backend="reference").program.einsum.semiring
+
+    # declaring non-negative values does not turn a (max, +) statement into (max, *)
+    assert (ring("y[i] max= A[i,j] + x[j]", "nonnegative").combine.symbol, ring("y[i] max= A[i,j] + x[j]",
+                                                                                 "nonnegative").zero) == ("+", -np.inf)
+    assert ring("y[i] max= A[i,j] * x[j]", "nonnegative").zero == 0.0
+    assert ring("y[i] max= A[i,j] * x[j]").combine.symbol == "+"  # over the reals: (max, +), refused if A is sparse
+    assert ring("y[i] += A[i,j] * x[j]", "nonnegative").domain.name == "nonnegative"  # checked at call time

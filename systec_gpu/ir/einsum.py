@@ -58,7 +58,7 @@ class Einsum:
 
     @property
     def semiring(self) -> algebra.Semiring:
-        return algebra.semiring(self.reduce, self.values)
+        return algebra.semiring(self.reduce, self.values, self.rhs.op if isinstance(self.rhs, Call) else None)
 
 
 @dataclass(frozen=True)
