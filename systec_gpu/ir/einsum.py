@@ -234,7 +234,10 @@ def check_semiring(program: Program) -> None:
     operand into its term neither is annihilated by that zero nor has it as identity (then
     skipping an unstored entry and reading it would disagree: (max, *) over real values)."""
     einsum = program.einsum
-    ring = einsum.semiring
+    try:
+        ring = einsum.semiring
+    except algebra.SemiringError as error:
+        raise algebra.SemiringError(f"{format_einsum(einsum)}: {error}") from None
     for access, op in _bindings(einsum.rhs, None):
         if op is None or program.format_of(access.tensor) == "dense":
             continue
