@@ -135,6 +135,7 @@ DOMAINS: dict[str, Domain] = {
     for d in (
         Domain("real", -math.inf, math.inf, (-2.5, -1.0, 0.0, 0.5, 3.0)),
         Domain("nonnegative", 0.0, math.inf, (0.0, 0.5, 1.0, 3.0)),
+        Domain("boolean", 0.0, 1.0, (0.0, 1.0), members=(0.0, 1.0)),
     )
 }
 
@@ -149,6 +150,7 @@ SEMIRING_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("min=", "min", "add", "real"),
     ("max=", "max", "add", "real"),
     ("max=", "max", "mul", "nonnegative"),  # max-times (Viterbi): unstored entries are 0
+    ("|=", "max", "mul", "boolean"),  # (or, and) on 0/1 values: reachability
 )
 
 

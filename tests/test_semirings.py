@@ -204,3 +204,38 @@ def test_the_right_hand_side_and_the_values_pick_the_semiring():
     assert ring("y[i] max= A[i,j] * x[j]", "nonnegative").zero == 0.0
     assert ring("y[i] max= A[i,j] * x[j]").combine.symbol == "+"  # over the reals: (max, +), refused if A is sparse
     assert ring("y[i] += A[i,j] * x[j]", "nonnegative").domain.name == "nonnegative"  # checked at call time
+
+
+# (or, and) over booleans (0/1 values): reachability, added as one domain and one row in algebra.py
+
+def _undirected_graph(size: int, rng) -> SymmetricTensor:
+    """A symmetric 0/1 adjacency matrix with self-loops on some vertices and an isolated one."""
+    canonical = [(i, j) for i in range(size) for j in range(i, size) if 3 not in (i, j) and rng.random() < 0.35]
+    coords = np.array(canonical, dtype=np.int64).T.reshape(2, -1)
+    return SymmetricTensor.from_canonical(coords, np.ones(coords.shape[1]), (size, size), "full")
+
+
+@pytest.mark.parametrize("symmetry", [True, False], ids=["sym", "nosym"])
+@pytest.mark.parametrize("backend", ["reference", "numba", "triton"])
+def test_reachability_over_booleans_matches_numpy(backend, symmetry):
+    rng = np.random.default_rng(12)
+    a = _undirected_graph(7, rng)
+    adjacency = _dense_of(a).astype(bool)
+    frontier = np.zeros(7)
+    frontier[[0, 5]] = 1.0
+    step = sg.compile("y[i] |= A[i,j] * x[j]", symmetric={"A": "full"}, values="boolean", backend=backend,
+                      symmetry=symmetry)
+    two_hops = sg.compile("R[i,j] |= A[i,k] * A[k,j]", symmetric={"A": "full"}, values="boolean",
+                          backend=backend, symmetry=symmetry)
+    for kernel, inputs, truth in [
+        (step, {"A": a, "x": frontier}, (adjacency & frontier.astype(bool)[None, :]).any(axis=1)),
+        (two_hops, {"A": a}, (adjacency.astype(int) @ adjacency.astype(int)) > 0),
+    ]:
+        expected = interpret_einsum(kernel.program.einsum, {n: _dense_of(v) for n, v in inputs.items()})
+        got = kernel(**inputs).numpy()
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(got, truth.astype(float))
+    with pytest.raises(ValueError, match=r"x: 1 value\(s\) outside the declared values='boolean'"):
+        step(A=a, x=np.array([1.0, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0]))
+    with pytest.raises(sg.algebra.SemiringError, match=r"\|= over real values: no such semiring.*values='boolean'"):
+        sg.compile("y[i] |= A[i,j] * x[j]", symmetric={"A": "full"})
