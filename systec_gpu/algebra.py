@@ -257,9 +257,12 @@ def semirings_hint(symbol: str, op: str) -> str:
                      f"zero is {ring.zero!r}" for ring in rows)
 
 
-def reduction_for(symbol: str, values: str = "real") -> tuple[Operator, Operator]:
-    """(reduction, combining operator) of an assignment symbol such as `min=`."""
-    ring = semiring(symbol, values)
+def reduction_for(symbol: str, values: str | None = None) -> tuple[Operator, Operator]:
+    """(reduction, combining operator) of an assignment symbol such as `min=` over `values`
+    (None: its first row, e.g. over the reals)."""
+    if values is None and symbol in REDUCTIONS:
+        return REDUCTIONS[symbol].reduce, REDUCTIONS[symbol].combine
+    ring = semiring(symbol, values or "real")
     return ring.reduce, ring.combine
 
 
