@@ -1,7 +1,14 @@
-"""Operator facts: the one table every pass consults instead of testing `op == "*"`.
+"""Operator facts: the one table every pass, emitter and the parser consult instead of testing
+`op == "*"`.
 
-Each reduction (`+=`, `min=`, `max=`) pairs with a combining operator that forms the right-hand
-side's products: (+, *), (min, +), (max, +). Facts are stated once here.
+OPERATORS: each operator's laws (identity, annihilator, idempotence), its numpy ufunc, its
+collective and atomic, and how each backend spells it (Numba, Triton, torch). DOMAINS: the
+values a kernel may declare (`compile(..., values=)`). SEMIRING_ROWS: each reduction symbol
+with the operator that combines a term's factors, over some values: (+, *), (min, +), (max, +)
+over the reals, (max, *) over non-negative values, `|=` as (max, *) on booleans. The rows are
+checked when the table loads (the reduction's identity must annihilate the combining
+operator), and a statement is checked against its row when compiled (ir/einsum.check_semiring).
+A new reduction is a row here (and an operator, if it needs one).
 """
 
 from __future__ import annotations
