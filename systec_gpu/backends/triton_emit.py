@@ -352,17 +352,21 @@ class _Emitter:
         bounds = self.bounds_mask(frozenset(range(1, self.ndim))) or everywhere
         if key is None:
             self.helpers.add(("tile", info.name))
-            self.reduced(info.name, "", 0)  # the helper reduces the tile
+            self.note_reduction(info.name)  # the helper reduces the tile
             w.line(f"_tile_{info.name}({pointer}, {value}, {mask}, {bounds})")
         else:
             self.helpers |= {("segmented", info.name), ("run", info.name)}
             start, end = self.runs
             w.line(f"_segmented_{info.name}({pointer}, {value}, {mask}, {start}, {end} & {bounds})")
 
-    def reduced(self, op: str, value: str, axis: int | None = None) -> str:
-        """`_reduced`, noting the jit helper it calls."""
+    def note_reduction(self, op: str) -> None:
+        """The kernel reduces tiles by `op`: emit its combine helper where Triton has no function."""
         if _needs_combine_helper(op):
             self.helpers.add(("combine", op))
+
+    def reduced(self, op: str, value: str, axis: int | None = None) -> str:
+        """`_reduced`, noting the jit helper it calls."""
+        self.note_reduction(op)
         return _reduced(op, value, axis)
 
     def row_update(self, u: Update) -> None:
