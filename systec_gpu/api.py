@@ -8,6 +8,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from . import algebra
 from .backends import registry
 from .backends.plans import describe_plan
 from .formats.choice import describe as describe_formats
@@ -32,6 +35,24 @@ def _kernel_name(text: str, program: Program, exploit: bool, backend: str, accum
     key += "".join(f"|{tensor}:{fmt.key}" for tensor, fmt in program.formats if fmt.key != fmt.name)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{stem}_{'sym' if exploit else 'nosym'}_{digest}"
+
+
+def check_values(program: Program, tensors: Mapping[str, Any]) -> None:
+    """Every operand's values lie in the declared domain (`compile(..., values=)`): its semiring
+    is exact only there. Stored values of sparse operands; nan passes (it propagates)."""
+    domain = algebra.DOMAINS[program.einsum.values]
+    if domain.name == "real":
+        return
+    for name, tensor in tensors.items():
+        values = getattr(tensor, "values", None)  # SparseTensor / SymmetricTensor
+        if values is None or callable(values):  # (a torch sparse tensor's .values is a method)
+            values = getattr(tensor, "data", None) if hasattr(tensor, "nnz") else tensor  # scipy.sparse
+        if not hasattr(values, "shape"):
+            values = np.asarray(values)
+        outside = domain.count_outside(values)
+        if outside:
+            raise ValueError(f"{name}: {outside} value(s) outside the declared values={domain.name!r} "
+                             f"(the kernel's semiring {program.einsum.semiring} is exact only there)")
 
 
 class Kernel:
@@ -108,6 +129,8 @@ class Kernel:
     def call_direct(self, tensors: dict[str, Any], *, backend: str, check: bool = True, canonical: bool = False,
                     out=None):
         """The kernel's launch on `backend`, without the torch op (no autograd): what every call runs."""
+        if check:
+            check_values(self.program, tensors)
         launch = self.launch(backend)
         args, result = launch(tensors, check=check, canonical=canonical, out=out)
         self._last, self._last_loops, self._stats = args, launch.loops, None  # the loops that ran (a CPU plan's)
@@ -182,6 +205,7 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     name: str | None = None,
     outputs: Sequence[str] | str | None = None,
     accumulate: str | None = None,
+    values: str | None = None,
 ) -> Kernel | ProgramKernel | SparseOutputKernel:
     """Compile `expr` (e.g. "y[i] += A[i,j]*x[j]") into a kernel.
 
@@ -197,6 +221,9 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     accumulate: "float32" or "float64", the dtype a kernel computes and returns in (default: the
         widest float given, float16/bfloat16 inputs in float32). On the Triton path float16 and
         bfloat16 operands are read as they are and widened where they are loaded.
+    values: the domain of every operand's values, "real" (default) or "nonnegative" (checked at
+        each call); it picks the semiring: `y[i] max= A[i,j]*x[j]` with a sparse A is (max, *),
+        whose unstored entries are 0, only over non-negative values (algebra.SEMIRING_ROWS).
 
     One statement with a dense output gives a Kernel; a program a ProgramKernel (systec_gpu/program.py);
     one statement with a sparse output a SparseOutputKernel (systec_gpu/spgemm.py).
@@ -207,22 +234,25 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
         if accumulate is not None:
             raise NotImplementedError("accumulate= applies to single statements; programs compute in their "
                                       "inputs' dtype")
+        if values is not None:
+            raise NotImplementedError("values= applies to single statements")
         registry.check_name(backend)
         return compile_program(expr, compile_statement=_compile, symmetric=symmetric, formats=formats,
                                symmetry=symmetry, backend=backend, loop_order=loop_order, name=name, outputs=outputs)
     return _compile(expr, symmetric=symmetric, formats=formats, symmetry=symmetry, backend=backend,
-                    loop_order=loop_order, name=name, accumulate=accumulate)
+                    loop_order=loop_order, name=name, accumulate=accumulate, values=values)
 
 
 def _compile(expr: str, *, symmetric=None, formats=None, symmetry: bool = True, backend: str = "auto",
-             loop_order=None, name: str | None = None, register: bool = True, accumulate: str | None = None) -> Kernel:
+             loop_order=None, name: str | None = None, register: bool = True, accumulate: str | None = None,
+             values: str | None = None) -> Kernel:
     """`compile`; `register=False` leaves the torch op to be registered by the caller (derivative
     kernels: their ops are registered without derivatives of their own)."""
     registry.check_name(backend)
     if name is not None and not _NAME.fullmatch(name):
         raise ValueError(f"kernel name {name!r} must be an identifier (letters, digits, _; not starting with a "
                          "digit): it names the torch op torch.ops.systec.<name>")
-    program = front(expr, symmetric, formats)
+    program = front(expr, symmetric, formats, values)
     symmetrized = symmetrize(program, exploit=symmetry)
     loops = lower_and_optimize(symmetrized, loop_order)
     kernel = Kernel(expr, program, symmetrized, loops, backend,

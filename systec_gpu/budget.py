@@ -176,8 +176,10 @@ def _dense(loops: LoopProgram, shape: ProblemShape) -> DenseTriangleSchedule:
         return DenseTriangleSchedule(block=block, k_block=k_block, num_warps=8 if block == 64 else 4,
                                      index_bits=shape.index_bits)
     # Nested scalar loops keep every value of the block live across iterations: 8 x 8 lanes on
-    # one warp (2 per thread). Larger blocks (16 x 16 over 2 or 4 warps, 32 x 32) made ptxas
+    # two warps (1 per thread). Larger blocks (16 x 16 over 2 or 4 warps, 32 x 32) made ptxas
     # spill a few bytes, predicates mostly, in random 4- and 5-D programs (perf/aot.py sweeps of
-    # the property tests' generator); 8 x 8 on one warp spilled in none of them.
-    block, warps = min(8, small), 1
+    # the property tests' generator). 8 x 8 on one warp (2 per thread) spilled in 5 of the 64
+    # dense programs of a 40-example sweep (5-D min= with 10 updates, 96 registers); on two
+    # warps in 1 (8 bytes; 2 once min=/max= propagate nan), at 56 registers or fewer.
+    block, warps = min(8, small), 2
     return DenseTriangleSchedule(block=block, k_block=k_block, num_warps=warps, index_bits=shape.index_bits)

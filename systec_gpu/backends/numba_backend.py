@@ -61,10 +61,6 @@ MIRROR_BLOCK = 16  # rows and columns per block of the in-kernel mirror of a sym
 MAX_PEELED_CLASSES = 16
 
 
-# min/max spelled so that nan propagates (Python's min(x, nan) returns x)
-_FUNCTIONS = {"min": "np.minimum", "max": "np.maximum"}
-
-
 def _literal(value: float) -> str:
     if math.isinf(value):
         return "np.inf" if value > 0 else "-np.inf"
@@ -412,7 +408,7 @@ class _Emitter:
             case Factor(table=t, row=row, column=column):
                 return f"{self.names.user('tensor', t)}[{self.expr(row)}, {column}]"
             case Call(op=op, args=args):
-                return format_call(op, [self.expr(a) for a in args], _FUNCTIONS)
+                return format_call(op, [self.expr(a) for a in args], algebra.Operator.numba_call)
         raise TypeError(f"not a loop expression: {expr!r}")
 
     # -- statements -------------------------------------------------------------------------
@@ -672,7 +668,7 @@ class _Emitter:
         if self.reduce.infix:
             self.w.line(f"{target} {self.reduce.symbol}= {value}")
         else:
-            self.w.line(f"{target} = {_FUNCTIONS[self.reduce.name]}({target}, {value})")
+            self.w.line(f"{target} = {self.reduce.numba_call(target, value)}")
 
     # -- the module -------------------------------------------------------------------------
     @functools.cached_property

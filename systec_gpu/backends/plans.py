@@ -25,7 +25,6 @@ from math import factorial
 
 import numpy as np
 
-from .. import algebra
 from ..ir.einsum import Access, Call, Program
 from ..ir.loop import DenseLoop, LoopProgram, Update
 from ..ir.traverse import walk
@@ -50,7 +49,7 @@ def syrk_form(program: Program) -> tuple[str, bool] | None:
     """(tensor, A*A^T?) when the program is `C[i,j] += A[i,k]*A[j,k]` (or `A[k,i]*A[k,j]`) over
     (+, *) with A dense and no declared symmetry of A: what BLAS ?syrk computes."""
     einsum = program.einsum
-    reduce, _ = algebra.reduction_for(einsum.reduce)
+    reduce = einsum.semiring.reduce
     out = einsum.output.indices
     rhs = einsum.rhs
     if reduce.name != "add" or len(out) != 2 or out[0] == out[1]:

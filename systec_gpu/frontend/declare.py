@@ -1,11 +1,13 @@
-"""Declarations (`symmetric=`, `formats=`) checked against a parsed einsum -> einsum Program."""
+"""Declarations (`symmetric=`, `formats=`, `values=`) checked against a parsed einsum -> einsum Program."""
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import re
 from collections.abc import Mapping, Sequence
 
+from .. import algebra
 from .. import formats as storage_formats
 from ..ir.einsum import Einsum, Program, Symmetry, accesses
 
@@ -127,8 +129,13 @@ def build_program(
     text: str = "",
     symmetric: Mapping[str, object] | None = None,
     formats: Mapping[str, str] | None = None,
+    values: str | None = None,
 ) -> Program:
     """Check the declarations against the einsum and fold them into a Program."""
+    if values is not None:
+        if values not in algebra.DOMAINS:
+            raise DeclarationError(f"values={values!r}: unknown; known: {', '.join(map(repr, algebra.DOMAINS))}")
+        einsum = dataclasses.replace(einsum, values=values)
     arity = _check_arity(einsum, text)
     _check_indices(einsum, text)
     symmetric = _by_tensor("symmetric", symmetric, einsum)
