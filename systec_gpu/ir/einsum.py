@@ -240,7 +240,7 @@ def check_semiring(program: Program) -> None:
     except algebra.SemiringError as error:
         raise algebra.SemiringError(f"{format_einsum(einsum)}: {error}") from None
     for access, op in _bindings(einsum.rhs, None):
-        if op is None or program.format_of(access.tensor) == "dense":
+        if op is None or not program.format_of(access.tensor).sparse:
             continue
         reason = ring.binding_error(algebra.operator(op))
         if reason is not None:
