@@ -192,29 +192,35 @@ def _converted_cache():
     return _CONVERTED
 
 
-def _arrays_of(obj) -> tuple:
-    """The arrays a foreign sparse input's conversion depends on (compared on reuse)."""
+_SCIPY_STRUCTURE = ("indptr", "indices", "row", "col", "offsets")
+
+
+def _arrays_of(obj) -> tuple[tuple, tuple]:
+    """(structure arrays, value arrays) that a foreign sparse input's conversion depends on. A
+    scipy matrix's structure arrays are compared by identity (reassigned, or a new nnz or shape,
+    is seen; written in place is not: see the module doc), its values byte for byte; every array
+    of the other kinds byte for byte."""
     if isinstance(obj, SparseTensor):
-        return (obj.indices, to_numpy(obj.values))
+        return (), (obj.indices, to_numpy(obj.values))
     if _is_scipy_sparse(obj):
-        found = [getattr(obj, a) for a in ("indptr", "indices", "data", "row", "col", "coords", "offsets")
-                 if getattr(obj, a, None) is not None]
-        return tuple(np.asarray(a) for group in found for a in (group if isinstance(group, tuple) else (group,)))
+        structure = tuple(a for a in (getattr(obj, n, None) for n in _SCIPY_STRUCTURE) if a is not None)
+        data = getattr(obj, "data", None)
+        return structure, (() if data is None else (np.asarray(data),))
     if _is_pydata_sparse(obj):
         import sparse
 
         coo = obj if isinstance(obj, sparse.COO) else None
-        return (np.asarray(coo.coords), np.asarray(coo.data)) if coo is not None else ()
+        return (), ((np.asarray(coo.coords), np.asarray(coo.data)) if coo is not None else ())
     if _is_torch(obj):
         import torch
 
         if obj.layout == torch.sparse_coo:
-            return (to_numpy(obj._indices()), to_numpy(obj._values()))
+            return (), (to_numpy(obj._indices()), to_numpy(obj._values()))
         if obj.layout in (torch.sparse_csr, torch.sparse_bsr):
-            return (to_numpy(obj.crow_indices()), to_numpy(obj.col_indices()), to_numpy(obj.values()))
+            return (), (to_numpy(obj.crow_indices()), to_numpy(obj.col_indices()), to_numpy(obj.values()))
         if obj.layout in (torch.sparse_csc, torch.sparse_bsc):
-            return (to_numpy(obj.ccol_indices()), to_numpy(obj.row_indices()), to_numpy(obj.values()))
-    return ()
+            return (), (to_numpy(obj.ccol_indices()), to_numpy(obj.row_indices()), to_numpy(obj.values()))
+    return (), ()
 
 
 def _convert(name: str, obj, groups, check: bool) -> SparseTensor:
@@ -225,34 +231,67 @@ def _convert(name: str, obj, groups, check: bool) -> SparseTensor:
     return as_sparse_tensor(obj, symmetric=list(groups) if groups else False, check=check, name=name)
 
 
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two arrays hold the same bytes (NaN payloads included): unsigned integer views
-    compare fastest."""
-    if a.shape != b.shape or a.dtype != b.dtype:
+_SMALL = 1 << 16  # arrays up to this many bytes are kept and compared as bytes (no numpy call's fixed cost)
+
+
+def _copy_of(a: np.ndarray):
+    """What `_same_bits` compares `a` with later: its bytes (small arrays) or a copy."""
+    return (a.dtype, a.shape, a.tobytes()) if a.nbytes <= _SMALL else np.array(a, copy=True)
+
+
+def _same_bits(a: np.ndarray, copy) -> bool:
+    """Whether an array holds the same bytes (NaN payloads included) as when `_copy_of` copied
+    it: small arrays as bytes, large ones through unsigned integer views (compared fastest)."""
+    if type(copy) is tuple:
+        dtype, shape, data = copy
+        return a.shape == shape and a.dtype == dtype and a.tobytes() == data
+    if a.shape != copy.shape or a.dtype != copy.dtype:
         return False
     unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize)
-    if unsigned is not None and a.flags.c_contiguous and b.flags.c_contiguous:
-        return bool(np.array_equal(a.view(unsigned), b.view(unsigned)))
-    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    if unsigned is not None and a.flags.c_contiguous and copy.flags.c_contiguous:
+        return bool(np.array_equal(a.view(unsigned), copy.view(unsigned)))
+    return bool(np.array_equal(a, copy, equal_nan=a.dtype.kind == "f"))
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """A foreign sparse input's conversion, as `_CONVERTED` keeps it (see the module doc)."""
+
+    how: tuple  # (groups, check, name)
+    shape: tuple
+    structure: tuple  # the input's structure arrays (held: identity is compared)
+    copies: tuple  # copies of its other arrays (bytes are compared)
+    storage: SparseTensor
+
+    def holds(self, obj, how) -> bool:
+        """Whether `obj`, converted `how`, is still what was converted (its arrays unchanged)."""
+        if how != self.how or tuple(obj.shape) != self.shape:
+            return False
+        structure, arrays = _arrays_of(obj)
+        return (len(structure) == len(self.structure) and len(arrays) == len(self.copies)
+                and all(a is b for a, b in zip(structure, self.structure, strict=True))
+                and all(_same_bits(a, c) for a, c in zip(arrays, self.copies, strict=True)))
 
 
 def _converted(name: str, obj, groups, check: bool) -> SparseTensor:
     """`_convert`, reused while the input's arrays are unchanged (weakly keyed by the input)."""
+    return _conversion(name, obj, groups, check).storage
+
+
+def _conversion(name: str, obj, groups, check: bool) -> _Conversion:
     cache = _converted_cache()
     how = (tuple(groups), check, name)
-    arrays = _arrays_of(obj)
     with _CONVERTED_LOCK:
-        found = cache.get(obj) if arrays else None
-    if found is not None and found[1] == how and len(found[0]) == len(arrays) and all(
-        _same_bits(a, b) for a, b in zip(found[0], arrays, strict=True)
-    ):
-        return found[2]
-    storage = _convert(name, obj, groups, check)
-    if arrays:
-        entry = (tuple(np.array(a, copy=True) for a in arrays), how, storage)
+        found = cache.get(obj)
+    if found is not None and found.holds(obj, how):
+        return found
+    structure, arrays = _arrays_of(obj)
+    entry = _Conversion(how, tuple(obj.shape), structure, tuple(_copy_of(a) for a in arrays),
+                        _convert(name, obj, groups, check))
+    if structure or arrays:
         with _CONVERTED_LOCK:
             cache[obj] = entry
-    return storage
+    return entry
 
 
 def to_storage(name: str, obj, groups, check: bool, fill: float = 0.0) -> SparseTensor:
@@ -646,3 +685,134 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
         device = torch.device("cuda", int(cupy.device.id))
     return KernelArgs(dense, driver, shapes, sizes, tables, kernel_shape or (1,), dtype, torch_device=device,
                       cupy_output=cupy_output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeat calls: binding specialized to one input signature
+
+
+def signature_key(plan: BindPlan, inputs: dict[str, Any], check: bool) -> tuple:
+    """The key a call's `PreparedBind` is found by: `check` and the sparse operand's structure
+    (a storage's structure cache, shared by `with_values`; a foreign input itself). The prepared
+    bind verifies the rest."""
+    if plan.driver is None:
+        return (check, None)
+    obj = inputs.get(plan.driver)
+    return (check, id(obj._cache) if isinstance(obj, SparseTensor) else id(obj))
+
+
+class PreparedBind:
+    """`bind` for calls that look like one call already bound: the same kinds, dtypes, shapes and
+    layouts of the dense operands, the same `check`, and a sparse operand with the same structure
+    (a storage sharing the structure, as `with_values` gives, or the same foreign input still
+    holding its converted arrays: see the module doc). What `bind` checked and derived from these
+    (sizes, compute dtype, equal sizes of symmetric modes, the driver's validated structure,
+    factor tables) is reused; a call binds its dense arrays and reads its sparse values (values
+    are never cached), nothing else. A call that does not match gets None (and goes to `bind`).
+
+    Only plain signatures are prepared (`prepare_bind` gives None otherwise): dense operands that
+    are numpy arrays (any backend), or torch tensors (device backends), already in the kernel's
+    dtype and layout (contiguous; not declared symmetric: those are checked on every call), and a
+    sparse operand whose structure and float values numpy holds. A prepared bind holds the sparse
+    operand's structure (never its values) and weak references to the inputs."""
+
+    __slots__ = ("_names", "_numpy_dense", "_torch_dense", "_driver", "_storage", "_conversion", "_values_dtype",
+                 "_values_shape", "_structure", "_shapes", "_sizes", "_tables", "_out_shape", "_dtype", "_device")
+
+    def __init__(self, plan: BindPlan, numpy_dense: tuple, torch_dense: tuple, storage: tuple | None,
+                 conversion, values_dtype, values_shape, structure, args: KernelArgs):
+        self._names, self._driver = plan.name_set, plan.driver
+        self._numpy_dense, self._torch_dense = numpy_dense, torch_dense
+        self._storage, self._conversion = storage, conversion
+        self._values_dtype, self._values_shape, self._structure = values_dtype, values_shape, structure
+        self._shapes, self._sizes, self._tables = args.shapes, args.sizes, args.tables
+        self._out_shape, self._dtype, self._device = args.out_shape, args.dtype, args.torch_device
+
+    def __call__(self, inputs: dict[str, Any]) -> KernelArgs | None:
+        if inputs.keys() != self._names:
+            return None
+        dense = {}
+        for name, shape, dtype in self._numpy_dense:
+            obj = inputs[name]
+            if type(obj) is not np.ndarray or obj.shape != shape or obj.dtype != dtype or not obj.flags.c_contiguous:
+                return None
+            dense[name] = obj
+        for name, kind, shape, dtype, device in self._torch_dense:
+            obj = inputs[name]
+            if (type(obj) is not kind or obj.shape != shape or obj.dtype != dtype or obj.device != device
+                    or obj.requires_grad or not obj.is_contiguous()):
+                return None
+            dense[name] = obj
+        driver = None
+        if self._driver is not None:
+            values = self._driver_values(inputs[self._driver])
+            if values is None:
+                return None
+            driver = DriverArrays(self._structure, values)
+        return KernelArgs(dense, driver, self._shapes, self._sizes, self._tables, self._out_shape, self._dtype,
+                          torch_device=self._device)
+
+    def _driver_values(self, obj):
+        if self._storage is not None:  # a storage: the same structure, its values now
+            kind, cache, indices, groups = self._storage
+            if type(obj) is not kind or obj._cache is not cache or obj.indices is not indices or (
+                    groups and obj.groups != groups):
+                return None
+            raw = obj.values
+        else:  # a foreign input: its conversion, while it holds
+            conversion = self._conversion()
+            if conversion is None or not conversion.holds(obj, conversion.how):
+                return None
+            raw = conversion.storage.values
+        if type(raw) is not np.ndarray or raw.dtype != self._values_dtype or raw.shape != self._values_shape:
+            return None
+        values = np.ascontiguousarray(raw, dtype=self._dtype)
+        take = self._structure.take
+        return values if take is None else values[take]
+
+
+def prepare_bind(plan: BindPlan, inputs: dict[str, Any], args: KernelArgs, *, check: bool,
+                 device_tensors: bool) -> PreparedBind | None:
+    """The `PreparedBind` of a call that `bind` bound into `args`, or None when its signature is
+    not one that is prepared (see PreparedBind)."""
+    if args.cupy_output or args.destination is not None:
+        return None
+    numpy_dense, torch_dense = [], []
+    for name in plan.dense_inputs:
+        obj, bound = inputs[name], args.dense[name]
+        if type(obj) is np.ndarray and bound is obj:
+            numpy_dense.append((name, obj.shape, obj.dtype))
+        elif (device_tensors and _is_torch(obj) and _is_torch(bound) and not obj.requires_grad
+              and obj.layout == bound.layout and obj.is_contiguous() and bound.shape == obj.shape
+              and bound.dtype == obj.dtype and bound.device == obj.device and bound.data_ptr() == obj.data_ptr()):
+            torch_dense.append((name, type(obj), obj.shape, obj.dtype, obj.device))  # bound as it is: no copy
+        else:
+            return None
+    storage_key = conversion = values_dtype = values_shape = structure = None
+    if plan.driver is not None:
+        obj = inputs[plan.driver]
+        if isinstance(obj, SparseTensor):
+            if to_storage(plan.driver, obj, plan.driver_groups, check, plan.fill) is not obj:
+                return None  # converted (regrouped, expanded) on every call
+            storage = obj
+            storage_key = (type(obj), obj._cache, obj.indices, tuple(plan.driver_groups))
+        elif _is_scipy_sparse(obj):
+            with _CONVERTED_LOCK:
+                found = _converted_cache().get(obj)
+            if found is None or found.how != (tuple(plan.driver_groups), check, plan.driver):
+                return None
+            import weakref
+
+            storage, conversion = found.storage, weakref.ref(found)
+        else:
+            return None
+        raw = storage.values
+        if type(raw) is not np.ndarray or raw.dtype.kind != "f" or type(storage.indices) is not np.ndarray:
+            return None
+        storage.validate(plan.driver)
+        structure = _driver_structure(storage, plan.driver_expanded, plan.driver_format)
+        values_dtype, values_shape = raw.dtype, raw.shape
+    elif not numpy_dense and not torch_dense:
+        return None
+    return PreparedBind(plan, tuple(numpy_dense), tuple(torch_dense), storage_key, conversion, values_dtype,
+                        values_shape, structure, args)

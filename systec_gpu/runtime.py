@@ -16,7 +16,7 @@ from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, alloc
 from .backends.plans import cpu_plan, run_syrk
 from .backends.registry import Backend
 from .dense_symmetry import mirror_in_place
-from .inputs import bind, bind_plan, check_tensor_names, mirror_tensor, to_storage
+from .inputs import bind, bind_plan, check_tensor_names, mirror_tensor, prepare_bind, signature_key, to_storage
 from .ir.einsum import Program
 from .ir.loop import LoopProgram
 
@@ -38,7 +38,16 @@ class Launch:
     """A kernel's call on one backend, prepared once: its bind plan, its generated module (loaded
     on first use, memoized by the backend per loop program and schedule) and its finish. A repeat
     call only binds (cheap checks and conversions), runs and finishes: no source is emitted or
-    hashed again."""
+    hashed again.
+
+    Calls with an input signature seen before go faster still: the first call of a signature
+    (kinds, dtypes, shapes, layouts, devices of the dense operands, the sparse operand's
+    structure, `check`) prepares a `_PreparedCall` (inputs.PreparedBind, the backend's
+    specialized run, the finish's decisions); a later call of that signature only matches it
+    (identity and attribute tests), binds its arrays, runs and finishes. The last few signatures
+    are kept (`PREPARED_SIGNATURES`): they hold a sparse operand's structure, never values."""
+
+    PREPARED_SIGNATURES = 4
 
     def __init__(self, loops: LoopProgram, program: Program, backend: Backend, accumulate=None):
         self.program, self.backend, self.accumulate = program, backend, accumulate
@@ -49,18 +58,83 @@ class Launch:
             loops = self.cpu_plan.loops
         self.loops = loops
         self.plan = bind_plan(loops, program)
+        self._specialize = None
         if self.cpu_plan is not None and self.cpu_plan.syrk is not None:
             self.run = functools.partial(_run_syrk, self.cpu_plan)
         else:
             self.run = backend.prepare(loops)  # imports the backend module, loads the kernel once
+            self._specialize = backend.specializer()
+        self._prepared: dict[tuple, _PreparedCall | None] = {}  # signature_key -> its prepared call
 
     def __call__(self, tensors: dict, *, check: bool = True, canonical: bool = False, out=None):
+        key = signature_key(self.plan, tensors, check)
+        prepared = self._prepared.get(key)
+        if prepared is not None:
+            args = prepared.bind(tensors)
+            if args is not None:
+                if out is not None:
+                    args.destination = check_out(out, args, self.program)
+                prepared.run(args)
+                return args, prepared.finish(args, canonical)
         args = bind(self.loops, self.program, tensors, check=check, device_tensors=self.backend.device_tensors,
                     plan=self.plan, accumulate=self.accumulate)
         if out is not None:
             args.destination = check_out(out, args, self.program)
         self.run(self.loops, args)
-        return args, finish(args, self.loops, self.program, canonical=canonical)
+        result = finish(args, self.loops, self.program, canonical=canonical)
+        if self._specialize is not None and out is None:
+            self._prepare(key, tensors, args, check)
+        return args, result
+
+    def _prepare(self, key: tuple, tensors: dict, args: KernelArgs, check: bool) -> None:
+        """Prepare the call of this signature (after a call bound it through `bind`)."""
+        bind_fast = prepare_bind(self.plan, tensors, args, check=check, device_tensors=self.backend.device_tensors)
+        prepared = None
+        if bind_fast is not None:
+            again = bind_fast(tensors)  # bound by the prepared bind itself: its structure, its run
+            run = self._specialize(self.loops, again) if again is not None else None
+            if run is not None:
+                prepared = _PreparedCall(bind_fast, run, _finisher(self.loops, self.program, args))
+        table = self._prepared
+        if key not in table and len(table) >= self.PREPARED_SIGNATURES:
+            table.pop(next(iter(table), None), None)  # the oldest (another thread may have taken it)
+        table[key] = prepared
+
+
+class _PreparedCall:
+    """One input signature's call: its bind, its backend run, its finish (see Launch)."""
+
+    __slots__ = ("bind", "finish", "run")
+
+    def __init__(self, bind_fast, run, finish_fast):
+        self.bind, self.run, self.finish = bind_fast, run, finish_fast
+
+
+def _finisher(loops: LoopProgram, program: Program, args: KernelArgs):
+    """`finish` for the calls of one signature: one buffer, no permutation and no symmetric
+    output (the common case) are a view and a torch wrapper; anything else is `finish`."""
+    import torch
+
+    target = args.torch_device if args.torch_device is not None else torch.device("cpu")
+    here = args.partial.device if isinstance(args.partial, torch.Tensor) else torch.device("cpu")
+    plain = (not loops.output_groups and loops.layout_of(program.einsum.output.tensor) is None
+             and args.destination is None and not args.cupy_output and here == target)
+    if not plain:
+        return lambda a, canonical: finish(a, loops, program, canonical=canonical)
+
+    shape = tuple(args.shapes[program.einsum.output.tensor])
+    from_numpy = torch.from_numpy
+
+    def finish_plain(a: KernelArgs, canonical: bool):
+        partial = a.partial
+        if partial.shape[0] != 1 or a.destination is not None:
+            return finish(a, loops, program, canonical=canonical)
+        result = partial[0]
+        if result.shape != shape:
+            result = result.reshape(shape)
+        return from_numpy(result) if type(result) is np.ndarray else result
+
+    return finish_plain
 
 
 def _run_syrk(plan, _loops: LoopProgram, args: KernelArgs) -> None:
