@@ -11,7 +11,10 @@ Rows (SSYMV `y[i] += A[i,j]*x[j]`, A symmetric):
 - each with A a prepared `SymmetricTensor` and with A a scipy CSR matrix (full storage) passed
   again, on an 8x8 and a 10k x 10k matrix (~30 nonzeros per row).
 Timings are the median of `--repeats` batches of calls (per-call time of each batch), after a
-warm-up. Writes host-overhead-<host>-<date>.json under --out (default perf/results/).
+warm-up; the calls of one row are timed in turn, batch by batch (same-run figures). For the 8x8
+matrix, `steps_us_SymmetricTensor` times each step of the prepared call alone (see `steps`).
+Writes host-overhead-<host>-<date>.json under --out (default perf/results/); `--name` overrides
+the file's stem.
 """
 
 from __future__ import annotations
@@ -47,6 +50,22 @@ def per_call(fn, repeats: int, batch: int) -> float:
     return float(np.median(times)) * 1e6
 
 
+def interleaved(fns: dict, repeats: int, batch: int) -> dict:
+    """`per_call` of several functions, their batches taken in turn (same-run figures on a shared
+    machine: a noisy moment hits all of them)."""
+    for fn in fns.values():
+        for _ in range(batch):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(batch):
+                fn()
+            times[key].append((time.perf_counter() - start) / batch)
+    return {k: float(np.median(v)) * 1e6 for k, v in times.items()}
+
+
 def matrix(n: int, per_row: int, rng) -> sp.csr_matrix:
     a = sp.random(n, n, density=min(1.0, per_row / n / 2), random_state=rng, format="csr")
     return sp.csr_matrix(a + a.T)
@@ -59,7 +78,7 @@ class _FreeLaunch:
         return lambda *args, **kwargs: None
 
 
-def free_triton_launch():
+def free_triton_launch(kernel):
     """Replace every loaded Triton kernel by a no-op (after its first, real, interpreted run)."""
     from systec_gpu.backends import cache, triton_backend
 
@@ -69,6 +88,32 @@ def free_triton_launch():
     for memo in ("_compiled", "_launch_plan"):  # the in-memory caches hold the kernels they loaded
         if hasattr(triton_backend, memo):
             getattr(triton_backend, memo).cache_clear()
+    kernel._launches.clear()  # and so do the kernel's prepared launches
+
+
+def steps(kernel, backend: str, tensors: dict, repeats: int, batch: int) -> dict:
+    """Per-call time of each step of a prepared repeat call (runtime.Launch), each timed alone on
+    the same inputs, in microseconds; `call layers` is what the end-to-end call adds to them
+    (Kernel.__call__, call_direct, Launch.__call__ and their arguments)."""
+    from systec_gpu import torch_ops
+    from systec_gpu.inputs import signature_key
+
+    launch = kernel.launch(backend)
+    kernel(**tensors)
+    kernel(**tensors)
+    prepared = launch._prepared[signature_key(launch.plan, tensors, True)]
+    args = prepared.bind(tensors)
+    prepared.run(args)
+    times = {
+        "call": per_call(lambda: kernel(**tensors), repeats, batch),
+        "needs_op (autograd/compile test)": per_call(lambda: torch_ops.needs_op(tensors), repeats, batch),
+        "signature_key": per_call(lambda: signature_key(launch.plan, tensors, True), repeats, batch),
+        "PreparedBind (match, bind)": per_call(lambda: prepared.bind(tensors), repeats, batch),
+        "run (backend, specialized)": per_call(lambda: prepared.run(args), repeats, batch),
+        "finish": per_call(lambda: prepared.finish(args, False), repeats, batch),
+    }
+    times["call layers (rest)"] = times["call"] - sum(v for k, v in times.items() if k != "call")
+    return times
 
 
 def run(repeats: int) -> dict:
@@ -85,11 +130,10 @@ def run(repeats: int) -> dict:
             for a in (prepared, csr):
                 np.testing.assert_allclose(kernel(A=a, x=x).numpy(), expected, rtol=1e-10, atol=1e-10)
             if backend == "triton":
-                free_triton_launch()
+                free_triton_launch(kernel)
             row = {"backend": backend, "n": n, "nnz": int(csr.nnz)}
-            row["call_us_SymmetricTensor"] = per_call(lambda k=kernel, a=prepared, v=x: k(A=a, x=v), repeats, batch)
-            row["call_us_scipy"] = per_call(lambda k=kernel, a=csr, v=x: k(A=a, x=v), repeats, batch)
-            row["scipy_over_prepared"] = row["call_us_scipy"] / row["call_us_SymmetricTensor"]
+            fns = {"call_us_SymmetricTensor": lambda k=kernel, a=prepared, v=x: k(A=a, x=v),
+                   "call_us_scipy": lambda k=kernel, a=csr, v=x: k(A=a, x=v)}
             if backend == "numba":
                 import numba
 
@@ -105,8 +149,13 @@ def run(repeats: int) -> dict:
                 module, params = numba_backend._launcher(launch.loops)
                 function = module.kernel_serial if serial else module.kernel
                 values = argument_values(params, args)
-                row["generated_function_us"] = per_call(lambda f=function, v=values: f(*v), repeats, batch)
+                fns["generated_function_us"] = lambda f=function, v=values: f(*v)
+            row.update(interleaved(fns, repeats, batch))
+            row["scipy_over_prepared"] = row["call_us_scipy"] / row["call_us_SymmetricTensor"]
+            if backend == "numba":
                 row["overhead_us"] = row["call_us_SymmetricTensor"] - row["generated_function_us"]
+            if n <= 8:
+                row["steps_us_SymmetricTensor"] = steps(kernel, backend, {"A": prepared, "x": x}, repeats, batch)
             rows.append(row)
             print(json.dumps(row))
     return {"rows": rows}
@@ -116,13 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--name", default=None, help="file stem (default host-overhead-<host>-<date>)")
     args = parser.parse_args(argv)
     result = run(args.repeats)
     result["machine"] = {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                          "cores": os.cpu_count(), "python": platform.python_version(),
                          "load_average": os.getloadavg()}
     result["date"] = datetime.date.today().isoformat()
-    out = Path(args.out) / f"host-overhead-{platform.node() or 'host'}-{result['date']}.json"
+    stem = args.name or f"host-overhead-{platform.node() or 'host'}-{result['date']}"
+    out = Path(args.out) / f"{stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

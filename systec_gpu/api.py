@@ -31,6 +31,17 @@ def _kernel_name(text: str, program: Program, exploit: bool, backend: str, accum
     return f"{stem}_{'sym' if exploit else 'nosym'}_{digest}"
 
 
+_TORCH_OPS = []  # the torch_ops module, once imported (it imports torch: not at `import systec_gpu`)
+
+
+def _torch_ops():
+    if not _TORCH_OPS:
+        from . import torch_ops
+
+        _TORCH_OPS.append(torch_ops)
+    return _TORCH_OPS[0]
+
+
 class Kernel:
     """A compiled einsum. Call it with the tensors by name; it returns a dense torch.Tensor on the
     inputs' device (on the Triton backend, a CuPy array for CuPy inputs: DLPack, no copies)."""
@@ -92,8 +103,7 @@ class Kernel:
             return distributed.call(self, tensors, group=group, output=output, stream_chunk=stream_chunk, check=check,
                                     canonical_output=canonical_output, out=out)
         if "torch" in sys.modules:  # only torch inputs can need the op, and they import torch
-            from . import torch_ops
-
+            torch_ops = _torch_ops()
             if torch_ops.needs_op(tensors):
                 if canonical_output:
                     raise NotImplementedError("canonical_output=True has no gradient and cannot be traced: call "

@@ -775,7 +775,7 @@ def prepare_bind(plan: BindPlan, inputs: dict[str, Any], args: KernelArgs, *, ch
                  device_tensors: bool) -> PreparedBind | None:
     """The `PreparedBind` of a call that `bind` bound into `args`, or None when its signature is
     not one that is prepared (see PreparedBind)."""
-    if args.cupy_output or args.destination is not None:
+    if args.cupy_output:
         return None
     numpy_dense, torch_dense = [], []
     for name in plan.dense_inputs:

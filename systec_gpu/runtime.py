@@ -8,6 +8,7 @@ returns torch (CuPy for CuPy inputs on a device backend), or writes the caller's
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -64,7 +65,8 @@ class Launch:
         else:
             self.run = backend.prepare(loops)  # imports the backend module, loads the kernel once
             self._specialize = backend.specializer()
-        self._prepared: dict[tuple, _PreparedCall | None] = {}  # signature_key -> its prepared call
+        self._prepared: dict[tuple, _PreparedCall] = {}  # signature_key -> its prepared call
+        self._prepared_lock = threading.Lock()
 
     def __call__(self, tensors: dict, *, check: bool = True, canonical: bool = False, out=None):
         key = signature_key(self.plan, tensors, check)
@@ -82,7 +84,7 @@ class Launch:
             args.destination = check_out(out, args, self.program)
         self.run(self.loops, args)
         result = finish(args, self.loops, self.program, canonical=canonical)
-        if self._specialize is not None and out is None:
+        if self._specialize is not None:
             self._prepare(key, tensors, args, check)
         return args, result
 
@@ -95,10 +97,14 @@ class Launch:
             run = self._specialize(self.loops, again) if again is not None else None
             if run is not None:
                 prepared = _PreparedCall(bind_fast, run, _finisher(self.loops, self.program, args))
-        table = self._prepared
-        if key not in table and len(table) >= self.PREPARED_SIGNATURES:
-            table.pop(next(iter(table), None), None)  # the oldest (another thread may have taken it)
-        table[key] = prepared
+        with self._prepared_lock:  # calls from several threads: one writer at a time (readers need none)
+            table = self._prepared
+            if prepared is None:
+                table.pop(key, None)  # a stale entry of this key would only be tried and missed
+            else:
+                if key not in table and len(table) >= self.PREPARED_SIGNATURES:
+                    del table[next(iter(table))]  # the oldest
+                table[key] = prepared
 
 
 class _PreparedCall:
@@ -111,14 +117,14 @@ class _PreparedCall:
 
 
 def _finisher(loops: LoopProgram, program: Program, args: KernelArgs):
-    """`finish` for the calls of one signature: one buffer, no permutation and no symmetric
-    output (the common case) are a view and a torch wrapper; anything else is `finish`."""
+    """`finish` for the calls of one signature: one buffer, no permutation, no symmetric output
+    and no `out=` (the common case) are a view and a torch wrapper; anything else is `finish`."""
     import torch
 
     target = args.torch_device if args.torch_device is not None else torch.device("cpu")
     here = args.partial.device if isinstance(args.partial, torch.Tensor) else torch.device("cpu")
     plain = (not loops.output_groups and loops.layout_of(program.einsum.output.tensor) is None
-             and args.destination is None and not args.cupy_output and here == target)
+             and not args.cupy_output and here == target)
     if not plain:
         return lambda a, canonical: finish(a, loops, program, canonical=canonical)
 

@@ -410,7 +410,20 @@ def specialize_triton(program: LoopProgram, args):
     per_call = ("out", "values", "dense")
     params = tuple(zip(emitted.params, binders, strict=True))
     constants = {name: bind(call) for p, (name, bind) in params if p.kind not in per_call} if n_work else {}
-    slots = tuple((name, p.kind, p.key) for p, (name, _) in params if p.kind in per_call)
+    # per-call arguments: (name, kind, key, conversion); a numpy operand on the CPU (the
+    # interpreter) is wrapped, a tensor already on the device passed as is (the prepared bind
+    # gives every call of this signature operands of the kinds `args` holds)
+    slots = []
+    for p, (name, _) in params:
+        if p.kind in per_call:
+            operand = None if p.kind == "out" else args.driver.values if p.kind == "values" else args.dense[p.key]
+            if isinstance(operand, np.ndarray) and device.type == "cpu":
+                convert = torch.from_numpy
+            elif isinstance(operand, torch.Tensor) and operand.device == device:
+                convert = None
+            else:
+                convert = functools.partial(_to_device, device=device)
+            slots.append((name, p.kind, p.key, convert))
     buffer_shape, dtype, chunks = tuple(probe.partial.shape), torch_dtype(args.dtype), probe.chunks
     identity, bounds, mirror = algebra.operator(program.reduce).identity, probe.bounds, tiles.mirror
     launcher, num_warps = kernel[grid], tiles.num_warps
@@ -424,9 +437,12 @@ def specialize_triton(program: LoopProgram, args):
         if not n_work:
             return  # nothing to visit: the output stays the identity
         values = constants.copy()
-        for name, kind, key in slots:
-            values[name] = (partial[key] if kind == "out" else _to_device(args.driver.values, device)
-                            if kind == "values" else _to_device(args.dense[key], device))
+        for name, kind, key, convert in slots:
+            if kind == "out":
+                values[name] = partial[key]
+                continue
+            operand = args.driver.values if kind == "values" else args.dense[key]
+            values[name] = operand if convert is None else convert(operand)
         launcher(**values, num_warps=num_warps)
 
     return run
