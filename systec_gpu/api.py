@@ -109,13 +109,13 @@ class Kernel:
                     raise NotImplementedError("canonical_output=True has no gradient and cannot be traced: call "
                                               "the kernel outside autograd (torch.no_grad()) for canonical storage")
                 return torch_ops.apply(self, tensors, check=check, out=out)
-        return self.call_direct(tensors, backend=self._backend_for(tensors), check=check,
-                                canonical=canonical_output, out=out)
+        backend = self.backend if self.backend != registry.AUTO else self._backend_for(tensors)
+        return self.call_direct(tensors, backend=backend, check=check, canonical=canonical_output, out=out)
 
     def call_direct(self, tensors: dict[str, Any], *, backend: str, check: bool = True, canonical: bool = False,
                     out=None):
         """The kernel's launch on `backend`, without the torch op (no autograd): what every call runs."""
-        launch = self.launch(backend)
+        launch = self._launches.get(backend) or self.launch(backend)
         args, result = launch(tensors, check=check, canonical=canonical, out=out)
         self._last, self._last_loops, self._stats = args, launch.loops, None  # the loops that ran (a CPU plan's)
         return result

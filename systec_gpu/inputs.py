@@ -25,10 +25,19 @@ Caches (all of them; nothing else in the call path keeps data between calls):
   holds values;
 - conversions of foreign sparse inputs (scipy, pydata, torch sparse, and a numpy-held
   `SparseTensor` given for a symmetric operand; a torch-held one is converted where it lives,
-  every call): `_CONVERTED`, keyed weakly by the input object (dropped with it) and
-  reused only while the input's arrays still equal the copies taken when it was converted, so an
-  input modified in place is converted again;
-- per kernel, the prepared launches (`runtime.Launch`) and their bind plans: no data.
+  every call): `_CONVERTED`, keyed weakly by the input object (dropped with it) and reused only
+  while the input still holds what was converted. Values are compared byte for byte with copies
+  taken at conversion, so values written in place are converted again (and declared symmetry
+  checked again). A scipy matrix's structure arrays (indptr, indices, row, col, offsets) are
+  compared by identity and its shape by value: new arrays assigned to them, a new nnz or a new
+  shape are seen; coordinates written in place into those arrays are not (as for scipy's own
+  format flags, `has_sorted_indices` and `has_canonical_format`: give the matrix new arrays).
+  Every array of the other kinds is compared byte for byte;
+- per kernel, the prepared launches (`runtime.Launch`) and their bind plans: no data; per
+  launch, the prepared calls of its last few input signatures (`PreparedBind` and the backend's
+  specialized run): they hold the sparse operand's structure (its structure cache, coordinates,
+  pointers, device copies of them; never values) and a weak reference to a foreign input's
+  conversion.
 """
 
 from __future__ import annotations

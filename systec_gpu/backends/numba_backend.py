@@ -847,15 +847,21 @@ def specialize_numba(program: LoopProgram, args):
     bounds = args.driver.chunk_bounds(1) if args.driver is not None else np.zeros(2, np.int64)
     shape, dtype = (1, *args.out_shape), args.dtype
     template = argument_values(params, dataclasses.replace(args, partial=None, bounds=bounds, chunks=1))
-    per_call = tuple((k, p.kind, p.key) for k, p in enumerate(params) if p.kind in ("partial", "values", "dense"))
+    partial_at = next(k for k, p in enumerate(params) if p.kind == "partial")
+    values_at = next((k for k, p in enumerate(params) if p.kind == "values"), None)
+    dense_at = tuple((k, p.key) for k, p in enumerate(params) if p.kind == "dense")
     kernel, mirrors = module.kernel_serial, module.MIRRORS_OUTPUT
     make = np.zeros if algebra.operator(program.reduce).identity == 0.0 else np.empty
 
     def run(args) -> None:
         partial = make(shape, dtype)
         values = template.copy()
-        for k, kind, key in per_call:
-            values[k] = partial if kind == "partial" else args.driver.values if kind == "values" else args.dense[key]
+        values[partial_at] = partial
+        if values_at is not None:
+            values[values_at] = args.driver.values
+        dense = args.dense
+        for k, name in dense_at:
+            values[k] = dense[name]
         kernel(*values)
         args.partial, args.chunks, args.bounds, args.output_mirrored = partial, 1, bounds, mirrors
 
