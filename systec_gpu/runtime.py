@@ -135,7 +135,7 @@ def _finisher(loops: LoopProgram, program: Program, args: KernelArgs):
         partial = a.partial
         if partial.shape[0] != 1 or a.destination is not None:
             return finish(a, loops, program, canonical=canonical)
-        result = partial[0]
+        result = a.first_buffer if a.first_buffer is not None else partial[0]
         if result.shape != shape:
             result = result.reshape(shape)
         return from_numpy(result) if type(result) is np.ndarray else result

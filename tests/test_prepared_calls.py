@@ -54,7 +54,7 @@ def test_repeat_calls_are_prepared_and_see_new_values(backend, binds):
     rng = np.random.default_rng(0)
     a = symmetric_sparse(2, 7, rng)
     dense = a.to_dense()
-    for k in range(4):
+    for _ in range(4):
         x = rng.uniform(-1, 1, 7)
         np.testing.assert_allclose(kernel(A=a, x=x).numpy(), dense @ x, rtol=1e-12)
     assert binds[0] == 1  # the first call only
@@ -170,7 +170,7 @@ def test_out_on_the_prepared_path(backend, binds):
     rng = np.random.default_rng(5)
     a = symmetric_sparse(2, 5, rng)
     out = torch.full((5,), np.nan, dtype=torch.float64)
-    for k in range(3):
+    for _ in range(3):
         x = rng.uniform(-1, 1, 5)
         assert kernel(A=a, x=x, out=out) is out
         np.testing.assert_allclose(out.numpy(), a.to_dense() @ x, rtol=1e-12)

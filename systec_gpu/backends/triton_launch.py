@@ -439,7 +439,9 @@ def specialize_triton(program: LoopProgram, args):
         values = constants.copy()
         for name, kind, key, convert in slots:
             if kind == "out":
-                values[name] = partial[key]
+                values[name] = view = partial[key]
+                if key == 0:
+                    args.first_buffer = view
                 continue
             operand = args.driver.values if kind == "values" else args.dense[key]
             values[name] = operand if convert is None else convert(operand)
