@@ -722,18 +722,20 @@ class PreparedBind:
     Only plain signatures are prepared (`prepare_bind` gives None otherwise): dense operands that
     are numpy arrays (any backend), or torch tensors (device backends), already in the kernel's
     dtype and layout (contiguous; not declared symmetric: those are checked on every call), and a
-    sparse operand whose structure and float values numpy holds. A prepared bind holds the sparse
-    operand's structure (never its values) and weak references to the inputs."""
+    sparse operand with float values: numpy storage, torch storage read on the host (float32 or
+    float64 values on the CPU), torch storage a device backend reads where it lives (values in
+    the dtype the kernel reads), or a scipy matrix. A prepared bind holds the sparse operand's
+    structure (never its values) and a weak reference to a foreign input's conversion."""
 
-    __slots__ = ("_names", "_numpy_dense", "_torch_dense", "_driver", "_storage", "_conversion", "_values_dtype",
-                 "_values_shape", "_structure", "_shapes", "_sizes", "_tables", "_out_shape", "_dtype", "_device")
+    __slots__ = ("_names", "_numpy_dense", "_torch_dense", "_driver", "_storage", "_conversion", "_values",
+                 "_structure", "_shapes", "_sizes", "_tables", "_out_shape", "_dtype", "_device")
 
     def __init__(self, plan: BindPlan, numpy_dense: tuple, torch_dense: tuple, storage: tuple | None,
-                 conversion, values_dtype, values_shape, structure, args: KernelArgs):
+                 conversion, values: tuple | None, structure, args: KernelArgs):
         self._names, self._driver = plan.name_set, plan.driver
         self._numpy_dense, self._torch_dense = numpy_dense, torch_dense
         self._storage, self._conversion = storage, conversion
-        self._values_dtype, self._values_shape, self._structure = values_dtype, values_shape, structure
+        self._values, self._structure = values, structure  # values: (kind, dtype, shape, device)
         self._shapes, self._sizes, self._tables = args.shapes, args.sizes, args.tables
         self._out_shape, self._dtype, self._device = args.out_shape, args.dtype, args.torch_device
 
@@ -773,10 +775,15 @@ class PreparedBind:
             if conversion is None or not conversion.holds(obj, conversion.how):
                 return None
             raw = conversion.storage.values
-        if type(raw) is not np.ndarray or raw.dtype != self._values_dtype or raw.shape != self._values_shape:
+        kind, dtype, shape, device, where = self._values
+        if type(raw) is not kind or raw.dtype != dtype or raw.shape != shape:
             return None
-        values = np.ascontiguousarray(raw, dtype=self._dtype)
         take = self._structure.take
+        if where != "numpy" and (raw.device != device or raw.requires_grad or not raw.is_contiguous()):
+            return None
+        if where == "device":  # torch storage on the device: its values stay there, in the kernel's dtype
+            return raw if take is None else raw.index_select(0, take)
+        values = np.ascontiguousarray(raw if where == "numpy" else raw.numpy(), dtype=self._dtype)
         return values if take is None else values[take]
 
 
@@ -797,7 +804,7 @@ def prepare_bind(plan: BindPlan, inputs: dict[str, Any], args: KernelArgs, *, ch
             torch_dense.append((name, type(obj), obj.shape, obj.dtype, obj.device))  # bound as it is: no copy
         else:
             return None
-    storage_key = conversion = values_dtype = values_shape = structure = None
+    storage_key = conversion = values = structure = None
     if plan.driver is not None:
         obj = inputs[plan.driver]
         if isinstance(obj, SparseTensor):
@@ -816,12 +823,21 @@ def prepare_bind(plan: BindPlan, inputs: dict[str, Any], args: KernelArgs, *, ch
         else:
             return None
         raw = storage.values
-        if type(raw) is not np.ndarray or raw.dtype.kind != "f" or type(storage.indices) is not np.ndarray:
+        on_device = device_tensors and _on_accelerator(storage)
+        if type(raw) is np.ndarray and type(storage.indices) is np.ndarray and raw.dtype.kind == "f":
+            values = (np.ndarray, raw.dtype, raw.shape, None, "numpy")
+        elif _is_torch(raw) and _is_torch(storage.indices) and raw.dtype.is_floating_point and not on_device:
+            if raw.device.type != "cpu" or raw.dtype not in (torch_dtype(np.float32), torch_dtype(np.float64)):
+                return None  # half values are widened, device values copied: by `bind`
+            values = (type(raw), raw.dtype, raw.shape, raw.device, "host")
+        elif on_device and _is_torch(raw) and raw.device == storage.indices.device \
+                and raw.dtype == operand_dtype(raw.dtype, args.dtype):
+            values = (type(raw), raw.dtype, raw.shape, raw.device, "device")
+        else:
             return None
         storage.validate(plan.driver)
-        structure = _driver_structure(storage, plan.driver_expanded, plan.driver_format)
-        values_dtype, values_shape = raw.dtype, raw.shape
+        structure = _driver_structure(storage, plan.driver_expanded, plan.driver_format, on_device)
     elif not numpy_dense and not torch_dense:
         return None
-    return PreparedBind(plan, tuple(numpy_dense), tuple(torch_dense), storage_key, conversion, values_dtype,
-                        values_shape, structure, args)
+    return PreparedBind(plan, tuple(numpy_dense), tuple(torch_dense), storage_key, conversion, values, structure,
+                        args)

@@ -211,3 +211,35 @@ def test_prepared_calls_from_many_threads():
     for k, y in results:
         scale = 1.0 if k % 3 == 0 else scales[k % 16]
         np.testing.assert_allclose(y, scale * (a.to_dense() @ xs[k % 16]), rtol=1e-12, atol=1e-12)
+
+
+def _torch_storage(a):
+    return sg.SymmetricTensor.from_canonical(torch.from_numpy(a.indices.copy()), torch.from_numpy(a.values.copy()),
+                                             a.shape, a.groups)
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["host", "device"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_storage_on_the_prepared_path(backend, on_device, binds, monkeypatch):
+    """Torch-held storage: read on the host (numba; triton on the CPU), or kept where it lives by
+    a device backend (checked on the CPU by treating torch's CPU as the device, as
+    test_storage_device.py does)."""
+    if on_device:
+        if backend != "triton":
+            pytest.skip("only a device backend keeps storage on its device")
+        monkeypatch.setattr(inputs, "_on_accelerator", lambda storage: isinstance(storage.indices, torch.Tensor))
+    kernel = _ssymv(backend)
+    rng = np.random.default_rng(8)
+    a = _torch_storage(symmetric_sparse(2, 7, rng))
+    dense = a.to_dense().numpy()
+    x = rng.uniform(-1, 1, 7)
+    for _ in range(2):
+        np.testing.assert_allclose(kernel(A=a, x=x).numpy(), dense @ x, rtol=1e-12)
+    a.values.mul_(-2.0)  # written in place: read again
+    np.testing.assert_allclose(kernel(A=a, x=x).numpy(), -2.0 * dense @ x, rtol=1e-12)
+    b = a.with_values(torch.ones(a.nnz, dtype=torch.float64))
+    np.testing.assert_allclose(kernel(A=b, x=x).numpy(), (dense != 0) @ x, rtol=1e-12)
+    assert binds[0] == 1
+    assert isinstance(kernel._last.driver.values, torch.Tensor if on_device else np.ndarray)
+    kernel(A=a.with_values(a.values.float()), x=x.astype(np.float32))  # another dtype: bound again
+    assert binds[0] == 2
