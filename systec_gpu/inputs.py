@@ -205,14 +205,14 @@ _SCIPY_STRUCTURE = ("indptr", "indices", "row", "col", "offsets")
 
 
 def _arrays_of(obj) -> tuple[tuple, tuple]:
-    """(structure arrays, value arrays) that a foreign sparse input's conversion depends on. A
-    scipy matrix's structure arrays are compared by identity (reassigned, or a new nnz or shape,
-    is seen; written in place is not: see the module doc), its values byte for byte; every array
-    of the other kinds byte for byte."""
+    """((name, structure array) pairs, value arrays) that a foreign sparse input's conversion
+    depends on. A scipy matrix's structure arrays are compared by identity (reassigned, or a new
+    nnz or shape, is seen; written in place is not: see the module doc), its values byte for
+    byte; every array of the other kinds byte for byte."""
     if isinstance(obj, SparseTensor):
         return (), (obj.indices, to_numpy(obj.values))
     if _is_scipy_sparse(obj):
-        structure = tuple(a for a in (getattr(obj, n, None) for n in _SCIPY_STRUCTURE) if a is not None)
+        structure = tuple((n, a) for n, a in ((n, getattr(obj, n, None)) for n in _SCIPY_STRUCTURE) if a is not None)
         data = getattr(obj, "data", None)
         return structure, (() if data is None else (np.asarray(data),))
     if _is_pydata_sparse(obj):
@@ -267,19 +267,26 @@ class _Conversion:
     """A foreign sparse input's conversion, as `_CONVERTED` keeps it (see the module doc)."""
 
     how: tuple  # (groups, check, name)
+    kind: type
     shape: tuple
-    structure: tuple  # the input's structure arrays (held: identity is compared)
+    structure: tuple  # (attribute, the input's structure array) pairs (held: identity is compared)
     copies: tuple  # copies of its other arrays (bytes are compared)
     storage: SparseTensor
 
     def holds(self, obj, how) -> bool:
         """Whether `obj`, converted `how`, is still what was converted (its arrays unchanged)."""
-        if how != self.how or tuple(obj.shape) != self.shape:
+        if how != self.how or type(obj) is not self.kind or tuple(obj.shape) != self.shape:
             return False
-        structure, arrays = _arrays_of(obj)
-        return (len(structure) == len(self.structure) and len(arrays) == len(self.copies)
-                and all(a is b for a, b in zip(structure, self.structure, strict=True))
-                and all(_same_bits(a, c) for a, c in zip(arrays, self.copies, strict=True)))
+        for name, array in self.structure:
+            if getattr(obj, name) is not array:
+                return False
+        if self.structure:  # scipy: the data array only
+            data = obj.data
+            return len(self.copies) == 1 and _same_bits(data if type(data) is np.ndarray else np.asarray(data),
+                                                        self.copies[0])
+        arrays = _arrays_of(obj)[1]
+        return len(arrays) == len(self.copies) and all(
+            _same_bits(a, c) for a, c in zip(arrays, self.copies, strict=True))
 
 
 def _converted(name: str, obj, groups, check: bool) -> SparseTensor:
@@ -295,7 +302,7 @@ def _conversion(name: str, obj, groups, check: bool) -> _Conversion:
     if found is not None and found.holds(obj, how):
         return found
     structure, arrays = _arrays_of(obj)
-    entry = _Conversion(how, tuple(obj.shape), structure, tuple(_copy_of(a) for a in arrays),
+    entry = _Conversion(how, type(obj), tuple(obj.shape), structure, tuple(_copy_of(a) for a in arrays),
                         _convert(name, obj, groups, check))
     if structure or arrays:
         with _CONVERTED_LOCK:

@@ -151,7 +151,8 @@ def test_scipy_structure_cache_policy_is_identity():
     m = _scipy_symmetric(6, 4)
     first = inputs._conversion("A", m, ((0, 1),), True)
     assert inputs._conversion("A", m, ((0, 1),), True) is first
-    assert first.structure[0] is m.indptr and first.structure[1] is m.indices
+    assert [name for name, _ in first.structure] == ["indptr", "indices"]
+    assert dict(first.structure)["indptr"] is m.indptr and dict(first.structure)["indices"] is m.indices
     m.indices = m.indices.copy()  # the same coordinates, another array: converted again
     second = inputs._conversion("A", m, ((0, 1),), True)
     assert second is not first
