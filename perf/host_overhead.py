@@ -12,7 +12,7 @@ Rows (SSYMV `y[i] += A[i,j]*x[j]`, A symmetric):
   again, on an 8x8 and a 10k x 10k matrix (~30 nonzeros per row).
 Timings are the median of `--repeats` batches of calls (per-call time of each batch), after a
 warm-up; the calls of one row are timed in turn, batch by batch (same-run figures). For the 8x8
-matrix, `steps_us_SymmetricTensor` times each step of the prepared call alone (see `steps`).
+matrix, `steps_us_*` time each step of the prepared call alone (see `steps`).
 Writes host-overhead-<host>-<date>.json under --out (default perf/results/); `--name` overrides
 the file's stem.
 """
@@ -50,20 +50,25 @@ def per_call(fn, repeats: int, batch: int) -> float:
     return float(np.median(times)) * 1e6
 
 
-def interleaved(fns: dict, repeats: int, batch: int) -> dict:
+def interleaved(fns: dict, repeats: int, batch: int) -> tuple[dict, dict]:
     """`per_call` of several functions, their batches taken in turn (same-run figures on a shared
-    machine: a noisy moment hits all of them)."""
+    machine: a noisy moment hits all of them). Returns (wall-clock medians, CPU-time medians):
+    the process's CPU time does not count the moments another process held the core, so on a
+    busy machine it is the steadier figure of a single-threaded call's host work (a parallel
+    kernel's CPU time counts every thread)."""
     for fn in fns.values():
         for _ in range(batch):
             fn()
-    times = {k: [] for k in fns}
+    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(batch):
                 fn()
-            times[key].append((time.perf_counter() - start) / batch)
-    return {k: float(np.median(v)) * 1e6 for k, v in times.items()}
+            cpu[key].append((time.process_time() - start_cpu) / batch)
+            wall[key].append((time.perf_counter() - start) / batch)
+    return ({k: float(np.median(v)) * 1e6 for k, v in wall.items()},
+            {k: float(np.median(v)) * 1e6 for k, v in cpu.items()})
 
 
 def matrix(n: int, per_row: int, rng) -> sp.csr_matrix:
@@ -104,16 +109,17 @@ def steps(kernel, backend: str, tensors: dict, repeats: int, batch: int) -> dict
     prepared = launch._prepared[signature_key(launch.plan, tensors, True)]
     args = prepared.bind(tensors)
     prepared.run(args)
-    times = {
-        "call": per_call(lambda: kernel(**tensors), repeats, batch),
-        "needs_op (autograd/compile test)": per_call(lambda: torch_ops.needs_op(tensors), repeats, batch),
-        "signature_key": per_call(lambda: signature_key(launch.plan, tensors, True), repeats, batch),
-        "PreparedBind (match, bind)": per_call(lambda: prepared.bind(tensors), repeats, batch),
-        "run (backend, specialized)": per_call(lambda: prepared.run(args), repeats, batch),
-        "finish": per_call(lambda: prepared.finish(args, False), repeats, batch),
-    }
-    times["call layers (rest)"] = times["call"] - sum(v for k, v in times.items() if k != "call")
-    return times
+    wall, cpu = interleaved({
+        "call": lambda: kernel(**tensors),
+        "needs_op (autograd/compile test)": lambda: torch_ops.needs_op(tensors),
+        "signature_key": lambda: signature_key(launch.plan, tensors, True),
+        "PreparedBind (match, bind)": lambda: prepared.bind(tensors),
+        "run (backend, specialized)": lambda: prepared.run(args),
+        "finish": lambda: prepared.finish(args, False),
+    }, repeats, batch)
+    for times in (wall, cpu):
+        times["call layers (rest)"] = times["call"] - sum(v for k, v in times.items() if k != "call")
+    return {"wall": wall, "cpu_time": cpu}
 
 
 def run(repeats: int) -> dict:
@@ -150,12 +156,18 @@ def run(repeats: int) -> dict:
                 function = module.kernel_serial if serial else module.kernel
                 values = argument_values(params, args)
                 fns["generated_function_us"] = lambda f=function, v=values: f(*v)
-            row.update(interleaved(fns, repeats, batch))
+            wall, cpu = interleaved(fns, repeats, batch)
+            row.update(wall)
             row["scipy_over_prepared"] = row["call_us_scipy"] / row["call_us_SymmetricTensor"]
             if backend == "numba":
                 row["overhead_us"] = row["call_us_SymmetricTensor"] - row["generated_function_us"]
+            row["cpu_time"] = cpu
+            row["cpu_time"]["scipy_over_prepared"] = cpu["call_us_scipy"] / cpu["call_us_SymmetricTensor"]
+            if backend == "numba":
+                row["cpu_time"]["overhead_us"] = cpu["call_us_SymmetricTensor"] - cpu["generated_function_us"]
             if n <= 8:
                 row["steps_us_SymmetricTensor"] = steps(kernel, backend, {"A": prepared, "x": x}, repeats, batch)
+                row["steps_us_scipy"] = steps(kernel, backend, {"A": csr, "x": x}, repeats, batch)
             rows.append(row)
             print(json.dumps(row))
     return {"rows": rows}
