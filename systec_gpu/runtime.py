@@ -94,8 +94,9 @@ class Launch:
         prepared = None
         if bind_fast is not None:
             again = bind_fast(tensors)  # bound by the prepared bind itself: its structure, its run
-            run = self._specialize(self.loops, again) if again is not None else None
-            if run is not None:
+            if again is not None:
+                # the backend's run for this signature, or its general one (e.g. numba's parallel runs)
+                run = self._specialize(self.loops, again) or functools.partial(self.run, self.loops)
                 prepared = _PreparedCall(bind_fast, run, _finisher(self.loops, self.program, args))
         with self._prepared_lock:  # calls from several threads: one writer at a time (readers need none)
             table = self._prepared
