@@ -244,3 +244,23 @@ def test_torch_storage_on_the_prepared_path(backend, on_device, binds, monkeypat
     assert isinstance(kernel._last.driver.values, torch.Tensor if on_device else np.ndarray)
     kernel(A=a.with_values(a.values.float()), x=x.astype(np.float32))  # another dtype: bound again
     assert binds[0] == 2
+
+
+def test_parallel_numba_runs_are_prepared_too(binds):
+    """Work above numba_backend.SERIAL_BELOW runs in parallel chunks through the backend's general
+    run; the prepared bind still serves it."""
+    kernel = _ssymv("numba")
+    m = sp.csr_matrix(sp.random(1000, 1000, density=0.05, random_state=9))
+    m = sp.csr_matrix(m + m.T)
+    a = sg.SymmetricTensor.from_coo(np.vstack(m.nonzero()), m.data, m.shape)
+    assert a.nnz >= 20_000
+    rng = np.random.default_rng(9)
+    for operand in (a, m):
+        for _ in range(3):
+            x = rng.uniform(-1, 1, 1000)
+            np.testing.assert_allclose(kernel(A=operand, x=x).numpy(), m @ x, rtol=1e-10, atol=1e-10)
+    assert binds[0] == 2  # once per operand
+    from systec_gpu.backends import numba_backend
+
+    loops = kernel.launch("numba").loops
+    assert numba_backend.estimated_points(loops, kernel._last) >= numba_backend.SERIAL_BELOW  # the parallel path
