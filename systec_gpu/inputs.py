@@ -717,6 +717,15 @@ def signature_key(plan: BindPlan, inputs: dict[str, Any], check: bool) -> tuple:
     return (check, id(obj._cache) if isinstance(obj, SparseTensor) else id(obj))
 
 
+def structure_of(plan: BindPlan, inputs: dict[str, Any]):
+    """What `signature_key` knows the sparse operand's structure by: a storage's structure cache,
+    or a foreign input itself; None without a sparse operand."""
+    if plan.driver is None:
+        return None
+    obj = inputs.get(plan.driver)
+    return obj._cache if isinstance(obj, SparseTensor) else obj
+
+
 class PreparedBind:
     """`bind` for calls that look like one call already bound: the same kinds, dtypes, shapes and
     layouts of the dense operands, the same `check`, and a sparse operand with the same structure

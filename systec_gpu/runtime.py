@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 
 import numpy as np
 
@@ -17,7 +18,16 @@ from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, alloc
 from .backends.plans import cpu_plan, run_syrk
 from .backends.registry import Backend
 from .dense_symmetry import mirror_in_place
-from .inputs import bind, bind_plan, check_tensor_names, mirror_tensor, prepare_bind, signature_key, to_storage
+from .inputs import (
+    bind,
+    bind_plan,
+    check_tensor_names,
+    mirror_tensor,
+    prepare_bind,
+    signature_key,
+    structure_of,
+    to_storage,
+)
 from .ir.einsum import Program
 from .ir.loop import LoopProgram
 
@@ -41,12 +51,13 @@ class Launch:
     call only binds (cheap checks and conversions), runs and finishes: no source is emitted or
     hashed again.
 
-    Calls with an input signature seen before go faster still: the first call of a signature
+    Calls with an input signature seen before go faster still: the second call of a signature
     (kinds, dtypes, shapes, layouts, devices of the dense operands, the sparse operand's
     structure, `check`) prepares a `_PreparedCall` (inputs.PreparedBind, the backend's
     specialized run, the finish's decisions); a later call of that signature only matches it
-    (identity and attribute tests), binds its arrays, runs and finishes. The last few signatures
-    are kept (`PREPARED_SIGNATURES`): they hold a sparse operand's structure, never values."""
+    (identity and attribute tests), binds its arrays, runs and finishes. A structure made anew
+    for every call is never prepared. The last few signatures are kept (`PREPARED_SIGNATURES`):
+    they hold a sparse operand's structure, never values."""
 
     PREPARED_SIGNATURES = 4
 
@@ -67,6 +78,7 @@ class Launch:
             self._specialize = backend.specializer()
         self._prepared: dict[tuple, _PreparedCall] = {}  # signature_key -> its prepared call
         self._prepared_lock = threading.Lock()
+        self._seen: dict[tuple, object] = {}  # signature_key -> the structure it was last seen with
 
     def __call__(self, tensors: dict, *, check: bool = True, canonical: bool = False, out=None):
         key = signature_key(self.plan, tensors, check)
@@ -89,7 +101,22 @@ class Launch:
         return args, result
 
     def _prepare(self, key: tuple, tensors: dict, args: KernelArgs, check: bool) -> None:
-        """Prepare the call of this signature (after a call bound it through `bind`)."""
+        """Prepare the call of this signature (after a call bound it through `bind`), once its
+        sparse structure comes again: a structure made anew for every call (a program's
+        intermediate, a matrix rebuilt in a loop) is not worth preparing."""
+        structure = structure_of(self.plan, tensors)
+        if structure is not None and key not in self._prepared:
+            seen = self._seen.get(key)
+            if seen is None or (seen() if isinstance(seen, weakref.ref) else seen) is not structure:
+                try:  # a storage's structure cache is held (it cannot be weakly referenced), an input weakly
+                    token = structure if isinstance(structure, dict) else weakref.ref(structure)
+                except TypeError:
+                    return
+                with self._prepared_lock:
+                    if len(self._seen) >= 2 * self.PREPARED_SIGNATURES:
+                        self._seen.pop(next(iter(self._seen)))
+                    self._seen[key] = token
+                return
         bind_fast = prepare_bind(self.plan, tensors, args, check=check, device_tensors=self.backend.device_tensors)
         prepared = None
         if bind_fast is not None:
