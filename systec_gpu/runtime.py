@@ -151,12 +151,12 @@ def _finisher(loops: LoopProgram, program: Program, args: KernelArgs):
 
     target = args.torch_device if args.torch_device is not None else torch.device("cpu")
     here = args.partial.device if isinstance(args.partial, torch.Tensor) else torch.device("cpu")
+    shape = tuple(args.shapes[program.einsum.output.tensor])
     plain = (not loops.output_groups and loops.layout_of(program.einsum.output.tensor) is None
-             and not args.cupy_output and here == target)
+             and not args.cupy_output and here == target and shape)
     if not plain:
         return lambda a, canonical: finish(a, loops, program, canonical=canonical)
 
-    shape = tuple(args.shapes[program.einsum.output.tensor])
     from_numpy = torch.from_numpy
 
     def finish_plain(a: KernelArgs, canonical: bool):

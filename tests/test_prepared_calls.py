@@ -266,3 +266,23 @@ def test_parallel_numba_runs_are_prepared_too(binds):
 
     loops = kernel.launch("numba").loops
     assert numba_backend.estimated_points(loops, kernel._last) >= numba_backend.SERIAL_BELOW  # the parallel path
+
+
+@pytest.mark.parametrize("expression, symmetric, make_output", [
+    ("y[] += x[i]*A[i,j]*x[j]", {"A": "full"}, lambda a, x: x @ a @ x),  # a 0-d result
+    ("C[i,j] += A[i,k]*B[k,j]", {"A": "full"}, lambda a, b: a @ b),  # a dense second operand
+    ("y[i] min= A[i,j] + x[j]", {"A": "full"}, lambda a, x: np.where(a != 0, a + x, np.inf).min(axis=1)),
+])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prepared_calls_of_other_shapes_and_semirings(backend, expression, symmetric, make_output, binds):
+    kernel = sg.compile(expression, symmetric=symmetric, backend=backend)
+    rng = np.random.default_rng(10)
+    a = symmetric_sparse(2, 6, rng)
+    dense = a.to_dense()
+    other = [n for n in ("x", "B") if f"{n}[" in expression][0]
+    for _ in range(4):
+        operand = rng.uniform(-1, 1, (6, 3) if other == "B" else 6)
+        result = kernel(A=a, **{other: operand}).numpy()
+        np.testing.assert_allclose(result, make_output(dense, operand), rtol=1e-12, atol=1e-12)
+        assert result.shape == np.shape(make_output(dense, operand))
+    assert binds[0] == FIRST
