@@ -9,7 +9,8 @@ Rows (SSYMV `y[i] += A[i,j]*x[j]`, A symmetric):
 - triton with the launch made free (TRITON_INTERPRET=1, the generated kernel replaced by a no-op
   after its first real run): everything the call does on the host but the launch itself;
 - each with A a prepared `SymmetricTensor` and with A a scipy CSR matrix (full storage) passed
-  again, on an 8x8 and a 10k x 10k matrix (~30 nonzeros per row).
+  again, on an 8x8 and a 10k x 10k matrix (~30 nonzeros per row); the 10k numba row again with
+  one numba thread (a parallel kernel on a VM whose cores other jobs share waits on them).
 Timings are the median of `--repeats` batches of calls (per-call time of each batch), after a
 warm-up; the calls of one row are timed in turn, batch by batch (same-run figures). For the 8x8
 matrix, `steps_us_*` time each step of the prepared call alone (see `steps`).
@@ -37,21 +38,9 @@ import scipy.sparse as sp  # noqa: E402
 import systec_gpu as sg  # noqa: E402
 
 
-def per_call(fn, repeats: int, batch: int) -> float:
-    """Median over `repeats` batches of the mean time of one call in the batch, in microseconds."""
-    for _ in range(batch):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(batch):
-            fn()
-        times.append((time.perf_counter() - start) / batch)
-    return float(np.median(times)) * 1e6
-
-
 def interleaved(fns: dict, repeats: int, batch: int) -> tuple[dict, dict]:
-    """`per_call` of several functions, their batches taken in turn (same-run figures on a shared
+    """Median over `repeats` batches of the mean time of one call in the batch (microseconds), for
+    several functions, their batches taken in turn (same-run figures on a shared
     machine: a noisy moment hits all of them). Returns (wall-clock medians, CPU-time medians):
     the process's CPU time does not count the moments another process held the core, so on a
     busy machine it is the steadier figure of a single-threaded call's host work (a parallel
@@ -122,6 +111,56 @@ def steps(kernel, backend: str, tensors: dict, repeats: int, batch: int) -> dict
     return {"wall": wall, "cpu_time": cpu}
 
 
+def measure(backend: str, threads: int | None, csr, prepared, x, repeats: int, batch: int) -> dict:
+    """One row: the prepared-storage and scipy calls (and numba's generated function alone),
+    timed in turn; with `threads`, numba runs with that many threads."""
+    import numba
+
+    n = csr.shape[0]
+    saved = numba.get_num_threads()
+    if threads is not None:
+        numba.set_num_threads(threads)
+    try:
+        kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"}, backend=backend)
+        expected = csr @ x
+        for a in (prepared, csr):
+            np.testing.assert_allclose(kernel(A=a, x=x).numpy(), expected, rtol=1e-10, atol=1e-10)
+        if backend == "triton":
+            free_triton_launch(kernel)
+        row = {"backend": backend, "n": n, "nnz": int(csr.nnz), "numba_threads": numba.get_num_threads()}
+        fns = {"call_us_SymmetricTensor": lambda k=kernel, a=prepared, v=x: k(A=a, x=v),
+               "call_us_scipy": lambda k=kernel, a=csr, v=x: k(A=a, x=v)}
+        if backend == "numba":
+            from systec_gpu.backends import numba_backend
+            from systec_gpu.backends.parameters import argument_values
+            from systec_gpu.inputs import bind
+
+            # the generated function alone, on arguments bound once, as the call runs it
+            launch = kernel.launch("numba")
+            args = bind(launch.loops, kernel.program, {"A": prepared, "x": x}, plan=launch.plan)
+            serial = numba_backend.estimated_points(launch.loops, args) < numba_backend.SERIAL_BELOW
+            numba_backend._allocate(args, launch.loops, 1 if serial else numba.get_num_threads(), False)
+            module, params = numba_backend._launcher(launch.loops)
+            function = module.kernel_serial if serial else module.kernel
+            values = argument_values(params, args)
+            fns["generated_function_us"] = lambda f=function, v=values: f(*v)
+        wall, cpu = interleaved(fns, repeats, batch)
+        row.update(wall)
+        row["scipy_over_prepared"] = row["call_us_scipy"] / row["call_us_SymmetricTensor"]
+        if backend == "numba":
+            row["overhead_us"] = row["call_us_SymmetricTensor"] - row["generated_function_us"]
+        row["cpu_time"] = cpu
+        row["cpu_time"]["scipy_over_prepared"] = cpu["call_us_scipy"] / cpu["call_us_SymmetricTensor"]
+        if backend == "numba":
+            row["cpu_time"]["overhead_us"] = cpu["call_us_SymmetricTensor"] - cpu["generated_function_us"]
+        if n <= 8:
+            row["steps_us_SymmetricTensor"] = steps(kernel, backend, {"A": prepared, "x": x}, repeats, batch)
+            row["steps_us_scipy"] = steps(kernel, backend, {"A": csr, "x": x}, repeats, batch)
+        return row
+    finally:
+        numba.set_num_threads(saved)
+
+
 def run(repeats: int) -> dict:
     rng = np.random.default_rng(0)
     rows = []
@@ -129,47 +168,12 @@ def run(repeats: int) -> dict:
         csr = matrix(n, per_row, rng)
         prepared = sg.SymmetricTensor.from_coo(np.vstack(csr.nonzero()), csr.data, csr.shape)
         x = rng.uniform(-1, 1, n)
-        batch = 2000 if n <= 8 else 20
-        for backend in ("numba", "triton"):
-            kernel = sg.compile("y[i] += A[i,j]*x[j]", symmetric={"A": "full"}, backend=backend)
-            expected = csr @ x
-            for a in (prepared, csr):
-                np.testing.assert_allclose(kernel(A=a, x=x).numpy(), expected, rtol=1e-10, atol=1e-10)
-            if backend == "triton":
-                free_triton_launch(kernel)
-            row = {"backend": backend, "n": n, "nnz": int(csr.nnz)}
-            fns = {"call_us_SymmetricTensor": lambda k=kernel, a=prepared, v=x: k(A=a, x=v),
-                   "call_us_scipy": lambda k=kernel, a=csr, v=x: k(A=a, x=v)}
-            if backend == "numba":
-                import numba
-
-                from systec_gpu.backends import numba_backend
-                from systec_gpu.backends.parameters import argument_values
-                from systec_gpu.inputs import bind
-
-                # the generated function alone, on arguments bound once, as the call runs it
-                launch = kernel.launch("numba")
-                args = bind(launch.loops, kernel.program, {"A": prepared, "x": x}, plan=launch.plan)
-                serial = numba_backend.estimated_points(launch.loops, args) < numba_backend.SERIAL_BELOW
-                numba_backend._allocate(args, launch.loops, 1 if serial else numba.get_num_threads(), False)
-                module, params = numba_backend._launcher(launch.loops)
-                function = module.kernel_serial if serial else module.kernel
-                values = argument_values(params, args)
-                fns["generated_function_us"] = lambda f=function, v=values: f(*v)
-            wall, cpu = interleaved(fns, repeats, batch)
-            row.update(wall)
-            row["scipy_over_prepared"] = row["call_us_scipy"] / row["call_us_SymmetricTensor"]
-            if backend == "numba":
-                row["overhead_us"] = row["call_us_SymmetricTensor"] - row["generated_function_us"]
-            row["cpu_time"] = cpu
-            row["cpu_time"]["scipy_over_prepared"] = cpu["call_us_scipy"] / cpu["call_us_SymmetricTensor"]
-            if backend == "numba":
-                row["cpu_time"]["overhead_us"] = cpu["call_us_SymmetricTensor"] - cpu["generated_function_us"]
-            if n <= 8:
-                row["steps_us_SymmetricTensor"] = steps(kernel, backend, {"A": prepared, "x": x}, repeats, batch)
-                row["steps_us_scipy"] = steps(kernel, backend, {"A": csr, "x": x}, repeats, batch)
-            rows.append(row)
-            print(json.dumps(row))
+        variants = [("numba", None), ("triton", None)]
+        if n > 8:
+            variants.insert(1, ("numba", 1))  # one thread: no parallel kernel to share the VM's cores
+        for backend, threads in variants:
+            rows.append(measure(backend, threads, csr, prepared, x, repeats, 2000 if n <= 8 else 20))
+            print(json.dumps(rows[-1]))
     return {"rows": rows}
 
 
