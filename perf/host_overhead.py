@@ -89,10 +89,12 @@ def steps(kernel, backend: str, tensors: dict, repeats: int, batch: int) -> dict
     """Per-call time of each step of a prepared repeat call (runtime.Launch), each timed alone on
     the same inputs, in microseconds; `call layers` is what the end-to-end call adds to them
     (Kernel.__call__, call_direct, Launch.__call__ and their arguments)."""
-    from systec_gpu import torch_ops
-    from systec_gpu.inputs import signature_key
+    from systec_gpu import inputs, torch_ops
 
     launch = kernel.launch(backend)
+    if not hasattr(launch, "_prepared"):
+        return {}  # a tree before prepared calls (this script also times the commit it started from)
+    signature_key = inputs.signature_key
     kernel(**tensors)
     kernel(**tensors)
     prepared = launch._prepared[signature_key(launch.plan, tensors, True)]
