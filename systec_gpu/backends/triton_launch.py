@@ -426,7 +426,8 @@ def specialize_triton(program: LoopProgram, args):
             slots.append((name, p.kind, p.key, convert))
     buffer_shape, dtype, chunks = tuple(probe.partial.shape), torch_dtype(args.dtype), probe.chunks
     identity, bounds, mirror = algebra.operator(program.reduce).identity, probe.bounds, tiles.mirror
-    launcher, num_warps = kernel[grid], tiles.num_warps
+    launcher = kernel[grid]
+    constants["num_warps"] = tiles.num_warps  # a launch option, passed with the arguments
 
     def run(args) -> None:
         if os.environ.get("SYSTEC_TRITON_SCHEDULE", "") != override or schedule_table.load_table() is not table:
@@ -445,7 +446,7 @@ def specialize_triton(program: LoopProgram, args):
                 continue
             operand = args.driver.values if kind == "values" else args.dense[key]
             values[name] = operand if convert is None else convert(operand)
-        launcher(**values, num_warps=num_warps)
+        launcher(**values)
 
     return run
 
