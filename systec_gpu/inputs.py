@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -764,10 +765,10 @@ class PreparedBind:
             if type(obj) is not np.ndarray or obj.shape != shape or obj.dtype != dtype or not obj.flags.c_contiguous:
                 return None
             dense[name] = obj
-        for name, kind, shape, dtype, device in self._torch_dense:
+        for name, kind, layout, shape, dtype, device in self._torch_dense:
             obj = inputs[name]
-            if (type(obj) is not kind or obj.shape != shape or obj.dtype != dtype or obj.device != device
-                    or obj.requires_grad or not obj.is_contiguous()):
+            if (type(obj) is not kind or obj.layout != layout or obj.shape != shape or obj.dtype != dtype
+                    or obj.device != device or obj.requires_grad or not obj.is_contiguous()):
                 return None
             dense[name] = obj
         driver = None
@@ -817,7 +818,7 @@ def prepare_bind(plan: BindPlan, inputs: dict[str, Any], args: KernelArgs, *, ch
         elif (device_tensors and _is_torch(obj) and _is_torch(bound) and not obj.requires_grad
               and obj.layout == bound.layout and obj.is_contiguous() and bound.shape == obj.shape
               and bound.dtype == obj.dtype and bound.device == obj.device and bound.data_ptr() == obj.data_ptr()):
-            torch_dense.append((name, type(obj), obj.shape, obj.dtype, obj.device))  # bound as it is: no copy
+            torch_dense.append((name, type(obj), obj.layout, obj.shape, obj.dtype, obj.device))  # as it is: no copy
         else:
             return None
     storage_key = conversion = values = structure = None
@@ -833,8 +834,6 @@ def prepare_bind(plan: BindPlan, inputs: dict[str, Any], args: KernelArgs, *, ch
                 found = _converted_cache().get(obj)
             if found is None or found.how != (tuple(plan.driver_groups), check, plan.driver):
                 return None
-            import weakref
-
             storage, conversion = found.storage, weakref.ref(found)
         else:
             return None

@@ -286,3 +286,16 @@ def test_prepared_calls_of_other_shapes_and_semirings(backend, expression, symme
         np.testing.assert_allclose(result, make_output(dense, operand), rtol=1e-12, atol=1e-12)
         assert result.shape == np.shape(make_output(dense, operand))
     assert binds[0] == FIRST
+
+
+def test_a_sparse_torch_tensor_where_a_dense_one_was_prepared(binds):
+    kernel = _ssymv("triton")
+    rng = np.random.default_rng(11)
+    a = symmetric_sparse(2, 6, rng)
+    x = torch.from_numpy(rng.uniform(-1, 1, 6))
+    for _ in range(3):
+        kernel(A=a, x=x)
+    assert binds[0] == FIRST
+    sparse_x = x.to_sparse()  # the same type, shape, dtype and device; another layout
+    np.testing.assert_allclose(kernel(A=a, x=sparse_x).numpy(), a.to_dense() @ x.numpy(), rtol=1e-12)
+    assert binds[0] == FIRST + 1
