@@ -55,6 +55,17 @@ def check_values(program: Program, tensors: Mapping[str, Any]) -> None:
                              f"(the kernel's semiring {program.einsum.semiring} is exact only there)")
 
 
+_TORCH_OPS = []  # the torch_ops module, once imported (it imports torch: not at `import systec_gpu`)
+
+
+def _torch_ops():
+    if not _TORCH_OPS:
+        from . import torch_ops
+
+        _TORCH_OPS.append(torch_ops)
+    return _TORCH_OPS[0]
+
+
 class Kernel:
     """A compiled einsum. Call it with the tensors by name; it returns a dense torch.Tensor on the
     inputs' device (on the Triton backend, a CuPy array for CuPy inputs: DLPack, no copies)."""
@@ -116,22 +127,21 @@ class Kernel:
             return distributed.call(self, tensors, group=group, output=output, stream_chunk=stream_chunk, check=check,
                                     canonical_output=canonical_output, out=out)
         if "torch" in sys.modules:  # only torch inputs can need the op, and they import torch
-            from . import torch_ops
-
+            torch_ops = _torch_ops()
             if torch_ops.needs_op(tensors):
                 if canonical_output:
                     raise NotImplementedError("canonical_output=True has no gradient and cannot be traced: call "
                                               "the kernel outside autograd (torch.no_grad()) for canonical storage")
                 return torch_ops.apply(self, tensors, check=check, out=out)
-        return self.call_direct(tensors, backend=self._backend_for(tensors), check=check,
-                                canonical=canonical_output, out=out)
+        backend = self.backend if self.backend != registry.AUTO else self._backend_for(tensors)
+        return self.call_direct(tensors, backend=backend, check=check, canonical=canonical_output, out=out)
 
     def call_direct(self, tensors: dict[str, Any], *, backend: str, check: bool = True, canonical: bool = False,
                     out=None):
         """The kernel's launch on `backend`, without the torch op (no autograd): what every call runs."""
-        if check:
+        if check and self.program.einsum.values != "real":
             check_values(self.program, tensors)
-        launch = self.launch(backend)
+        launch = self._launches.get(backend) or self.launch(backend)
         args, result = launch(tensors, check=check, canonical=canonical, out=out)
         self._last, self._last_loops, self._stats = args, launch.loops, None  # the loops that ran (a CPU plan's)
         return result

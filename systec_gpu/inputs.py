@@ -25,10 +25,19 @@ Caches (all of them; nothing else in the call path keeps data between calls):
   holds values;
 - conversions of foreign sparse inputs (scipy, pydata, torch sparse, and a numpy-held
   `SparseTensor` given for a symmetric operand; a torch-held one is converted where it lives,
-  every call): `_CONVERTED`, keyed weakly by the input object (dropped with it) and
-  reused only while the input's arrays still equal the copies taken when it was converted, so an
-  input modified in place is converted again;
-- per kernel, the prepared launches (`runtime.Launch`) and their bind plans: no data.
+  every call): `_CONVERTED`, keyed weakly by the input object (dropped with it) and reused only
+  while the input still holds what was converted. Values are compared byte for byte with copies
+  taken at conversion, so values written in place are converted again (and declared symmetry
+  checked again). A scipy matrix's structure arrays (indptr, indices, row, col, offsets) are
+  compared by identity and its shape by value: new arrays assigned to them, a new nnz or a new
+  shape are seen; coordinates written in place into those arrays are not (as for scipy's own
+  format flags, `has_sorted_indices` and `has_canonical_format`: give the matrix new arrays).
+  Every array of the other kinds is compared byte for byte;
+- per kernel, the prepared launches (`runtime.Launch`) and their bind plans: no data; per
+  launch, the prepared calls of its last few input signatures (`PreparedBind` and the backend's
+  specialized run): they hold the sparse operand's structure (its structure cache, coordinates,
+  pointers, device copies of them; never values) and a weak reference to a foreign input's
+  conversion.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,29 +203,35 @@ def _converted_cache():
     return _CONVERTED
 
 
-def _arrays_of(obj) -> tuple:
-    """The arrays a foreign sparse input's conversion depends on (compared on reuse)."""
+_SCIPY_STRUCTURE = ("indptr", "indices", "row", "col", "offsets")
+
+
+def _arrays_of(obj) -> tuple[tuple, tuple]:
+    """((name, structure array) pairs, value arrays) that a foreign sparse input's conversion
+    depends on. A scipy matrix's structure arrays are compared by identity (reassigned, or a new
+    nnz or shape, is seen; written in place is not: see the module doc), its values byte for
+    byte; every array of the other kinds byte for byte."""
     if isinstance(obj, SparseTensor):
-        return (obj.indices, to_numpy(obj.values))
+        return (), (obj.indices, to_numpy(obj.values))
     if _is_scipy_sparse(obj):
-        found = [getattr(obj, a) for a in ("indptr", "indices", "data", "row", "col", "coords", "offsets")
-                 if getattr(obj, a, None) is not None]
-        return tuple(np.asarray(a) for group in found for a in (group if isinstance(group, tuple) else (group,)))
+        structure = tuple((n, a) for n, a in ((n, getattr(obj, n, None)) for n in _SCIPY_STRUCTURE) if a is not None)
+        data = getattr(obj, "data", None)
+        return structure, (() if data is None else (np.asarray(data),))
     if _is_pydata_sparse(obj):
         import sparse
 
         coo = obj if isinstance(obj, sparse.COO) else None
-        return (np.asarray(coo.coords), np.asarray(coo.data)) if coo is not None else ()
+        return (), ((np.asarray(coo.coords), np.asarray(coo.data)) if coo is not None else ())
     if _is_torch(obj):
         import torch
 
         if obj.layout == torch.sparse_coo:
-            return (to_numpy(obj._indices()), to_numpy(obj._values()))
+            return (), (to_numpy(obj._indices()), to_numpy(obj._values()))
         if obj.layout in (torch.sparse_csr, torch.sparse_bsr):
-            return (to_numpy(obj.crow_indices()), to_numpy(obj.col_indices()), to_numpy(obj.values()))
+            return (), (to_numpy(obj.crow_indices()), to_numpy(obj.col_indices()), to_numpy(obj.values()))
         if obj.layout in (torch.sparse_csc, torch.sparse_bsc):
-            return (to_numpy(obj.ccol_indices()), to_numpy(obj.row_indices()), to_numpy(obj.values()))
-    return ()
+            return (), (to_numpy(obj.ccol_indices()), to_numpy(obj.row_indices()), to_numpy(obj.values()))
+    return (), ()
 
 
 def _convert(name: str, obj, groups, check: bool) -> SparseTensor:
@@ -226,34 +242,74 @@ def _convert(name: str, obj, groups, check: bool) -> SparseTensor:
     return as_sparse_tensor(obj, symmetric=list(groups) if groups else False, check=check, name=name)
 
 
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two arrays hold the same bytes (NaN payloads included): unsigned integer views
-    compare fastest."""
-    if a.shape != b.shape or a.dtype != b.dtype:
+_SMALL = 1 << 16  # arrays up to this many bytes are kept and compared as bytes (no numpy call's fixed cost)
+
+
+def _copy_of(a: np.ndarray):
+    """What `_same_bits` compares `a` with later: its bytes (small arrays) or a copy."""
+    return (a.dtype, a.shape, a.tobytes()) if a.nbytes <= _SMALL else np.array(a, copy=True)
+
+
+def _same_bits(a: np.ndarray, copy) -> bool:
+    """Whether an array holds the same bytes (NaN payloads included) as when `_copy_of` copied
+    it: small arrays as bytes, large ones through unsigned integer views (compared fastest)."""
+    if type(copy) is tuple:
+        dtype, shape, data = copy
+        return a.shape == shape and a.dtype == dtype and a.tobytes() == data
+    if a.shape != copy.shape or a.dtype != copy.dtype:
         return False
     unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize)
-    if unsigned is not None and a.flags.c_contiguous and b.flags.c_contiguous:
-        return bool(np.array_equal(a.view(unsigned), b.view(unsigned)))
-    return bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    if unsigned is not None and a.flags.c_contiguous and copy.flags.c_contiguous:
+        return bool(np.array_equal(a.view(unsigned), copy.view(unsigned)))
+    return bool(np.array_equal(a, copy, equal_nan=a.dtype.kind == "f"))
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """A foreign sparse input's conversion, as `_CONVERTED` keeps it (see the module doc)."""
+
+    how: tuple  # (groups, check, name)
+    kind: type
+    shape: tuple
+    structure: tuple  # (attribute, the input's structure array) pairs (held: identity is compared)
+    copies: tuple  # copies of its other arrays (bytes are compared)
+    storage: SparseTensor
+
+    def holds(self, obj, how) -> bool:
+        """Whether `obj`, converted `how`, is still what was converted (its arrays unchanged)."""
+        if how != self.how or type(obj) is not self.kind or tuple(obj.shape) != self.shape:
+            return False
+        for name, array in self.structure:
+            if getattr(obj, name) is not array:
+                return False
+        if self.structure:  # scipy: the data array only
+            data = obj.data
+            return len(self.copies) == 1 and _same_bits(data if type(data) is np.ndarray else np.asarray(data),
+                                                        self.copies[0])
+        arrays = _arrays_of(obj)[1]
+        return len(arrays) == len(self.copies) and all(
+            _same_bits(a, c) for a, c in zip(arrays, self.copies, strict=True))
 
 
 def _converted(name: str, obj, groups, check: bool) -> SparseTensor:
     """`_convert`, reused while the input's arrays are unchanged (weakly keyed by the input)."""
+    return _conversion(name, obj, groups, check).storage
+
+
+def _conversion(name: str, obj, groups, check: bool) -> _Conversion:
     cache = _converted_cache()
     how = (tuple(groups), check, name)
-    arrays = _arrays_of(obj)
     with _CONVERTED_LOCK:
-        found = cache.get(obj) if arrays else None
-    if found is not None and found[1] == how and len(found[0]) == len(arrays) and all(
-        _same_bits(a, b) for a, b in zip(found[0], arrays, strict=True)
-    ):
-        return found[2]
-    storage = _convert(name, obj, groups, check)
-    if arrays:
-        entry = (tuple(np.array(a, copy=True) for a in arrays), how, storage)
+        found = cache.get(obj)
+    if found is not None and found.holds(obj, how):
+        return found
+    structure, arrays = _arrays_of(obj)
+    entry = _Conversion(how, type(obj), tuple(obj.shape), structure, tuple(_copy_of(a) for a in arrays),
+                        _convert(name, obj, groups, check))
+    if structure or arrays:
         with _CONVERTED_LOCK:
             cache[obj] = entry
-    return storage
+    return entry
 
 
 def to_storage(name: str, obj, groups, check: bool, fill: float = 0.0) -> SparseTensor:
@@ -648,3 +704,157 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
         device = torch.device("cuda", int(cupy.device.id))
     return KernelArgs(dense, driver, shapes, sizes, tables, kernel_shape or (1,), dtype, torch_device=device,
                       cupy_output=cupy_output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeat calls: binding specialized to one input signature
+
+
+def signature_key(plan: BindPlan, inputs: dict[str, Any], check: bool) -> tuple:
+    """The key a call's `PreparedBind` is found by: `check` and the sparse operand's structure
+    (a storage's structure cache, shared by `with_values`; a foreign input itself). The prepared
+    bind verifies the rest."""
+    if plan.driver is None:
+        return (check, None)
+    obj = inputs.get(plan.driver)
+    return (check, id(obj._cache) if isinstance(obj, SparseTensor) else id(obj))
+
+
+def structure_of(plan: BindPlan, inputs: dict[str, Any]):
+    """What `signature_key` knows the sparse operand's structure by: a storage's structure cache,
+    or a foreign input itself; None without a sparse operand."""
+    if plan.driver is None:
+        return None
+    obj = inputs.get(plan.driver)
+    return obj._cache if isinstance(obj, SparseTensor) else obj
+
+
+class PreparedBind:
+    """`bind` for calls that look like one call already bound: the same kinds, dtypes, shapes and
+    layouts of the dense operands, the same `check`, and a sparse operand with the same structure
+    (a storage sharing the structure, as `with_values` gives, or the same foreign input still
+    holding its converted arrays: see the module doc). What `bind` checked and derived from these
+    (sizes, compute dtype, equal sizes of symmetric modes, the driver's validated structure,
+    factor tables) is reused; a call binds its dense arrays and reads its sparse values (values
+    are never cached), nothing else. A call that does not match gets None (and goes to `bind`).
+
+    Only plain signatures are prepared (`prepare_bind` gives None otherwise): dense operands that
+    are numpy arrays (any backend), or torch tensors (device backends), already in the kernel's
+    dtype and layout (contiguous; not declared symmetric: those are checked on every call), and a
+    sparse operand with float values: numpy storage, torch storage read on the host (float32 or
+    float64 values on the CPU), torch storage a device backend reads where it lives (values in
+    the dtype the kernel reads), or a scipy matrix. A prepared bind holds the sparse operand's
+    structure (never its values) and a weak reference to a foreign input's conversion."""
+
+    __slots__ = ("_names", "_numpy_dense", "_torch_dense", "_driver", "_storage", "_conversion", "_values",
+                 "_structure", "_shapes", "_sizes", "_tables", "_out_shape", "_dtype", "_device")
+
+    def __init__(self, plan: BindPlan, numpy_dense: tuple, torch_dense: tuple, storage: tuple | None,
+                 conversion, values: tuple | None, structure, args: KernelArgs):
+        self._names, self._driver = plan.name_set, plan.driver
+        self._numpy_dense, self._torch_dense = numpy_dense, torch_dense
+        self._storage, self._conversion = storage, conversion
+        self._values, self._structure = values, structure  # values: (kind, dtype, shape, device)
+        self._shapes, self._sizes, self._tables = args.shapes, args.sizes, args.tables
+        self._out_shape, self._dtype, self._device = args.out_shape, args.dtype, args.torch_device
+
+    def __call__(self, inputs: dict[str, Any]) -> KernelArgs | None:
+        if inputs.keys() != self._names:
+            return None
+        dense = {}
+        for name, shape, dtype in self._numpy_dense:
+            obj = inputs[name]
+            if type(obj) is not np.ndarray or obj.shape != shape or obj.dtype != dtype or not obj.flags.c_contiguous:
+                return None
+            dense[name] = obj
+        for name, kind, layout, shape, dtype, device in self._torch_dense:
+            obj = inputs[name]
+            if (type(obj) is not kind or obj.layout != layout or obj.shape != shape or obj.dtype != dtype
+                    or obj.device != device or obj.requires_grad or not obj.is_contiguous()):
+                return None
+            dense[name] = obj
+        driver = None
+        if self._driver is not None:
+            values = self._driver_values(inputs[self._driver])
+            if values is None:
+                return None
+            driver = DriverArrays(self._structure, values)
+        return KernelArgs(dense, driver, self._shapes, self._sizes, self._tables, self._out_shape, self._dtype,
+                          torch_device=self._device)
+
+    def _driver_values(self, obj):
+        if self._storage is not None:  # a storage: the same structure, its values now
+            kind, cache, indices, groups = self._storage
+            if type(obj) is not kind or obj._cache is not cache or obj.indices is not indices or (
+                    groups and obj.groups != groups):
+                return None
+            raw = obj.values
+        else:  # a foreign input: its conversion, while it holds
+            conversion = self._conversion()
+            if conversion is None or not conversion.holds(obj, conversion.how):
+                return None
+            raw = conversion.storage.values
+        kind, dtype, shape, device, where = self._values
+        if type(raw) is not kind or raw.dtype != dtype or raw.shape != shape:
+            return None
+        take = self._structure.take
+        if where != "numpy" and (raw.device != device or raw.requires_grad or not raw.is_contiguous()):
+            return None
+        if where == "device":  # torch storage on the device: its values stay there, in the kernel's dtype
+            return raw if take is None else raw.index_select(0, take)
+        values = np.ascontiguousarray(raw if where == "numpy" else raw.numpy(), dtype=self._dtype)
+        return values if take is None else values[take]
+
+
+def prepare_bind(plan: BindPlan, inputs: dict[str, Any], args: KernelArgs, *, check: bool,
+                 device_tensors: bool) -> PreparedBind | None:
+    """The `PreparedBind` of a call that `bind` bound into `args`, or None when its signature is
+    not one that is prepared (see PreparedBind)."""
+    if args.cupy_output:
+        return None
+    numpy_dense, torch_dense = [], []
+    for name in plan.dense_inputs:
+        obj, bound = inputs[name], args.dense[name]
+        if type(obj) is np.ndarray and bound is obj:
+            numpy_dense.append((name, obj.shape, obj.dtype))
+        elif (device_tensors and _is_torch(obj) and _is_torch(bound) and not obj.requires_grad
+              and obj.layout == bound.layout and obj.is_contiguous() and bound.shape == obj.shape
+              and bound.dtype == obj.dtype and bound.device == obj.device and bound.data_ptr() == obj.data_ptr()):
+            torch_dense.append((name, type(obj), obj.layout, obj.shape, obj.dtype, obj.device))  # as it is: no copy
+        else:
+            return None
+    storage_key = conversion = values = structure = None
+    if plan.driver is not None:
+        obj = inputs[plan.driver]
+        if isinstance(obj, SparseTensor):
+            if to_storage(plan.driver, obj, plan.driver_groups, check, plan.fill) is not obj:
+                return None  # converted (regrouped, expanded) on every call
+            storage = obj
+            storage_key = (type(obj), obj._cache, obj.indices, tuple(plan.driver_groups))
+        elif _is_scipy_sparse(obj):
+            with _CONVERTED_LOCK:
+                found = _converted_cache().get(obj)
+            if found is None or found.how != (tuple(plan.driver_groups), check, plan.driver):
+                return None
+            storage, conversion = found.storage, weakref.ref(found)
+        else:
+            return None
+        raw = storage.values
+        on_device = device_tensors and _on_accelerator(storage)
+        if type(raw) is np.ndarray and type(storage.indices) is np.ndarray and raw.dtype.kind == "f":
+            values = (np.ndarray, raw.dtype, raw.shape, None, "numpy")
+        elif _is_torch(raw) and _is_torch(storage.indices) and raw.dtype.is_floating_point and not on_device:
+            if raw.device.type != "cpu" or raw.dtype not in (torch_dtype(np.float32), torch_dtype(np.float64)):
+                return None  # half values are widened, device values copied: by `bind`
+            values = (type(raw), raw.dtype, raw.shape, raw.device, "host")
+        elif on_device and _is_torch(raw) and raw.device == storage.indices.device \
+                and raw.dtype == operand_dtype(raw.dtype, args.dtype):
+            values = (type(raw), raw.dtype, raw.shape, raw.device, "device")
+        else:
+            return None
+        storage.validate(plan.driver)
+        structure = _driver_structure(storage, plan.driver_expanded, plan.driver_format, on_device)
+    elif not numpy_dense and not torch_dense:
+        return None
+    return PreparedBind(plan, tuple(numpy_dense), tuple(torch_dense), storage_key, conversion, values, structure,
+                        args)

@@ -8,6 +8,8 @@ returns torch (CuPy for CuPy inputs on a device backend), or writes the caller's
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 
 import numpy as np
 
@@ -16,7 +18,16 @@ from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, alloc
 from .backends.plans import cpu_plan, run_syrk
 from .backends.registry import Backend
 from .dense_symmetry import mirror_in_place
-from .inputs import bind, bind_plan, check_tensor_names, mirror_tensor, to_storage
+from .inputs import (
+    bind,
+    bind_plan,
+    check_tensor_names,
+    mirror_tensor,
+    prepare_bind,
+    signature_key,
+    structure_of,
+    to_storage,
+)
 from .ir.einsum import Program
 from .ir.loop import LoopProgram
 
@@ -38,7 +49,17 @@ class Launch:
     """A kernel's call on one backend, prepared once: its bind plan, its generated module (loaded
     on first use, memoized by the backend per loop program and schedule) and its finish. A repeat
     call only binds (cheap checks and conversions), runs and finishes: no source is emitted or
-    hashed again."""
+    hashed again.
+
+    Calls with an input signature seen before go faster still: the second call of a signature
+    (kinds, dtypes, shapes, layouts, devices of the dense operands, the sparse operand's
+    structure, `check`) prepares a `_PreparedCall` (inputs.PreparedBind, the backend's
+    specialized run, the finish's decisions); a later call of that signature only matches it
+    (identity and attribute tests), binds its arrays, runs and finishes. A structure made anew
+    for every call is never prepared. The last few signatures are kept (`PREPARED_SIGNATURES`):
+    they hold a sparse operand's structure, never values."""
+
+    PREPARED_SIGNATURES = 4
 
     def __init__(self, loops: LoopProgram, program: Program, backend: Backend, accumulate=None):
         self.program, self.backend, self.accumulate = program, backend, accumulate
@@ -49,18 +70,105 @@ class Launch:
             loops = self.cpu_plan.loops
         self.loops = loops
         self.plan = bind_plan(loops, program)
+        self._specialize = None
         if self.cpu_plan is not None and self.cpu_plan.syrk is not None:
             self.run = functools.partial(_run_syrk, self.cpu_plan)
         else:
             self.run = backend.prepare(loops)  # imports the backend module, loads the kernel once
+            self._specialize = backend.specializer()
+        self._prepared: dict[tuple, _PreparedCall] = {}  # signature_key -> its prepared call
+        self._prepared_lock = threading.Lock()
+        self._seen: dict[tuple, object] = {}  # signature_key -> the structure it was last seen with
 
     def __call__(self, tensors: dict, *, check: bool = True, canonical: bool = False, out=None):
+        key = signature_key(self.plan, tensors, check)
+        prepared = self._prepared.get(key)
+        if prepared is not None:
+            args = prepared.bind(tensors)
+            if args is not None:
+                if out is not None:
+                    args.destination = check_out(out, args, self.program)
+                prepared.run(args)
+                return args, prepared.finish(args, canonical)
         args = bind(self.loops, self.program, tensors, check=check, device_tensors=self.backend.device_tensors,
                     plan=self.plan, accumulate=self.accumulate)
         if out is not None:
             args.destination = check_out(out, args, self.program)
         self.run(self.loops, args)
-        return args, finish(args, self.loops, self.program, canonical=canonical)
+        result = finish(args, self.loops, self.program, canonical=canonical)
+        if self._specialize is not None:
+            self._prepare(key, tensors, args, check)
+        return args, result
+
+    def _prepare(self, key: tuple, tensors: dict, args: KernelArgs, check: bool) -> None:
+        """Prepare the call of this signature (after a call bound it through `bind`), once its
+        sparse structure comes again: a structure made anew for every call (a program's
+        intermediate, a matrix rebuilt in a loop) is not worth preparing."""
+        structure = structure_of(self.plan, tensors)
+        if structure is not None and key not in self._prepared:
+            seen = self._seen.get(key)
+            if seen is None or (seen() if isinstance(seen, weakref.ref) else seen) is not structure:
+                try:  # a storage's structure cache is held (it cannot be weakly referenced), an input weakly
+                    token = structure if isinstance(structure, dict) else weakref.ref(structure)
+                except TypeError:
+                    return
+                with self._prepared_lock:
+                    if len(self._seen) >= 2 * self.PREPARED_SIGNATURES:
+                        self._seen.pop(next(iter(self._seen)))
+                    self._seen[key] = token
+                return
+        bind_fast = prepare_bind(self.plan, tensors, args, check=check, device_tensors=self.backend.device_tensors)
+        prepared = None
+        if bind_fast is not None:
+            again = bind_fast(tensors)  # bound by the prepared bind itself: its structure, its run
+            if again is not None:
+                # the backend's run for this signature, or its general one (e.g. numba's parallel runs)
+                run = self._specialize(self.loops, again) or functools.partial(self.run, self.loops)
+                prepared = _PreparedCall(bind_fast, run, _finisher(self.loops, self.program, args))
+        with self._prepared_lock:  # calls from several threads: one writer at a time (readers need none)
+            table = self._prepared
+            if prepared is None:
+                table.pop(key, None)  # a stale entry of this key would only be tried and missed
+            else:
+                if key not in table and len(table) >= self.PREPARED_SIGNATURES:
+                    del table[next(iter(table))]  # the oldest
+                table[key] = prepared
+
+
+class _PreparedCall:
+    """One input signature's call: its bind, its backend run, its finish (see Launch)."""
+
+    __slots__ = ("bind", "finish", "run")
+
+    def __init__(self, bind_fast, run, finish_fast):
+        self.bind, self.run, self.finish = bind_fast, run, finish_fast
+
+
+def _finisher(loops: LoopProgram, program: Program, args: KernelArgs):
+    """`finish` for the calls of one signature: one buffer, no permutation, no symmetric output
+    and no `out=` (the common case) are a view and a torch wrapper; anything else is `finish`."""
+    import torch
+
+    target = args.torch_device if args.torch_device is not None else torch.device("cpu")
+    here = args.partial.device if isinstance(args.partial, torch.Tensor) else torch.device("cpu")
+    shape = tuple(args.shapes[program.einsum.output.tensor])
+    plain = (not loops.output_groups and loops.layout_of(program.einsum.output.tensor) is None
+             and not args.cupy_output and here == target and shape)
+    if not plain:
+        return lambda a, canonical: finish(a, loops, program, canonical=canonical)
+
+    from_numpy = torch.from_numpy
+
+    def finish_plain(a: KernelArgs, canonical: bool):
+        partial = a.partial
+        if partial.shape[0] != 1 or a.destination is not None:
+            return finish(a, loops, program, canonical=canonical)
+        result = a.first_buffer if a.first_buffer is not None else partial[0]
+        if result.shape != shape:
+            result = result.reshape(shape)
+        return from_numpy(result) if type(result) is np.ndarray else result
+
+    return finish_plain
 
 
 def _run_syrk(plan, _loops: LoopProgram, args: KernelArgs) -> None:

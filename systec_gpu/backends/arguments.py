@@ -99,6 +99,7 @@ class KernelArgs:
     extras: dict = field(default_factory=dict)
     output_mirrored: bool = False  # the backend wrote both halves of a symmetric output itself
     destination: Any = None  # a caller's preallocated result (`out=`), written by finish
+    first_buffer: Any = None  # partial[0], where a backend made that view itself (finish reuses it)
 
     def extent(self, extent: Extent) -> int:
         return self.shapes[extent.tensor][extent.mode]

@@ -909,5 +909,38 @@ def _prepare_as_stored(program: LoopProgram):
     return run
 
 
+def specialize_numba(program: LoopProgram, args):
+    """A run for the calls bound like `args` (one input signature: runtime.Launch prepares it):
+    the generated function called with its argument list made once, only the output buffer, the
+    sparse values and the dense operands put in per call. None for a parallel run (its
+    per-call cost is the thread pool's: `prepare_numba`'s run serves it)."""
+    module, params = _launcher(program)
+    single = sparse_loop(program) is None and not has_loops(program)
+    if not (single or estimated_points(program, args) < SERIAL_BELOW):
+        return None
+    bounds = args.driver.chunk_bounds(1) if args.driver is not None else np.zeros(2, np.int64)
+    shape, dtype = (1, *args.out_shape), args.dtype
+    template = argument_values(params, dataclasses.replace(args, partial=None, bounds=bounds, chunks=1))
+    partial_at = next(k for k, p in enumerate(params) if p.kind == "partial")
+    values_at = next((k for k, p in enumerate(params) if p.kind == "values"), None)
+    dense_at = tuple((k, p.key) for k, p in enumerate(params) if p.kind == "dense")
+    kernel, mirrors = module.kernel_serial, module.MIRRORS_OUTPUT
+    make = np.zeros if algebra.operator(program.reduce).identity == 0.0 else np.empty
+
+    def run(args) -> None:
+        partial = make(shape, dtype)
+        values = template.copy()
+        values[partial_at] = partial
+        if values_at is not None:
+            values[values_at] = args.driver.values
+        dense = args.dense
+        for k, name in dense_at:
+            values[k] = dense[name]
+        kernel(*values)
+        args.partial, args.chunks, args.bounds, args.output_mirrored = partial, 1, bounds, mirrors
+
+    return run
+
+
 _PARALLEL_LOCK = threading.Lock()
 _THREADING_LAYER: list[str | None] = [None]  # numba's, once a parallel kernel has run

@@ -23,6 +23,9 @@ class Backend:
     devices: frozenset[str]  # torch device types whose tensors it computes on
     device_tensors: bool  # dense operands bound as torch tensors on their device (else host numpy)
     description: str
+    # specialize(loops, args) -> run(args) | None: a run for the calls bound like `args` (one input
+    # signature), everything that does not change between them decided once (runtime.Launch)
+    specialize_function: str | None = None
 
     def _get(self, attribute: str) -> Callable:
         return getattr(importlib.import_module(self.module), attribute)
@@ -35,6 +38,9 @@ class Backend:
         """A `run(loops, args)` for this program, its per-program lookups done once."""
         return self._get(self.prepare_function)(loops) if self.prepare_function else self.run
 
+    def specializer(self) -> Callable | None:
+        return self._get(self.specialize_function) if self.specialize_function else None
+
     def source(self, loops) -> str:
         return self._get(self.source_function)(loops)
 
@@ -44,11 +50,11 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("numba", "systec_gpu.backends.numba_backend", "run_numba", "prepare_numba", "numba_source",
                 frozenset({"cpu"}), False,
-                "generated Numba code, parallel over chunks of the outer loop (CPU)"),
+                "generated Numba code, parallel over chunks of the outer loop (CPU)", "specialize_numba"),
         Backend("triton", "systec_gpu.backends.triton_backend", "run_triton", None, "triton_source",
                 frozenset({"cuda"}), True,
                 "generated Triton kernels over sparse coordinate or dense triangle tiles (GPU; TRITON_INTERPRET=1 "
-                "runs them on the CPU)"),
+                "runs them on the CPU)", "specialize_triton"),
         Backend("reference", "systec_gpu.backends.reference", "run_reference", None, "reference_source",
                 frozenset({"cpu"}), False, "the loop-IR interpreter in Python: the oracle of the symmetry passes"),
     )

@@ -14,7 +14,8 @@ from .triton_launch import (
     interpreting,
     prepare_launch,
     run_triton,
+    specialize_triton,
 )
 
 __all__ = ["Launch", "_Emitter", "_compiled", "_launch_plan", "_tile_starts", "choose_schedule", "emit_kernel",
-           "interpreting", "prepare_launch", "run_triton", "triton_source"]
+           "interpreting", "prepare_launch", "run_triton", "specialize_triton", "triton_source"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import schedule_table
+from .. import algebra, schedule_table
 from ..budget import default_schedule
 from ..ir.loop import DenseLoop, LoopProgram
 from ..ir.tile import ContractionLoop, TileProgram
@@ -375,6 +375,82 @@ def run_triton(program: LoopProgram, args, schedule: Schedule | None = None, *, 
     launch.kernel[launch.grid](**launch.values, num_warps=launch.num_warps)  # writes args.partial in place
 
 
+def specialize_triton(program: LoopProgram, args):
+    """A run for the calls bound like `args` (one input signature: runtime.Launch prepares it):
+    schedule, loaded kernel, grid, tile starts and every argument but the output buffers, the
+    sparse values and the dense operands bound once; a call allocates its output, binds those
+    and launches. A change of SYSTEC_TRITON_SCHEDULE or of the loaded schedule table sends the
+    call through `run_triton` again. None when this signature has no launch (run_triton raises)."""
+    import torch
+
+    from .arguments import allocate, torch_dtype
+
+    override, table = os.environ.get("SYSTEC_TRITON_SCHEDULE", ""), schedule_table.load_table()
+    shape = problem_shape(program, args)
+    schedule = choose_schedule(program, args, None, shape)
+    tiles, emitted, kernel = _compiled(program, schedule)
+    binders = _launch_plan(program, schedule)[2]
+    if tiles.index_bits == 32 and shape.index_bits == 64:
+        return None
+    device = _device(args)
+    probe = dataclasses.replace(args)  # the call's arguments stay as they are
+    allocate(probe, program, tiles.buffers, device=device, single=tiles.buffers == 1)
+    starts = None
+    if tiles.sparse is not None:
+        n_work = probe.driver.nnz
+        grid = (-(-n_work // tiles.sparse.size),)
+    elif tiles.rows is not None:
+        n_work = len(probe.driver.pointers) - 1
+        grid = (-(-n_work // tiles.rows.rows),)
+    else:
+        starts = _tile_starts(tiles, tuple(probe.extent(a.extent) for a in tiles.grid_axes))
+        n_work = len(starts)
+        grid = (n_work,)
+    call = _Call(probe, device, starts)
+    per_call = ("out", "values", "dense")
+    params = tuple(zip(emitted.params, binders, strict=True))
+    constants = {name: bind(call) for p, (name, bind) in params if p.kind not in per_call} if n_work else {}
+    # per-call arguments: (name, kind, key, conversion); a numpy operand on the CPU (the
+    # interpreter) is wrapped, a tensor already on the device passed as is (the prepared bind
+    # gives every call of this signature operands of the kinds `args` holds)
+    slots = []
+    for p, (name, _) in params:
+        if p.kind in per_call:
+            operand = None if p.kind == "out" else args.driver.values if p.kind == "values" else args.dense[p.key]
+            if isinstance(operand, np.ndarray) and device.type == "cpu":
+                convert = torch.from_numpy
+            elif isinstance(operand, torch.Tensor) and operand.device == device:
+                convert = None
+            else:
+                convert = functools.partial(_to_device, device=device)
+            slots.append((name, p.kind, p.key, convert))
+    buffer_shape, dtype, chunks = tuple(probe.partial.shape), torch_dtype(args.dtype), probe.chunks
+    identity, bounds, mirror = algebra.operator(program.reduce).identity, probe.bounds, tiles.mirror
+    launcher = kernel[grid]
+    constants["num_warps"] = tiles.num_warps  # a launch option, passed with the arguments
+
+    def run(args) -> None:
+        if os.environ.get("SYSTEC_TRITON_SCHEDULE", "") != override or schedule_table.load_table() is not table:
+            run_triton(program, args)
+            return
+        partial = torch.full(buffer_shape, identity, dtype=dtype, device=device)
+        args.partial, args.chunks, args.bounds, args.output_mirrored = partial, chunks, bounds, mirror
+        if not n_work:
+            return  # nothing to visit: the output stays the identity
+        values = constants.copy()
+        for name, kind, key, convert in slots:
+            if kind == "out":
+                values[name] = view = partial[key]
+                if key == 0:
+                    args.first_buffer = view
+                continue
+            operand = args.driver.values if kind == "values" else args.dense[key]
+            values[name] = operand if convert is None else convert(operand)
+        launcher(**values)
+
+    return run
+
+
 def _block_size(tiles: TileProgram, key) -> int:
     match key:
         case "NNZ":
@@ -388,4 +464,4 @@ def _block_size(tiles: TileProgram, key) -> int:
     return next(a.block for a in (*tiles.grid_axes, *tiles.inner_axes) if a.axis == key)
 
 
-__all__ = ["Launch", "choose_schedule", "prepare_launch", "run_triton"]
+__all__ = ["Launch", "choose_schedule", "prepare_launch", "run_triton", "specialize_triton"]
