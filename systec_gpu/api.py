@@ -44,15 +44,24 @@ def check_values(program: Program, tensors: Mapping[str, Any]) -> None:
     if domain.name == "real":
         return
     for name, tensor in tensors.items():
-        values = getattr(tensor, "values", None)  # SparseTensor / SymmetricTensor
-        if values is None or callable(values):  # (a torch sparse tensor's .values is a method)
-            values = getattr(tensor, "data", None) if hasattr(tensor, "nnz") else tensor  # scipy.sparse
-        if not hasattr(values, "shape"):
-            values = np.asarray(values)
+        values = _stored_values(tensor)
         outside = domain.count_outside(values)
         if outside:
             raise ValueError(f"{name}: {outside} value(s) outside the declared values={domain.name!r} "
                              f"(the kernel's semiring {program.einsum.semiring} is exact only there)")
+
+
+def _stored_values(tensor: Any):
+    """The values a sparse input stores (every value of a dense one), in its own array kind."""
+    layout = getattr(tensor, "layout", None)
+    if layout is not None and str(layout) != "torch.strided":  # torch sparse (COO, CSR, CSC, BSR, BSC)
+        return tensor._values() if str(layout) == "torch.sparse_coo" else tensor.values()
+    values = getattr(tensor, "values", None)  # SparseTensor / SymmetricTensor
+    if values is not None and not callable(values):
+        return values
+    if hasattr(tensor, "nnz") and hasattr(tensor, "data"):  # scipy.sparse, pydata sparse
+        return tensor.data
+    return tensor if hasattr(tensor, "shape") else np.asarray(tensor)
 
 
 _TORCH_OPS = []  # the torch_ops module, once imported (it imports torch: not at `import systec_gpu`)

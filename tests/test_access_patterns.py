@@ -180,3 +180,16 @@ def test_infinity_meeting_an_unstored_entry_does_not_depend_on_symmetry(symmetry
     expected = interpret_einsum(einsum, {"A": a}, stored={access: stored for access in einsum.rhs.args})
     assert expected == np.inf
     np.testing.assert_array_equal(kernel(A=SymmetricTensor.from_dense(a, "full")).numpy(), expected)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a sparse operand read twice: the access that does not drive the loop is read densely, so the "
+    "nan at a stored (i, j) whose mirror (j, i) is unstored meets 0 (nan) in the kernel without "
+    "symmetry and is never visited by the symmetric one (i <= j of the symmetric product)"))
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_special_meeting_an_unstored_entry_of_a_second_access(backend):
+    # found by the property tests: Y[] += A[i,j]*A[j,i], A general COO with a nan
+    a = np.array([[1.0, 0.0, 2.0], [np.nan, 3.0, 0.0], [0.5, 0.0, 1.0]])
+    results = [float(sg.compile("Y[] += A[i,j]*A[j,i]", formats={"A": "coo"}, symmetry=symmetry,
+                                backend=backend)(A=a)) for symmetry in (True, False)]
+    assert results[0] == results[1] or (np.isnan(results[0]) and np.isnan(results[1])), results

@@ -76,6 +76,12 @@ def expressions(draw):
     groups = draw(groups_for(order)) if groups else None
     fmt = draw(st.sampled_from(["dense", "coo"] + (["csr"] if order == 2 else [])))
     specials = draw(st.lists(st.sampled_from(SPECIALS[reduce]), max_size=2))
+    if fmt != "dense" and sum(name == "A" for name, _ in operands) > 1:
+        # A sparse A read twice: the access that does not drive the loop is read densely, so an
+        # inf/nan meeting one of its unstored entries gives nan or nothing depending on which
+        # access drives, which symmetry changes (a known defect: the strict xfail
+        # test_a_special_meeting_an_unstored_entry_of_a_second_access in test_access_patterns.py).
+        specials = []
     return text, groups, fmt, order, specials
 
 

@@ -179,6 +179,25 @@ def test_declared_values_are_checked_at_call_time():
         sg.compile("y[i] max= A[i,j] * x[j]", values="positive")
 
 
+@pytest.mark.parametrize("kind", ["numpy", "scipy_csr", "torch_dense", "torch_coo", "torch_csr"])
+def test_declared_values_are_checked_on_every_input_kind(kind):
+    """The stored values of each input kind are read (a torch sparse tensor's values() is a method,
+    scipy's are .data): a negative entry is refused, not compared through a sparse layout."""
+    import scipy.sparse
+    import torch
+
+    kernel = sg.compile("y[i] max= A[i,j] * x[j]", symmetric={"A": "full"}, values="nonnegative",
+                        backend="numba")
+    dense = _dense_of(_nonnegative_symmetric(2, 5, np.random.default_rng(1)))
+    make = {"numpy": lambda m: m, "scipy_csr": scipy.sparse.csr_matrix, "torch_dense": torch.tensor,
+            "torch_coo": lambda m: torch.tensor(m).to_sparse(),
+            "torch_csr": lambda m: torch.tensor(m).to_sparse_csr()}[kind]
+    x = np.linspace(0.0, 1.0, 5)
+    np.testing.assert_allclose(np.asarray(kernel(A=make(dense), x=x)), (dense * x).max(axis=1))
+    with pytest.raises(ValueError, match=r"A: \d+ value\(s\) outside the declared values='nonnegative'"):
+        kernel(A=make(-dense), x=x)
+
+
 def test_a_table_row_that_is_no_semiring_is_refused_when_the_table_loads(monkeypatch):
     monkeypatch.setattr(sg.algebra, "SEMIRING_ROWS", (("max=", "max", "mul", "real"),))
     with pytest.raises(sg.algebra.SemiringError, match=r"SEMIRING_ROWS: max= \(max, \*\) over real values"):
