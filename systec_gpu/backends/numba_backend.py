@@ -6,6 +6,8 @@ reduction's identity written by its own thread over the rows the chunk can touch
 parallel loop adds the slices into `partial[0]` over those rows only. No two threads write the
 same memory, so no update is lost. A symmetric output is written whole by the kernel: both
 halves beside each update when a sparse driver scatters them, a blocked mirror pass otherwise.
+A chunk's loops are one function, `chunk_kernel(acc, chunk, ...)`, that the parallel and the
+serial kernel both call with the chunk's output block.
 
 The code is what one would write by hand for the same schedule:
 - diagonal classes are peeled: below the class test each class gets its own copy of the code
@@ -677,7 +679,7 @@ class _Emitter:
         w.line("@numba.njit(cache=True, nogil=True)")
         self.first_loop = True
         self.emitted = set()
-        with w.block(f"def chunk_kernel({self.chunk_arguments}):"):
+        with w.block(f"def chunk_kernel({self.acc}, {self.chunk_arguments}):"):
             self.block(self.program.body.body)
         # Two functions, not two dispatchers of one: numba's disk cache is keyed by function name.
         for name, decorator, loop in (
@@ -697,9 +699,9 @@ class _Emitter:
 
     @functools.cached_property
     def chunk_arguments(self) -> str:
-        """chunk_kernel's parameters: its output block, the chunk, the kernel's other parameters."""
+        """chunk_kernel's parameters after its output block: the chunk, the kernel's other parameters."""
         partial = Param("partial")
-        return ", ".join([self.acc, self.chunk, *(self.param_names[p] for p in self.params if p != partial)])
+        return ", ".join([self.chunk, *(self.param_names[p] for p in self.params if p != partial)])
 
     @functools.cached_property
     def locals(self) -> tuple[str, ...]:
@@ -731,7 +733,7 @@ class _Emitter:
                                f"{identity}")
                 else:
                     w.line(f"{flat}[{self.chunk}, {lo} * {row_size}:{hi} * {row_size}] = {identity}")
-            w.line(f"chunk_kernel({partial}[{self.chunk}], {self.chunk_arguments.split(', ', 1)[1]})")
+            w.line(f"chunk_kernel({partial}[{self.chunk}], {self.chunk_arguments})")
         if not self.mirrored:
             w.line("# Combine the chunks into partial[0], each over the rows it touched.")
             with w.block(f"for {part} in {loop}({chunks} if {chunks} > 1 else 0):"):
