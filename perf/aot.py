@@ -109,7 +109,7 @@ def meta_args(kernel, stated: StatedInput):
         coords = tuple(torch.empty(nnz, dtype=index, device="meta") for _ in range(order))
         values = torch.empty(nnz, dtype=tdtype, device="meta")
         pointers = None
-        if loop.format == "csr":
+        if loop.format.row_pointers:
             rows = shapes[loops.driver][0]
             pointers = (np.arange(rows + 1, dtype=np.int64) * nnz) // rows
         driver = DriverArrays(DriverStructure(coords, pointers, nnz, stated.expanded_nnz, None), values)

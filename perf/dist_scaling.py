@@ -39,7 +39,6 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -199,12 +199,6 @@ def _worker(rank: int, port: int, rounds: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stats(values: list[float]) -> dict:
     return {"median_s": statistics.median(values), "min_s": min(values), "max_s": max(values), "rounds": values}
 
@@ -256,7 +250,7 @@ def main() -> None:
     args = ap.parse_args()
     started = time.time()
     out = ROOT / "perf" / "results" / ".dist-scaling-raw.json"
-    mp.start_processes(_worker, args=(_free_port(), args.rounds, str(out)), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(get_free_port(), args.rounds, str(out)), nprocs=WORLD, start_method="spawn")
     ranks = json.loads(out.read_text())
     out.unlink()
     results = {}

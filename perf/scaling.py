@@ -126,10 +126,11 @@ def operation(op: str, n: int, rng):
         a = np.triu(a) + np.triu(a, 1).T
         return (lambda: SymmetricTensor.from_dense(a)), a.nbytes, {"peer_triu_nonzero": lambda: np.nonzero(np.triu(a))}
     if op in ("first_ssymv", "expand_ssymv", "expand_mttkrp3"):
+        from systec_gpu.formats import COO, CSR
         from systec_gpu.inputs import driver_arrays
 
         ndim = 3 if op == "expand_mttkrp3" else 2
-        fmt = "coo" if ndim == 3 else "csr"
+        fmt = COO if ndim == 3 else CSR
         expanded = op.startswith("expand")
         t = storage(ndim, n, rng)
         raw = t.nnz * (8 * ndim + 8)
@@ -138,7 +139,7 @@ def operation(op: str, n: int, rng):
             t._cache.clear()  # a new structure: what the first call builds
             driver = driver_arrays("A", t, expanded, fmt, np.dtype(np.float64))
             # the coordinates a Numba kernel reads (CSR: the pointers and the columns)
-            return driver, [driver.coords[m] for m in range(1 if fmt == "csr" else 0, ndim)]
+            return driver, [driver.coords[m] for m in range(1 if fmt.row_pointers else 0, ndim)]
 
         def repeat():
             return driver_arrays("A", t, expanded, fmt, np.dtype(np.float64))

@@ -8,8 +8,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from . import algebra
 from .backends import registry
 from .backends.plans import describe_plan
+from .formats.choice import describe as describe_formats
 from .ir.einsum import Program, format_program
 from .ir.loop import LoopProgram, format_loop_program
 from .ir.symmetrized import Symmetrized
@@ -27,8 +31,28 @@ def _kernel_name(text: str, program: Program, exploit: bool, backend: str, accum
     stem = re.sub(r"\W+", "_", program.einsum.output.tensor).strip("_") or "k"
     key = f"{format_program(program)}|{exploit}" + ("" if backend == registry.AUTO else f"|{backend}")
     key += f"|{accumulate}" if accumulate else ""
+    # formats that print alike but differ (a default COO that CPUs may read as CSF, a declared COO)
+    key += "".join(f"|{tensor}:{fmt.key}" for tensor, fmt in program.formats if fmt.key != fmt.name)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{stem}_{'sym' if exploit else 'nosym'}_{digest}"
+
+
+def check_values(program: Program, tensors: Mapping[str, Any]) -> None:
+    """Every operand's values lie in the declared domain (`compile(..., values=)`): its semiring
+    is exact only there. Stored values of sparse operands; nan passes (it propagates)."""
+    domain = algebra.DOMAINS[program.einsum.values]
+    if domain.name == "real":
+        return
+    for name, tensor in tensors.items():
+        values = getattr(tensor, "values", None)  # SparseTensor / SymmetricTensor
+        if values is None or callable(values):  # (a torch sparse tensor's .values is a method)
+            values = getattr(tensor, "data", None) if hasattr(tensor, "nnz") else tensor  # scipy.sparse
+        if not hasattr(values, "shape"):
+            values = np.asarray(values)
+        outside = domain.count_outside(values)
+        if outside:
+            raise ValueError(f"{name}: {outside} value(s) outside the declared values={domain.name!r} "
+                             f"(the kernel's semiring {program.einsum.semiring} is exact only there)")
 
 
 class Kernel:
@@ -105,6 +129,8 @@ class Kernel:
     def call_direct(self, tensors: dict[str, Any], *, backend: str, check: bool = True, canonical: bool = False,
                     out=None):
         """The kernel's launch on `backend`, without the torch op (no autograd): what every call runs."""
+        if check:
+            check_values(self.program, tensors)
         launch = self.launch(backend)
         args, result = launch(tensors, check=check, canonical=canonical, out=out)
         self._last, self._last_loops, self._stats = args, launch.loops, None  # the loops that ran (a CPU plan's)
@@ -159,6 +185,7 @@ class Kernel:
             names = ", ".join(i.name for i in permutable.indices)
             lines.append(f"permutable ({names}): {permutable.origin}; visit {order}")
         lines.append(format_loop_program(self.loops))
+        lines += describe_formats(self.loops)
         lines.append(describe_plan(self.program, self.loops))
         return "\n".join(lines) + "\n"
 
@@ -178,11 +205,13 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     name: str | None = None,
     outputs: Sequence[str] | str | None = None,
     accumulate: str | None = None,
+    values: str | None = None,
 ) -> Kernel | ProgramKernel | SparseOutputKernel:
     """Compile `expr` (e.g. "y[i] += A[i,j]*x[j]") into a kernel.
 
     symmetric: tensor -> "full" or mode groups (naming the output declares output symmetry).
-    formats: tensor -> "dense" | "coo" | "csr" (symmetric inputs default to "coo"); "coo"/"csr" for
+    formats: tensor -> "dense" | "coo" | "csr" | "csf" (symmetric inputs default to "csr" for matrices,
+        for higher orders to COO, read as CSF on the CPU where that reads fewer bytes); "coo"/"csr" for
         the output of a Gram product (C[i,j] += A[i,k]*A[j,k]) gives a sparse symmetric output.
     symmetry: False compiles the same expression without exploiting symmetry (the baseline).
     backend: "auto" (Triton on CUDA tensors, Numba otherwise), "numba", "triton", "reference".
@@ -192,6 +221,9 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
     accumulate: "float32" or "float64", the dtype a kernel computes and returns in (default: the
         widest float given, float16/bfloat16 inputs in float32). On the Triton path float16 and
         bfloat16 operands are read as they are and widened where they are loaded.
+    values: the domain of every operand's values, "real" (default) or "nonnegative" (checked at
+        each call); it picks the semiring: `y[i] max= A[i,j]*x[j]` with a sparse A is (max, *),
+        whose unstored entries are 0, only over non-negative values (algebra.SEMIRING_ROWS).
 
     One statement with a dense output gives a Kernel; a program a ProgramKernel (systec_gpu/program.py);
     one statement with a sparse output a SparseOutputKernel (systec_gpu/spgemm.py).
@@ -202,22 +234,25 @@ def compile(  # noqa: A001 (the library's verb, like re.compile)
         if accumulate is not None:
             raise NotImplementedError("accumulate= applies to single statements; programs compute in their "
                                       "inputs' dtype")
+        if values is not None:
+            raise NotImplementedError("values= applies to single statements")
         registry.check_name(backend)
         return compile_program(expr, compile_statement=_compile, symmetric=symmetric, formats=formats,
                                symmetry=symmetry, backend=backend, loop_order=loop_order, name=name, outputs=outputs)
     return _compile(expr, symmetric=symmetric, formats=formats, symmetry=symmetry, backend=backend,
-                    loop_order=loop_order, name=name, accumulate=accumulate)
+                    loop_order=loop_order, name=name, accumulate=accumulate, values=values)
 
 
 def _compile(expr: str, *, symmetric=None, formats=None, symmetry: bool = True, backend: str = "auto",
-             loop_order=None, name: str | None = None, register: bool = True, accumulate: str | None = None) -> Kernel:
+             loop_order=None, name: str | None = None, register: bool = True, accumulate: str | None = None,
+             values: str | None = None) -> Kernel:
     """`compile`; `register=False` leaves the torch op to be registered by the caller (derivative
     kernels: their ops are registered without derivatives of their own)."""
     registry.check_name(backend)
     if name is not None and not _NAME.fullmatch(name):
         raise ValueError(f"kernel name {name!r} must be an identifier (letters, digits, _; not starting with a "
                          "digit): it names the torch op torch.ops.systec.<name>")
-    program = front(expr, symmetric, formats)
+    program = front(expr, symmetric, formats, values)
     symmetrized = symmetrize(program, exploit=symmetry)
     loops = lower_and_optimize(symmetrized, loop_order)
     kernel = Kernel(expr, program, symmetrized, loops, backend,

@@ -139,7 +139,7 @@ def derivative_terms(program: Program, target: str) -> list[DerivativeTerm]:
             weight=const * count,
             symmetric={t: groups[t] for t in used if t in groups},
             # a symmetric operand declared dense stays dense (its default would be sparse)
-            formats={t: formats[t] for t in used if formats.get(t, "dense") != "dense" or t in groups},
+            formats={t: formats[t] for t in used if t in formats and formats[t].sparse or t in groups},
             factors=factors,
         ))
     return terms

@@ -123,7 +123,7 @@ def default_schedule(loops: LoopProgram, shape: ProblemShape | None = None, **si
     if sparse is None:
         return _dense(loops, shape)
     dense_block = min(_ceil_power_of_two(max(shape.dense_extent, 1)), 64) if vector else 1
-    if sparse.format == "csr":
+    if sparse.format.row_pointers:
         return _rows(shape, per_thread, dense_block, bits, "store" if alone else "atomic")
     warps = 4
     per_tile = _floor_power_of_two(per_thread * 32 * warps / dense_block)
@@ -176,8 +176,10 @@ def _dense(loops: LoopProgram, shape: ProblemShape) -> DenseTriangleSchedule:
         return DenseTriangleSchedule(block=block, k_block=k_block, num_warps=8 if block == 64 else 4,
                                      index_bits=shape.index_bits)
     # Nested scalar loops keep every value of the block live across iterations: 8 x 8 lanes on
-    # one warp (2 per thread). Larger blocks (16 x 16 over 2 or 4 warps, 32 x 32) made ptxas
+    # two warps (1 per thread). Larger blocks (16 x 16 over 2 or 4 warps, 32 x 32) made ptxas
     # spill a few bytes, predicates mostly, in random 4- and 5-D programs (perf/aot.py sweeps of
-    # the property tests' generator); 8 x 8 on one warp spilled in none of them.
-    block, warps = min(8, small), 1
+    # the property tests' generator). 8 x 8 on one warp (2 per thread) spilled in 5 of the 64
+    # dense programs of a 40-example sweep (5-D min= with 10 updates, 96 registers); on two
+    # warps in 1 (8 bytes; 2 once min=/max= propagate nan), at 56 registers or fewer.
+    block, warps = min(8, small), 2
     return DenseTriangleSchedule(block=block, k_block=k_block, num_warps=warps, index_bits=shape.index_bits)

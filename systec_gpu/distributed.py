@@ -218,10 +218,6 @@ _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.re
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-# Combining two partial outputs on one device: the local analogue of each collective.
-_COMBINE = {"SUM": torch.add, "MIN": torch.minimum, "MAX": torch.maximum}
-
-
 @functools.lru_cache(maxsize=8)  # int64 maps as large as the output: few
 def _symmetric_maps(shape: tuple[int, ...], groups: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions, mirror) of an output symmetric in `groups`: the flat positions of its
@@ -583,7 +579,7 @@ def _run_part(kernel, plan: _Plan, tensors, part: SparseTensor, check: bool) -> 
 
 
 def _stream_host(kernel, plan: _Plan, tensors, storage: SparseTensor, chunk: int, check: bool, device) -> torch.Tensor:
-    combine = _COMBINE[plan.reduce.collective]
+    combine = getattr(torch, plan.reduce.torch_combine)  # the local analogue of the collective
     result = None
     for start in range(0, max(storage.nnz, 1), chunk):  # no nonzeros: one empty part (the identity)
         part = _run_part(kernel, plan, tensors, _slice(storage, start, min(start + chunk, storage.nnz)), check)
@@ -612,7 +608,7 @@ def _stream_cuda(kernel, plan: _Plan, tensors, storage: SparseTensor, chunk: int
     device (issue 12's storage on the device): today a storage converts device coordinates to
     host numpy, so each part is copied back and uploaded again inside the call. That is correct
     (those copies run on the compute stream, after `copied[s]`) but serializes the pipeline."""
-    combine = _COMBINE[plan.reduce.collective]
+    combine = getattr(torch, plan.reduce.torch_combine)  # the local analogue of the collective
     nnz, ndim = storage.nnz, storage.ndim
     coords = torch.from_numpy(storage.indices)  # host, shared
     values = storage.values

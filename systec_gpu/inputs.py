@@ -47,6 +47,7 @@ from .arrays import NUMPY, namespace
 from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, torch_dtype
 from .backends.parameters import sparse_loop
 from .dense_symmetry import check_symmetric, mirror_canonical
+from .formats import StorageFormat
 from .ir.einsum import Program, accesses, tensors_of
 from .ir.loop import LoopProgram
 from .storage import SparseTensor, SymmetricTensor, _is_torch, csr_pointers_of
@@ -322,12 +323,13 @@ def _on_accelerator(storage: SparseTensor) -> bool:
     return _is_torch(storage.indices) and storage.indices.device.type != "cpu"
 
 
-def _driver_structure(storage: SparseTensor, expanded: bool, fmt: str, on_device: bool = False) -> DriverStructure:
+def _driver_structure(storage: SparseTensor, expanded: bool, fmt: StorageFormat,
+                      on_device: bool = False) -> DriverStructure:
     """The driver's coordinates (and pointers) in the kernel's layout, cached on the storage's
     structure: a repeat call, or a `with_values` tensor, reuses them. Computed in the storage's
     library; `on_device` (device backends, storage on an accelerator): left there as int32/int64
     torch tensors; otherwise numpy on the host (views of CPU tensors, copies of device ones)."""
-    key = ("driver_structure", expanded, fmt, str(storage.indices.device) if on_device else "host")
+    key = ("driver_structure", expanded, fmt.row_pointers, str(storage.indices.device) if on_device else "host")
     cache = storage._cache
     if key in cache:
         return cache[key]
@@ -348,7 +350,7 @@ def _driver_structure(storage: SparseTensor, expanded: bool, fmt: str, on_device
         nnz = storage.nnz
         n_expanded = storage.n_expanded if isinstance(storage, SymmetricTensor) else nnz
     pointers = None
-    if fmt == "csr":
+    if fmt.row_pointers:
         pointers = csr_pointers_of(rows[0], storage.shape[0])
         if take is not None:
             rows[0] = None  # a kernel that wants a row per nonzero expands the pointers
@@ -374,7 +376,7 @@ def _driver_structure(storage: SparseTensor, expanded: bool, fmt: str, on_device
     return structure
 
 
-def driver_arrays(name: str, storage: SparseTensor, expanded: bool, fmt: str, dtype,
+def driver_arrays(name: str, storage: SparseTensor, expanded: bool, fmt: StorageFormat, dtype,
                   device_tensors: bool = False) -> DriverArrays:
     """The driver for this call: cached structure, values read now (never cached). With
     `device_tensors` (device backends) a structure on an accelerator stays there, and so do its
@@ -509,7 +511,7 @@ class BindPlan:
     driver: str | None
     driver_groups: tuple
     driver_expanded: bool
-    driver_format: str | None
+    driver_format: StorageFormat | None
     tables: dict = field(default_factory=dict)  # dtype -> factor tables in that dtype
 
 

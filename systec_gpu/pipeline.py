@@ -26,8 +26,8 @@ SYMMETRY_PASSES = (
 )
 
 
-def front(text: str, symmetric=None, formats=None) -> Program:
-    return verify(build_program(parse(text), text, symmetric, formats))
+def front(text: str, symmetric=None, formats=None, values: str | None = None) -> Program:
+    return verify(build_program(parse(text), text, symmetric, formats, values))
 
 
 def symmetrize(program: Program, exploit: bool = True) -> Symmetrized:

@@ -368,7 +368,7 @@ def _choose_storage(tensor: str, text: str, sym: dict, fmt: dict, formats: Mappi
         form = gram_form(program)
     except SparseOutputError:
         return "dense", "its producer's output is dense"
-    if program.format_of(form.tensor) == "dense":
+    if not program.format_of(form.tensor).sparse:
         return "dense", (f"its producer is a Gram product of {form.tensor}, declared dense (formats="
                          f"{{{form.tensor!r}: 'csr'}} makes the product sparse)")
     return "csr", f"its producer's output is sparse: a Gram product of the sparse {form.tensor}"

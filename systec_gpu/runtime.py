@@ -111,9 +111,6 @@ def _clear_mirror_half_tensor(result, groups, identity: float) -> None:
         result.masked_fill_(below.expand(result.shape), identity)
 
 
-_TORCH_REDUCE = {"add": "sum", "min": "amin", "max": "amax"}
-
-
 def _finish_tensor(args: KernelArgs, loops: LoopProgram, program: Program, canonical: bool):
     """finish() of a torch output buffer (the Triton backend's, on its device): torch ops only."""
     import torch
@@ -121,7 +118,7 @@ def _finish_tensor(args: KernelArgs, loops: LoopProgram, program: Program, canon
     reduce = algebra.operator(loops.reduce)
     partial = args.partial
     # One chunk: its buffer is ours to return; several: reduce them into a new tensor.
-    result = getattr(torch, _TORCH_REDUCE[reduce.name])(partial, dim=0) if partial.shape[0] > 1 else partial[0]
+    result = getattr(torch, reduce.torch_reduce)(partial, dim=0) if partial.shape[0] > 1 else partial[0]
     perm = loops.layout_of(program.einsum.output.tensor)
     if perm is not None:
         result = result.permute(tuple(int(m) for m in np.argsort(perm)))  # a view in the user's mode order

@@ -165,7 +165,7 @@ def apply_schedule(loops: LoopProgram, schedule: Schedule | None = None) -> Tile
     first = levels[1].header
     if schedule is None:
         if isinstance(first, SparseLoop):
-            schedule = RowBlockSchedule() if first.format == "csr" else SparseTileSchedule()
+            schedule = RowBlockSchedule() if first.format.row_pointers else SparseTileSchedule()
         else:
             schedule = DenseTriangleSchedule()
     validate(schedule)
@@ -214,8 +214,8 @@ def _sparse(loops: LoopProgram, levels, schedule: SparseTileSchedule) -> TilePro
     out = [TileLevel(None, levels[0].stmts)] + [TileLevel(h, lv.stmts) for h, lv in zip(headers, levels[1:],
                                                                                           strict=True)]
     notes = ["scattered outputs: relaxed atomics (nonzeros of several tiles can hit one element)"]
-    if sparse.format == "csr":
-        notes.append("CSR driver walked as nonzeros: its row index is expanded per nonzero at the launch")
+    if sparse.format.tile_note:
+        notes.append(sparse.format.tile_note)
     if schedule.segmented:
         out = [TileLevel(lv.header, tuple(_segment(s, tile) for s in lv.stmts)) for lv in out]
         keys = {s.key for lv in out for s in lv.stmts if isinstance(s, SegmentedUpdate)}
@@ -247,7 +247,7 @@ def _rows(loops: LoopProgram, levels, schedule: RowBlockSchedule) -> TileProgram
     OwnedRowUpdate; outputs indexed by no lane index are reduced over the block (one atomic per
     element and program); the rest (the mirrored half, y[j]) scatter with relaxed atomics."""
     sparse = levels[1].header
-    if sparse.format != "csr":
+    if not sparse.format.row_pointers:
         raise ScheduleError(f"{loops.source}: row blocks need a CSR driver, but {sparse.tensor} is iterated as "
                             f"{sparse.format}; use a SparseTileSchedule")
     inner = _inner_headers(loops, levels[2:], 2, schedule.dense_block)

@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 
 from .backends import registry
+from .formats import sparse_output_spellings
 from .frontend.declare import DeclarationError
 from .inputs import check_tensor_names, result_dtype, to_numpy, to_storage, value_dtype
 from .ir.einsum import Access, Call, Index, Literal, Program, format_program
 from .ir.symmetrized import Symmetrized
 from .storage import SparseTensor, SymmetricTensor
 
-SPARSE_FORMATS = ("coo", "csr")
+SPARSE_FORMATS = sparse_output_spellings()  # spellings of a sparse symmetric output
 
 
 class SparseOutputError(DeclarationError):
@@ -185,8 +186,9 @@ def gram_structure(storage: SparseTensor, transposed: bool) -> GramStructure:
     found = storage._cache.get(key)
     if found is not None:
         return found
-    rows_a = np.ascontiguousarray(storage.indices[0], dtype=np.int64)
-    cols_a = np.ascontiguousarray(storage.indices[1], dtype=np.int64)
+    coordinates = to_numpy(storage.indices)  # the structure is built on the host (storage may be on a GPU)
+    rows_a = np.ascontiguousarray(coordinates[0], dtype=np.int64)
+    cols_a = np.ascontiguousarray(coordinates[1], dtype=np.int64)
     rowptr_a = np.zeros(storage.shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows_a, minlength=storage.shape[0]), out=rowptr_a[1:])
     value_order = None

@@ -84,7 +84,7 @@ class KernelOp:
         self.operands: list[_Operand] = []
         args: list[str] = []
         for name in order:
-            sparse = program.format_of(name) != "dense"
+            sparse = program.format_of(name).sparse
             self.operands.append(_Operand(name, sparse, ndims[name], program.groups_of(name), len(args)))
             if sparse:
                 args += [f"Tensor {name}_indices", f"Tensor {name}_values", f"SymInt[] {name}_shape"]
@@ -400,7 +400,7 @@ def flatten(kernel, tensors: dict[str, Any], *, check: bool = True) -> list:
                 flat.append(obj)
         return [*flat, check]
     check_tensor_names([o.name for o in op.operands], tensors, kernel.program.einsum.output.tensor)
-    fill = algebra.fill_value(algebra.reduction_for(kernel.program.einsum.reduce)[0])
+    fill = algebra.fill_value(kernel.program.einsum.semiring.reduce)
     flat = []
     for o in op.operands:
         obj = tensors[o.name]

@@ -9,7 +9,6 @@ seconds and fails the tests instead of blocking CI.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 import systec_gpu as sg
 from systec_gpu import algebra, distributed
@@ -292,15 +292,9 @@ def _worker(rank: int, port: int, out: str, files: dict) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_group(out: Path, files: dict) -> list[dict]:
     world = max(WORLDS)
-    context = mp.start_processes(_worker, args=(_free_port(), str(out), files), nprocs=world, join=False,
+    context = mp.start_processes(_worker, args=(get_free_port(), str(out), files), nprocs=world, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + TIMEOUT
     while not context.join(timeout=2):

@@ -82,7 +82,7 @@ def test_symmetric_given_names_not_a_mapping_shows_the_mapping_meant(given):
 @pytest.mark.parametrize("given", [["A"], "csr"])
 def test_formats_given_names_not_a_mapping_shows_the_mapping_meant(given):
     with pytest.raises(DeclarationError, match=r"formats= must map tensor names to one of 'dense', 'coo', 'csr', "
-                                               r"e.g. formats=\{'A': 'coo'\}; got"):
+                                               r"'csf', e.g. formats=\{'A': 'coo'\}; got"):
         sg.compile("y[i] += A[i,j]*x[j]", formats=given)
 
 

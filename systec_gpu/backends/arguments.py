@@ -36,6 +36,8 @@ class DriverStructure:
     n_expanded: int  # nonzeros of the fully expanded tensor (for work statistics)
     take: np.ndarray | torch.Tensor | None  # expanded drivers: position of each entry's canonical value
     bounds: dict = field(default_factory=dict)
+    # Arrays of other formats derived from these coordinates (formats/, e.g. CSF levels), by format.
+    levels: dict = field(default_factory=dict, repr=False)
     # Device copies of the coordinates (the Triton backend's): (what, device) -> (source, copy).
     device_copies: dict = field(default_factory=dict, repr=False)
 

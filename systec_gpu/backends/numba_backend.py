@@ -33,6 +33,7 @@ import numba
 import numpy as np
 
 from .. import __version__, algebra
+from ..formats.choice import fiber_variant, read_as
 from ..ir.einsum import Access, Call, Index, Literal
 from ..ir.loop import (
     Block,
@@ -60,10 +61,6 @@ MIRROR_BLOCK = 16  # rows and columns per block of the in-kernel mirror of a sym
 # A factor table with more classes than this keeps its table loads (code size grows with the
 # number of classes: 16 is the 5-way group of 5-D MTTKRP).
 MAX_PEELED_CLASSES = 16
-
-
-# min/max spelled so that nan propagates (Python's min(x, nan) returns x)
-_FUNCTIONS = {"min": "np.minimum", "max": "np.maximum"}
 
 
 def _literal(value: float) -> str:
@@ -240,21 +237,40 @@ def hoist_invariant_factors(body: tuple, outside: set[str], reduce: algebra.Oper
     return tuple(lets.values()), tuple(rewritten)
 
 
+def _bound_lets(body: tuple, bound: set[Index], names: set[str]) -> tuple[tuple, tuple]:
+    """(the lets of `body` that read only `bound` indices and `names` (extended with them), the
+    rest of the body): what a CSF level can bind before its inner levels."""
+    hoisted: list[Let] = []
+
+    def invariant(node) -> bool:
+        match node:
+            case Access(indices=idx):
+                return set(idx) <= bound
+            case Ref(name=name):
+                return name in names
+            case DriverValue() | ClassOf() | Factor():
+                return False
+        return True
+
+    for stmt in body:
+        if isinstance(stmt, Let) and all(invariant(n) for n in walk(stmt.value)):
+            hoisted.append(stmt)
+            names.add(stmt.name)
+    return tuple(hoisted), tuple(s for s in body if s not in hoisted)
+
+
 # ---------------------------------------------------------------------------------------------
 # The emitter
 
 
 def _level_keys(program: LoopProgram) -> list[tuple[tuple, frozenset]]:
-    """(position, indices bound there) from the outside in; a CSR loop is two positions."""
+    """(position, indices bound there) from the outside in; a sparse loop is its format's levels
+    (CSR: rows and nonzeros; CSF: one per mode)."""
     positions: list[tuple[tuple, frozenset]] = []
     for level in unnest(program.body):
         header = level.header
         if isinstance(header, SparseLoop):
-            if header.format == "csr":
-                positions.append((("rows", header.tensor), frozenset(header.indices[:1])))
-                positions.append((("nonzeros", header.tensor), frozenset(header.indices[1:])))
-            else:
-                positions.append((("nonzeros", header.tensor), frozenset(header.indices)))
+            positions.extend(header.format.loop_levels(header.tensor, header.indices))
         elif isinstance(header, DenseLoop):
             positions.append((("loop", header.index.name), frozenset((header.index,))))
         elif isinstance(header, Guard):
@@ -354,8 +370,10 @@ class _Emitter:
                 return self.names.fresh("partial")
             case "pointers":
                 return self.names.fresh(f"{driver}_ptr")
-            case "coords":
+            case "coords" | "fiber_coords":
                 return self.names.fresh(f"{driver}_crd{param.key}")
+            case "fiber_pointers":
+                return self.names.fresh(f"{driver}_ptr{param.key}")
             case "values":
                 return self.names.fresh(f"{driver}_vals")
             case "dense" | "table":
@@ -392,7 +410,7 @@ class _Emitter:
             case Factor(table=t, row=row, column=column):
                 return f"{self.names.user('tensor', t)}[{self.expr(row)}, {column}]"
             case Call(op=op, args=args):
-                return format_call(op, [self.expr(a) for a in args], _FUNCTIONS)
+                return format_call(op, [self.expr(a) for a in args], algebra.Operator.numba_call)
         raise TypeError(f"not a loop expression: {expr!r}")
 
     # -- statements -------------------------------------------------------------------------
@@ -470,8 +488,11 @@ class _Emitter:
         w, p = self.w, self.position
         bounds = self.param_names[Param("bounds")]
         self.first_loop = False
-        if loop.format == "csr":
+        if loop.format.row_pointers:
             self.csr_loop(loop)
+            return
+        if loop.format.fiber_levels:
+            self.fiber_loop(loop)
             return
         key = ("nonzeros", loop.tensor)
         self.open_registers(key)
@@ -501,6 +522,38 @@ class _Emitter:
                 hoisted.append(stmt)
                 names.add(stmt.name)
         return tuple(hoisted), tuple(s for s in body if s not in hoisted)
+
+    def fiber_loop(self, loop: SparseLoop) -> None:
+        """One loop per CSF level: level 0 over the chunk's roots, level m over the fibers under
+        the enclosing one, the last over nonzeros (its position indexes the values). Lets that
+        read only the indices bound so far are bound at the level that binds the last of them;
+        outputs fixed inside a level accumulate in a register over it (_plan_registers)."""
+        w = self.w
+        bounds = self.param_names[Param("bounds")]
+        last = len(loop.indices) - 1
+        positions = [self.names.fresh(f"p{m}") for m in range(last)] + [self.position]
+        keys = [key for key, _ in loop.format.loop_levels(loop.tensor, loop.indices)]
+        names = set(self._outer_lets) | self.emitted
+
+        def level(m: int, body: tuple) -> None:
+            if m == 0:
+                span = f"{bounds}[{self.chunk}], {bounds}[{self.chunk} + 1]"
+            else:
+                pointers, above = self.param_names[Param("fiber_pointers", m)], positions[m - 1]
+                span = f"{pointers}[{above}], {pointers}[{above} + 1]"
+            self.open_registers(keys[m])
+            with w.block(f"for {positions[m]} in range({span}):"):
+                w.line(f"{self.index(loop.indices[m])} = {self.param_names[Param('fiber_coords', m)]}[{positions[m]}]")
+                if m == last:
+                    self.block(body)
+                else:
+                    hoisted, rest = _bound_lets(body, set(loop.indices[:m + 1]), names)
+                    for let in hoisted:
+                        self.stmt(let)
+                    level(m + 1, rest)
+            self.flush_registers(keys[m])
+
+        level(0, loop.body.body)
 
     def _diagonal_first(self, loop: SparseLoop, body: tuple) -> int | None:
         """Position in `body` of the class row when the CSR row loop can peel the diagonal: a
@@ -617,7 +670,7 @@ class _Emitter:
         if self.reduce.infix:
             self.w.line(f"{target} {self.reduce.symbol}= {value}")
         else:
-            self.w.line(f"{target} = {_FUNCTIONS[self.reduce.name]}({target}, {value})")
+            self.w.line(f"{target} = {self.reduce.numba_call(target, value)}")
 
     # -- the module -------------------------------------------------------------------------
     @functools.cached_property
@@ -637,7 +690,7 @@ class _Emitter:
             return [*lines, f"    return 0, {partial}.shape[1]"]
         lines += ["    if chunk == 0:", f"        return 0, {partial}.shape[1]"]
         end = f"{partial}.shape[1]"
-        if loop.format == "csr":
+        if loop.format.row_pointers:
             if to_lead:
                 end = f"{bounds}[chunk + 1]"
             return [*lines, f"    return {bounds}[chunk], {end}"]
@@ -651,9 +704,8 @@ class _Emitter:
     def lead_argument(self) -> str:
         """The array `touched_rows` reads a chunk's first leading coordinate from."""
         loop = sparse_loop(self.program)
-        if loop is not None and loop.format == "coo":
-            return self.param_names[Param("coords", 0)]
-        return self.param_names[Param("bounds")]
+        lead = loop.format.lead_array(len(loop.indices)) if loop is not None else None
+        return self.param_names[Param(*lead)] if lead is not None else self.param_names[Param("bounds")]
 
     def emit(self) -> str:
         w, program = self.w, self.program
@@ -803,7 +855,12 @@ def _allocate(args, program: LoopProgram, chunks: int, single: bool) -> None:
     if single:
         chunks = 1  # no loop at all: nothing to share
     args.chunks = chunks
-    args.bounds = args.driver.chunk_bounds(chunks) if args.driver is not None else np.zeros(chunks + 1, np.int64)
+    loop = sparse_loop(program)
+    if args.driver is None:
+        args.bounds = np.zeros(chunks + 1, np.int64)
+    else:  # in the positions of the format's outermost level (nonzeros, rows, CSF roots)
+        args.bounds = loop.format.chunk_bounds(args.driver, chunks) if loop is not None else \
+            args.driver.chunk_bounds(chunks)
     make = np.zeros if algebra.operator(program.reduce).identity == 0.0 else np.empty
     args.partial = make((chunks, *args.out_shape), dtype=args.dtype)
 
@@ -823,7 +880,24 @@ def run_numba(program: LoopProgram, args, threads: int | None = None) -> None:
 def prepare_numba(program: LoopProgram):
     """run_numba for one program with everything that does not depend on the data looked up once:
     the generated module, its parameter list, whether it has a loop to split (a prepared launch
-    calls it on every call)."""
+    calls it on every call). A COO driver that the CPU reads as CSF where CSF reads fewer bytes
+    (formats/choice.py) has both kernels; each call runs the one its driver's structure picks."""
+    variant = fiber_variant(program)
+    if variant is None:
+        return _prepare_as_stored(program)
+    as_coo, as_csf = _prepare_as_stored(program), _prepare_as_stored(variant)
+
+    def run(_program: LoopProgram, args, threads: int | None = None) -> None:
+        if read_as(program, args.driver) is variant:
+            as_csf(variant, args, threads)
+        else:
+            as_coo(program, args, threads)
+
+    return run
+
+
+def _prepare_as_stored(program: LoopProgram):
+    """prepare_numba for a program whose driver is read in its own format."""
     module, params = _launcher(program)
     single = sparse_loop(program) is None and not has_loops(program)
 

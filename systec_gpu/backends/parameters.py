@@ -5,14 +5,16 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from ..formats import CSF
 from ..ir.loop import DenseLoop, Extent, LoopProgram, SparseLoop
 from ..ir.traverse import walk
 
 
 @dataclass(frozen=True)
 class Param:
-    """One kernel argument: `kind` in partial, coords, values, pointers, dense, table, extent,
-    bounds, chunks; `key` names which one (a mode, a tensor, a table, an extent)."""
+    """One kernel argument: `kind` in partial, coords, values, pointers, fiber_coords,
+    fiber_pointers, dense, table, extent, bounds, chunks; `key` names which one (a mode, a CSF
+    level, a tensor, a table, an extent). The driver's structure arrays are its format's `arrays`."""
 
     kind: str
     key: object = None
@@ -37,10 +39,7 @@ def kernel_parameters(program: LoopProgram) -> tuple[Param, ...]:
     params = [Param("partial")]
     loop = sparse_loop(program)
     if loop is not None:
-        if loop.format == "csr":
-            params.append(Param("pointers"))
-        for mode in range(1 if loop.format == "csr" else 0, len(loop.indices)):
-            params.append(Param("coords", mode))
+        params += [Param(kind, key) for kind, key in loop.format.arrays(len(loop.indices))]
         params.append(Param("values"))
     params += [Param("dense", t) for t in program.dense_inputs]
     params += [Param("table", t.name) for t in program.tables]
@@ -72,6 +71,8 @@ def argument_values(params: tuple[Param, ...], args) -> list:
                 values.append(args.bounds)
             case "chunks":
                 values.append(args.chunks)
+            case "fiber_coords" | "fiber_pointers":
+                values.append(CSF.array(args.driver, param.kind, param.key))
             case _:
                 raise ValueError(f"unknown kernel parameter {param}")
     return values

@@ -28,7 +28,6 @@ from math import factorial
 
 import numpy as np
 
-from .. import algebra
 from ..ir.einsum import Access, Call, Program
 from ..ir.loop import DenseLoop, LoopProgram, Update
 from ..ir.traverse import walk
@@ -53,7 +52,7 @@ def syrk_form(program: Program) -> tuple[str, bool] | None:
     """(tensor, A*A^T?) when the program is `C[i,j] += A[i,k]*A[j,k]` (or `A[k,i]*A[k,j]`) over
     (+, *) with A dense and no declared symmetry of A: what BLAS ?syrk computes."""
     einsum = program.einsum
-    reduce, _ = algebra.reduction_for(einsum.reduce)
+    reduce = einsum.semiring.reduce
     out = einsum.output.indices
     rhs = einsum.rhs
     if reduce.name != "add" or len(out) != 2 or out[0] == out[1]:
@@ -63,7 +62,7 @@ def syrk_form(program: Program) -> tuple[str, bool] | None:
     a, b = rhs.args
     if not (isinstance(a, Access) and isinstance(b, Access) and a.tensor == b.tensor):
         return None
-    if len(a.indices) != 2 or program.format_of(a.tensor) != "dense" or program.groups_of(a.tensor):
+    if len(a.indices) != 2 or program.format_of(a.tensor).sparse or program.groups_of(a.tensor):
         return None
     i, j = out
     for first, second in ((a, b), (b, a)):

@@ -43,10 +43,6 @@ from ..passes.lower_loops import ScheduleError
 from ..schedule import Schedule, apply_schedule
 from .writer import CodeWriter, Namer, format_call, format_class_row
 
-# Triton spellings of the reductions (the algebra table names them; these are Triton's words).
-_COMBINE = {"min": "tl.minimum", "max": "tl.maximum"}
-_REDUCE = {"add": "tl.sum", "min": "tl.min", "max": "tl.max"}
-
 
 @dataclass(frozen=True)
 class TParam:
@@ -80,22 +76,35 @@ def _atomic(op: str, pointer: str, value: str, mask: str | None) -> str:
     if info.atomic is None:
         raise ScheduleError(f"no atomic for reduction {op!r}")
     masked = f", mask={mask}" if mask else ""
-    return f'tl.atomic_{info.atomic}({pointer}, {value}{masked}, sem="{info.atomic_semantics}")'
+    operand = info.triton_atomic_operand.format(value=value)
+    return f'tl.atomic_{info.atomic}({pointer}, {operand}{masked}, sem="{info.atomic_semantics}")'
 
 
-def _reduced(op: str, value: str, axis: int) -> str:
-    return f"{_REDUCE[op]}({value}, axis={axis}, keep_dims=True)"
+def _reduced(op: str, value: str, axis: int | None = None) -> str:
+    """`value` reduced by `op` along `axis` (kept as a length-1 axis), or all of it: Triton's
+    function where the table names one, else `tl.reduce` with the `_combine_<op>` helper."""
+    function = algebra.operator(op).triton_reduce
+    if not function:
+        if axis is None:
+            return f"tl.reduce({value}, None, _combine_{op})"
+        return f"tl.reduce({value}, {axis}, _combine_{op}, keep_dims=True)"
+    return f"{function}({value})" if axis is None else f"{function}({value}, axis={axis}, keep_dims=True)"
+
+
+def _needs_combine_helper(op: str) -> bool:
+    return not algebra.operator(op).triton_reduce
 
 
 def _combined(op: str, a: str, b: str) -> str:
-    return f"{a} + {b}" if op == "add" else f"{_COMBINE[op]}({a}, {b})"
+    return algebra.operator(op).triton_call(a, b)
 
 
 class _Emitter:
     def __init__(self, tiles: TileProgram):
         self.tiles = tiles
         self.loops = tiles.loops
-        helpers = [f"_{kind}_{op}" for kind in ("scatter", "segmented", "tile", "run") for op in _REDUCE]
+        helpers = [f"_{kind}_{op}" for kind in ("combine", "scatter", "segmented", "tile", "run")
+                   for op, info in algebra.OPERATORS.items() if info.atomic is not None]
         self.names = Namer(reserved=("triton", "tl", "kernel", *helpers))
         self.w = CodeWriter()
         self.params: list[TParam] = []
@@ -243,7 +252,7 @@ class _Emitter:
                 code, _ = self.factor(expr)
                 return code
             case Call(op=op, args=args):
-                return format_call(op, [self.expr(a) for a in args], _COMBINE)
+                return format_call(op, [self.expr(a) for a in args], algebra.Operator.triton_call)
         raise TypeError(f"not a loop expression: {expr!r}")
 
     def factor(self, factor: Factor) -> tuple[str, float | None]:
@@ -316,10 +325,10 @@ class _Emitter:
         w, info = self.w, algebra.operator(u.reduce)
         value, mask = self.scaled(u)
         if self.tiles.write == "owned":
-            if info.name == "add":
-                w.line(f"{self.acc} += tl.where({mask}, {value}, 0.0)")
+            if info.infix:  # `acc += ...`: lanes outside the mask add the identity
+                w.line(f"{self.acc} {info.symbol}= tl.where({mask}, {value}, {_literal(info.identity)})")
             else:
-                w.line(f"{self.acc} = tl.where({mask}, {_COMBINE[info.name]}({self.acc}, {value}), {self.acc})")
+                w.line(f"{self.acc} = tl.where({mask}, {info.triton_call(self.acc, value)}, {self.acc})")
             return
         if info.atomic is None:
             raise ScheduleError(f"no atomic for reduction {info.name!r}")
@@ -332,7 +341,7 @@ class _Emitter:
             identity = _literal(info.identity)
             reduced = f"tl.where({mask}, {value}, {identity})"
             for axis in sorted(set(range(self.ndim)) - lanes, reverse=True):
-                reduced = _reduced(info.name, reduced, axis)
+                reduced = self.reduced(info.name, reduced, axis)
             value, mask = reduced, self.bounds_mask(lanes) or everywhere
         if not segmented:
             self.helpers.add(("scatter", info.name))
@@ -343,11 +352,22 @@ class _Emitter:
         bounds = self.bounds_mask(frozenset(range(1, self.ndim))) or everywhere
         if key is None:
             self.helpers.add(("tile", info.name))
+            self.note_reduction(info.name)  # the helper reduces the tile
             w.line(f"_tile_{info.name}({pointer}, {value}, {mask}, {bounds})")
         else:
             self.helpers |= {("segmented", info.name), ("run", info.name)}
             start, end = self.runs
             w.line(f"_segmented_{info.name}({pointer}, {value}, {mask}, {start}, {end} & {bounds})")
+
+    def note_reduction(self, op: str) -> None:
+        """The kernel reduces tiles by `op`: emit its combine helper where Triton has no function."""
+        if _needs_combine_helper(op):
+            self.helpers.add(("combine", op))
+
+    def reduced(self, op: str, value: str, axis: int | None = None) -> str:
+        """`_reduced`, noting the jit helper it calls."""
+        self.note_reduction(op)
+        return _reduced(op, value, axis)
 
     def row_update(self, u: Update) -> None:
         """An update reduced into a row block's accumulator (owned rows, or no lane index)."""
@@ -357,7 +377,7 @@ class _Emitter:
         reduced = f"tl.where({mask}, {value}, {identity})"
         for axis in range(self.ndim - 1, -1, -1):
             if axis not in axes:
-                reduced = _reduced(op, reduced, axis)
+                reduced = self.reduced(op, reduced, axis)
         self.w.line(f"{name} = {_combined(op, name, reduced)}")
 
     # -- levels ------------------------------------------------------------------------------
@@ -580,7 +600,11 @@ class _Emitter:
             del self.row_accs[output]
             pointer = f"{self.out(write == 'atomic')} + {self.offset('', output.indices, True)}"
             if not axes:  # a scalar output: one value per program
-                self.w.line(_atomic(op, pointer, f"{_REDUCE[op]}({name})", None))
+                total = self.reduced(op, name)
+                if algebra.operator(op).triton_atomic_operand != "{value}":  # spelled more than once: name it
+                    self.w.line(f"{name} = {total}")
+                    total = name
+                self.w.line(_atomic(op, pointer, total, None))
                 continue
             mask = self.bounds_mask(axes)
             if write == "store":
@@ -693,7 +717,7 @@ class _Emitter:
             w.line(f"# {line}")
         w.line("import triton")
         w.line("import triton.language as tl")
-        order = ("run", "scatter", "segmented", "tile")  # _run_* before the helpers that use them
+        order = ("combine", "run", "scatter", "segmented", "tile")  # helpers before the helpers that use them
         for kind, op in sorted(self.helpers, key=lambda h: (order.index(h[0]), h[1])):
             w.line()
             w.line()
@@ -745,6 +769,12 @@ def _scatter_helper(w: CodeWriter, op: str) -> None:
         w.line(_atomic(op, "pointer", "value", "mask"))
 
 
+def _combine_helper(w: CodeWriter, op: str) -> None:
+    with w.block(f"def _combine_{op}(a, b):"):
+        w.line("# The combine of tl.reduce: the algebra table's spelling (nan propagates).")
+        w.line(f"return {_combined(op, 'a', 'b')}")
+
+
 def _run_helper(w: CodeWriter, op: str) -> None:
     with w.block(f"def _run_{op}(value, start, next_value, next_start):"):
         w.line("# One step of a segmented scan: a lane that starts a run drops what came before it.")
@@ -772,12 +802,13 @@ def _tile_helper(w: CodeWriter, op: str) -> None:
         w.line("# The address does not vary along the nonzeros (axis 0): reduce the tile, write once")
         w.line("# wherever the address is in bounds (a tile without a hit writes the identity).")
         _broadcast(w, ("value", "mask"))
-        w.line(f"total = {_REDUCE[op]}(tl.where(mask, value, {identity}), axis=0, keep_dims=True)")
+        w.line(f"total = {_reduced(op, f'tl.where(mask, value, {identity})', 0)}")
         _broadcast(w, ("pointer", "total", "bounds"))
         w.line(_atomic(op, "pointer", "total", "bounds"))
 
 
-_HELPERS = {"scatter": _scatter_helper, "run": _run_helper, "segmented": _segmented_helper, "tile": _tile_helper}
+_HELPERS = {"combine": _combine_helper, "scatter": _scatter_helper, "run": _run_helper,
+            "segmented": _segmented_helper, "tile": _tile_helper}
 
 
 # ---------------------------------------------------------------------------------------------

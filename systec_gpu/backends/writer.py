@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import builtins
 import keyword
+from collections.abc import Callable
 from contextlib import contextmanager
+
+from .. import algebra
 
 
 class CodeWriter:
@@ -56,17 +59,15 @@ class Namer:
         return self._unique(base)
 
 
-def format_call(op: str, parts: list[str], functions: dict[str, str]) -> str:
+def format_call(op: str, parts: list[str], combine: Callable[[algebra.Operator, str, str], str]) -> str:
     """`op` applied to printed operands: infix operators inline, others as nested binary calls
-    spelled by `functions` (e.g. min -> "min" in Python, "tl.minimum" in Triton)."""
-    from .. import algebra
-
+    spelled by `combine` (a backend's spelling from the algebra table, e.g. `tl.minimum(a, b)`)."""
     info = algebra.operator(op)
     if info.infix:
         return "(" + f" {info.symbol} ".join(parts) + ")"
     text = parts[0]
     for part in parts[1:]:
-        text = f"{functions[op]}({text}, {part})"
+        text = combine(info, text, part)
     return text
 
 

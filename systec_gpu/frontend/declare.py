@@ -1,14 +1,17 @@
-"""Declarations (`symmetric=`, `formats=`) checked against a parsed einsum -> einsum Program."""
+"""Declarations (`symmetric=`, `formats=`, `values=`) checked against a parsed einsum -> einsum Program."""
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import re
 from collections.abc import Mapping, Sequence
 
+from .. import algebra
+from .. import formats as storage_formats
 from ..ir.einsum import Einsum, Program, Symmetry, accesses
 
-FORMATS = ("dense", "coo", "csr")
+FORMATS = storage_formats.SPELLINGS
 
 
 class DeclarationError(ValueError):
@@ -126,8 +129,13 @@ def build_program(
     text: str = "",
     symmetric: Mapping[str, object] | None = None,
     formats: Mapping[str, str] | None = None,
+    values: str | None = None,
 ) -> Program:
     """Check the declarations against the einsum and fold them into a Program."""
+    if values is not None:
+        if values not in algebra.DOMAINS:
+            raise DeclarationError(f"values={values!r}: unknown; known: {', '.join(map(repr, algebra.DOMAINS))}")
+        einsum = dataclasses.replace(einsum, values=values)
     arity = _check_arity(einsum, text)
     _check_indices(einsum, text)
     symmetric = _by_tensor("symmetric", symmetric, einsum)
@@ -143,22 +151,23 @@ def build_program(
         if groups:
             symmetries.append(Symmetry(tensor, groups))
     declared = {s.tensor for s in symmetries}
-    fmt: dict[str, str] = {}
+    fmt: dict[str, storage_formats.StorageFormat] = {}
     for tensor, value in formats.items():
         if tensor not in arity:
             raise DeclarationError(f"formats= names {tensor!r}, which the expression does not use")
-        if value not in FORMATS:
+        resolved = storage_formats.resolve(value)
+        if resolved is None:
             raise DeclarationError(f"formats[{tensor!r}] = {value!r}: unknown format; known: {', '.join(FORMATS)}")
-        if tensor == einsum.output.tensor and value != "dense":
+        if tensor == einsum.output.tensor and resolved.sparse:
             raise DeclarationError(f"formats[{tensor!r}]: the output is always dense")
-        if value == "csr" and arity[tensor] != 2:
-            raise DeclarationError(f"formats[{tensor!r}] = 'csr' needs a matrix, {tensor} has {arity[tensor]} modes")
-        fmt[tensor] = value
+        problem = resolved.modes_error(tensor, arity[tensor])
+        if problem is not None:
+            raise DeclarationError(problem)
+        fmt[tensor] = resolved
     for tensor in arity:
         if tensor not in fmt:
-            # Sparse and symmetric is the point of this library: symmetric inputs default to sparse,
-            # CSR for matrices (rows accumulate in registers), COO for higher orders.
+            # Sparse and symmetric is the point of this library: symmetric inputs default to sparse.
             is_input = tensor != einsum.output.tensor
-            sparse = "csr" if arity[tensor] == 2 else "coo"
-            fmt[tensor] = sparse if tensor in declared and is_input else "dense"
+            sparse = storage_formats.default_sparse(arity[tensor])
+            fmt[tensor] = sparse if tensor in declared and is_input else storage_formats.DENSE
     return Program(einsum, tuple(symmetries), tuple(sorted(fmt.items())))

@@ -2,11 +2,14 @@
 
 Grammar (whitespace ignored, except that a line break may end a statement):
     program := stmt ((";" | line break) stmt)* [";"]
-    stmt   := access ("+=" | "min=" | "max=") expr
+    stmt   := access REDUCTION expr
     expr   := term ("+" term)*
     term   := factor ("*" factor)*
-    factor := access | number | "(" expr ")" | ("min" | "max") "(" expr ("," expr)+ ")"
+    factor := access | number | "(" expr ")" | FUNCTION "(" expr ("," expr)+ ")"
     access := NAME "[" [NAME ("," NAME)*] "]"
+
+The tokens come from the algebra table: REDUCTION is one of `algebra.REDUCTIONS` ("+=", "min=",
+"max=", ...), FUNCTION one of `algebra.FUNCTIONS` ("min", "max"); `+` and `*` are `algebra.INFIX`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..algebra import INFIX, REDUCTIONS
+from ..algebra import FUNCTIONS, INFIX, REDUCTIONS
 from ..ir.einsum import Access, Call, Einsum, Expr, Index, Literal
 
 
@@ -38,9 +41,14 @@ def caret(text: str, position: int) -> str:
     return f"at line {number}, column {position - start + 1}:\n  {line}\n  {' ' * (position - start)}^"
 
 
+def _alternatives(words) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))  # longest first
+
+
 _TOKEN = re.compile(
-    r"\s*(?:(?P<reduce>\+=|min=|max=)|(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?"
-    r"|\.\d+(?:[eE][-+]?\d+)?)|(?P<assign>(?:[A-Za-z_][A-Za-z0-9_]*|[-*/])?=)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[\[\](),*+;]))"
+    rf"\s*(?:(?P<reduce>{_alternatives(REDUCTIONS)})|(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?"
+    r"|\.\d+(?:[eE][-+]?\d+)?)|(?P<assign>(?:[A-Za-z_][A-Za-z0-9_]*|[-*/])?=)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    rf"|(?P<punct>[\[\](),;]|{_alternatives(INFIX)}))"
 )
 
 
@@ -172,7 +180,7 @@ class _Parser:
             inner = self.expr()
             self.take(")")
             return inner
-        if token.kind == "name" and token.text in ("min", "max") and self.tokens[self.at + 1].text == "(":
+        if token.kind == "name" and token.text in FUNCTIONS and self.tokens[self.at + 1].text == "(":
             self.at += 2
             args = [self.expr()]
             while self.peek(","):
@@ -181,7 +189,7 @@ class _Parser:
             self.take(")")
             if len(args) < 2:
                 raise ParseError(self.text, token.position, f"{token.text}() needs two arguments")
-            return Call(token.text, tuple(args))
+            return Call(FUNCTIONS[token.text], tuple(args))
         if token.kind == "name":
             return self.access(what="operand")
         raise self.fail("expected a tensor access, a number or '('")

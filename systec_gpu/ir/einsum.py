@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .. import algebra
+from ..formats import DENSE, StorageFormat
 
 
 @dataclass(frozen=True, order=True)
@@ -48,11 +49,17 @@ Expr = Union[Access, Literal, Call]  # noqa: UP007 (a runtime alias used in isin
 
 @dataclass(frozen=True)
 class Einsum:
-    """`output reduce= rhs`; `reduce` is the source symbol (`+=`, `min=`, `max=`)."""
+    """`output reduce= rhs`; `reduce` is the source symbol (`+=`, `min=`, `max=`); `values` the
+    declared domain of the operands' values (algebra.DOMAINS), which picks the semiring."""
 
     output: Access
     reduce: str
     rhs: Expr
+    values: str = "real"
+
+    @property
+    def semiring(self) -> algebra.Semiring:
+        return algebra.semiring(self.reduce, self.values, self.rhs.op if isinstance(self.rhs, Call) else None)
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ class Program:
 
     einsum: Einsum
     symmetries: tuple[Symmetry, ...] = ()
-    formats: tuple[tuple[str, str], ...] = ()  # (tensor, "dense" | "coo" | "csr")
+    formats: tuple[tuple[str, StorageFormat], ...] = ()  # (tensor, its format: formats/)
 
     def groups_of(self, tensor: str) -> tuple[tuple[int, ...], ...]:
         for sym in self.symmetries:
@@ -77,8 +84,8 @@ class Program:
                 return sym.groups
         return ()
 
-    def format_of(self, tensor: str) -> str:
-        return dict(self.formats).get(tensor, "dense")
+    def format_of(self, tensor: str) -> StorageFormat:
+        return dict(self.formats).get(tensor, DENSE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,10 +175,12 @@ def format_einsum(einsum: Einsum) -> str:
 
 def format_program(program: Program) -> str:
     lines = [format_einsum(program.einsum)]
+    if program.einsum.values != "real":
+        lines.append(f"  values: {program.einsum.values} ({program.einsum.semiring})")
     for sym in program.symmetries:
         lines.append(f"  symmetric {sym.tensor}: {', '.join(map(str, sym.groups))}")
     for tensor, fmt in program.formats:
-        if fmt != "dense":
+        if fmt.sparse:
             lines.append(f"  format {tensor}: {fmt}")
     return "\n".join(lines)
 
@@ -189,6 +198,9 @@ def verify(program: Program) -> Program:
     einsum = program.einsum
     if einsum.reduce not in algebra.REDUCTIONS:
         raise IRError(f"unknown reduction {einsum.reduce!r} in {format_einsum(einsum)}")
+    if einsum.values not in algebra.DOMAINS:
+        raise IRError(f"unknown values {einsum.values!r} in {format_einsum(einsum)}; "
+                      f"known: {', '.join(algebra.DOMAINS)}")
     arity: dict[str, int] = {}
     for access in (einsum.output, *accesses(einsum.rhs)):
         if not isinstance(access, Access) or not all(isinstance(i, Index) for i in access.indices):
@@ -213,7 +225,38 @@ def verify(program: Program) -> Program:
         for group in sym.groups:
             if len(group) < 2 or any(not 0 <= m < arity[sym.tensor] for m in group):
                 raise IRError(f"bad symmetric group {group} for {sym.tensor}")
+    check_semiring(program)
     return program
+
+
+def check_semiring(program: Program) -> None:
+    """Every sparse operand's unstored entries hold the semiring's zero (the reduction's identity
+    over the declared values): refuse, naming the operators, where the operator binding the
+    operand into its term neither is annihilated by that zero nor has it as identity (then
+    skipping an unstored entry and reading it would disagree: (max, *) over real values)."""
+    einsum = program.einsum
+    try:
+        ring = einsum.semiring
+    except algebra.SemiringError as error:
+        raise algebra.SemiringError(f"{format_einsum(einsum)}: {error}") from None
+    for access, op in _bindings(einsum.rhs, None):
+        if op is None or not program.format_of(access.tensor).sparse:
+            continue
+        reason = ring.binding_error(algebra.operator(op))
+        if reason is not None:
+            hint = algebra.semirings_hint(einsum.reduce, op)
+            raise algebra.SemiringError(f"{format_einsum(einsum)}: {access.tensor} is sparse, and {reason}"
+                                        + (f"; {hint}" if hint else "; read it densely (formats="
+                                                                     f"{{{access.tensor!r}: 'dense'}})"))
+
+
+def _bindings(expr: Expr, op: str | None):
+    """(access, the operator of the call holding it, None at the top) of every access."""
+    if isinstance(expr, Access):
+        yield expr, op
+    elif isinstance(expr, Call):
+        for arg in expr.args:
+            yield from _bindings(arg, expr.op)
 
 
 def _calls(expr: Expr):

@@ -47,7 +47,7 @@ def interpret_einsum(einsum: Einsum, arrays: dict[str, np.ndarray], dtype=np.flo
     a nan elsewhere, 0 * inf would otherwise make a nan)."""
     order = indices_of(einsum)
     sizes = _sizes(einsum, arrays)
-    reduce, _ = algebra.reduction_for(einsum.reduce)
+    reduce = einsum.semiring.reduce
 
     def evaluate(expr):
         match expr:

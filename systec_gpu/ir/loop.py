@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .. import algebra
+from ..formats import StorageFormat
 from .einsum import Access, Call, Index, Literal
 
 
@@ -85,13 +86,14 @@ class SparseLoop:
     """Visit the stored nonzeros of `tensor`, binding `indices` (the access's indices).
 
     `expanded`: visit every permutation of each canonical nonzero (the tensor's symmetry is
-    not exploited); otherwise only the canonical ones. `format` is "coo" or "csr".
+    not exploited); otherwise only the canonical ones. `format`: how the nonzeros are stored and
+    walked (a formats/ object: COO, CSR, CSF), printed by its spelling.
     """
 
     tensor: str
     indices: tuple[Index, ...]
     expanded: bool
-    format: str
+    format: StorageFormat
     body: Block
 
 

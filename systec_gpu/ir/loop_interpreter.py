@@ -70,11 +70,11 @@ def interpret_loops(program: LoopProgram, args) -> np.ndarray:
                 info = algebra.operator(reduce)
                 contribution = value(v) if info.idempotent else count * value(v)
                 out[where] = info.numpy(out[where], contribution)
-            case SparseLoop(indices=idx, body=body):
+            case SparseLoop(indices=idx, format=fmt, body=body):
                 driver = args.driver
-                for p in range(driver.nnz):
-                    for mode, index in enumerate(idx):
-                        env[index] = int(driver.coords[mode][p])
+                for coordinates, p in fmt.visit(driver):  # the walk of the driver's format
+                    for index, coordinate in zip(idx, coordinates, strict=False):
+                        env[index] = coordinate
                     env["<driver>"] = driver.values[p]
                     run(body)
             case DenseLoop(index=i, extent=extent, lower=lo, upper=hi, body=body):

@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from ..formats import StorageFormat
 from ..ir.einsum import Access, Index
 from ..ir.loop import Extent, Let, LoopProgram, Update, format_lexpr
 
@@ -41,7 +42,7 @@ from ..ir.loop import Extent, Let, LoopProgram, Update, format_lexpr
 class NonzeroTile:
     tensor: str
     indices: tuple[Index, ...]
-    format: str  # the driver's format in the loop IR; the launch always passes COO rows
+    format: StorageFormat  # the driver's format in the loop IR; the launch always passes COO rows
     size: int  # nonzeros per program (a power of two)
 
 

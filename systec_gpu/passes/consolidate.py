@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from .. import algebra
 from ..ir.symmetrized import Symmetrized, Update
 
 
 def consolidate(sym: Symmetrized) -> Symmetrized:
-    reduce, _ = algebra.reduction_for(sym.program.einsum.reduce)
+    reduce = sym.program.einsum.semiring.reduce
     updates: dict[Update, None] = {}  # in order of first appearance
     for cu in sorted(sym.class_updates, key=lambda cu: cu.diagonal.row):
         for update, _count in cu.updates:

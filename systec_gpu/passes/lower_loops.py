@@ -12,7 +12,7 @@ repeat binds a copy of the index (`i_1`: the index at mode 1) and a pair of guar
 
 from __future__ import annotations
 
-from .. import algebra
+from ..formats.choice import loop_format
 from ..ir.einsum import Access, Call, Index, Literal, accesses, format_einsum, indices_of
 from ..ir.loop import (
     Block,
@@ -66,11 +66,11 @@ def _driver_is_factor(update_rhs, driver: Access, sym: Symmetrized, combine: str
 def choose_driver(sym: Symmetrized) -> tuple[Access | None, list[str]]:
     """The first sparse access that is a factor of every update; notes for the ones refused."""
     program = sym.program
-    _, combine = algebra.reduction_for(program.einsum.reduce)
+    combine = program.einsum.semiring.combine
     order = index_order(sym)
     notes = []
     for access in accesses(program.einsum.rhs):
-        if program.format_of(access.tensor) == "dense":
+        if not program.format_of(access.tensor).sparse:
             continue
         if all(_driver_is_factor(u.rhs, access, sym, combine.name, order) for u in sym.updates):
             return access, notes
@@ -163,7 +163,7 @@ def driver_binding(driver: Access, taken: set[Index]) -> tuple[tuple[Index, ...]
 def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
     program = sym.program
     einsum = program.einsum
-    reduce, _ = algebra.reduction_for(einsum.reduce)
+    reduce = einsum.semiring.reduce
     order = index_order(sym)
     driver, notes = choose_driver(sym)
     extents = _extents(sym)
@@ -219,7 +219,8 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
         binding, equal = driver_binding(driver, set(indices_of(einsum)))
         for index, copy in reversed(equal):
             block = Block((Guard(index, copy, Block((Guard(copy, index, block),))),))
-        fmt = program.format_of(driver.tensor)
+        fmt, note = loop_format(program.format_of(driver.tensor), driver.tensor, expanded)
+        notes += [note] if note else []
         block = Block((SparseLoop(driver.tensor, binding, expanded, fmt, block),))
 
     # What remains an Access after the driver's reads became DriverValue is read densely.
