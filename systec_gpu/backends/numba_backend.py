@@ -6,6 +6,8 @@ reduction's identity written by its own thread over the rows the chunk can touch
 parallel loop adds the slices into `partial[0]` over those rows only. No two threads write the
 same memory, so no update is lost. A symmetric output is written whole by the kernel: both
 halves beside each update when a sparse driver scatters them, a blocked mirror pass otherwise.
+A chunk's loops are one function, `chunk_kernel(acc, chunk, ...)`, that the parallel and the
+serial kernel both call with the chunk's output block.
 
 The code is what one would write by hand for the same schedule:
 - diagonal classes are peeled: below the class test each class gets its own copy of the code
@@ -279,7 +281,7 @@ def _level_keys(program: LoopProgram) -> list[tuple[tuple, frozenset]]:
 class _Emitter:
     def __init__(self, program: LoopProgram):
         self.program = program
-        self.names = Namer(reserved=("numba", "np", "kernel", "touched_rows"))
+        self.names = Namer(reserved=("numba", "np", "kernel", "kernel_serial", "chunk_kernel", "touched_rows"))
         self.w = CodeWriter()
         self.params = numba_parameters(program)
         self.param_names = {p: self._param_name(p) for p in self.params}
@@ -721,6 +723,16 @@ class _Emitter:
         for line in self.touched_rows_function():
             w.line(line)
         args = ", ".join(self.param_names[p] for p in self.params)
+        w.line()
+        w.line()
+        w.line("# One chunk's work, in a function of its own that both kernels call: LLVM optimizes its")
+        w.line("# loops over an output row block it is handed (7-10% faster on the 2-core VM than the same")
+        w.line("# loops inlined under the chunks' loop, where the block is a view made inside it).")
+        w.line("@numba.njit(cache=True, nogil=True)")
+        self.first_loop = True
+        self.emitted = set()
+        with w.block(f"def chunk_kernel({self.acc}, {self.chunk_arguments}):"):
+            self.block(self.program.body.body)
         # Two functions, not two dispatchers of one: numba's disk cache is keyed by function name.
         for name, decorator, loop in (
             # No fusion: numba would fuse the chunks' loop and the combine (both over n_chunks)
@@ -733,11 +745,15 @@ class _Emitter:
             if name == "kernel_serial":
                 w.line("# Small inputs: starting the thread pool costs more than the work.")
             w.line(decorator)
-            self.first_loop = True
-            self.emitted = set()
             with w.block(f"def {name}({args}):"):
                 self.function_body(loop)
         return w.text()
+
+    @functools.cached_property
+    def chunk_arguments(self) -> str:
+        """chunk_kernel's parameters after its output block: the chunk, the kernel's other parameters."""
+        partial = Param("partial")
+        return ", ".join([self.chunk, *(self.param_names[p] for p in self.params if p != partial)])
 
     @functools.cached_property
     def locals(self) -> tuple[str, ...]:
@@ -769,8 +785,7 @@ class _Emitter:
                                f"{identity}")
                 else:
                     w.line(f"{flat}[{self.chunk}, {lo} * {row_size}:{hi} * {row_size}] = {identity}")
-            w.line(f"{self.acc} = {partial}[{self.chunk}]")
-            self.block(self.program.body.body)
+            w.line(f"chunk_kernel({partial}[{self.chunk}], {self.chunk_arguments})")
         if not self.mirrored:
             w.line("# Combine the chunks into partial[0], each over the rows it touched.")
             with w.block(f"for {part} in {loop}({chunks} if {chunks} > 1 else 0):"):

@@ -13,7 +13,10 @@ program; `run_cpu_plan` runs the plan on a call's tensors. Three plans:
   (measured on a 2-core Xeon, R = 16: 0.9-1.07x of the expanded kernel; perf/cpu.py);
 - "blas_syrk": a dense symmetric-output contraction BLAS computes, `C[i,j] += A[i,k]*A[j,k]`
   (or `A[k,i]*A[k,j]`) with A dense: ?syrk from scipy.linalg.blas computes the upper triangle
-  (half the multiply-adds of a GEMM, at BLAS speed) and a parallel Numba pass mirrors it.
+  (half the multiply-adds of a GEMM, at BLAS speed) into an uninitialized buffer, and a serial
+  tiled Numba pass mirrors it. numpy's `A @ A.T` does the same (it detects the transposed pair
+  and calls ?syrk, then mirrors with a plain loop), so the two are within a few percent of each
+  other on the kernel; see perf/README.md.
   The generated kernel stays for sparse operands.
 """
 
@@ -121,7 +124,7 @@ def _choose_plan(program: Program, loops: LoopProgram) -> Plan:
         tensor, aat = syrk
         product = f"{tensor}*{tensor}^T" if aat else f"{tensor}^T*{tensor}"
         return Plan("blas_syrk", loops, f"{tensor} is dense: BLAS ?syrk computes the upper triangle of "
-                    f"{product} (half a GEMM's multiply-adds), mirrored in parallel", syrk)
+                    f"{product} (half a GEMM's multiply-adds), mirrored in tiles", syrk)
     loop = sparse_loop(loops)
     if loop is not None and not loop.expanded:
         expanded = lower_and_optimize(symmetrize(program, exploit=False))
@@ -146,55 +149,48 @@ def describe_plan(program: Program, loops: LoopProgram) -> str:
 
 
 @functools.cache
-def _fill_upper():
-    """The parallel mirror kernel (numba is imported on first use: `import systec_gpu` stays light)."""
+def _fill_lower():
+    """The mirror kernel (numba is imported on first use: `import systec_gpu` stays light)."""
     import numba
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def fill_upper(t, parts):
-        """t[i, j] = t[j, i] for i < j (t C-contiguous): 8 x 8 tiles (constant trip counts: unrolled
-        and vectorized), block rows dealt cyclically to `parts` threads (the triangle balances)."""
+    @numba.njit(cache=True, nogil=True)
+    def fill_lower(t):
+        """t[j, i] = t[i, j] for j > i (t C-contiguous, its upper triangle computed), in 16 x 16
+        tiles: each tile's rows are written contiguously while the strided column reads stay in
+        L1. Serial on purpose: right after ?syrk, BLAS's worker threads spin-wait on the other
+        cores, and a parallel pass waits for them to yield (on a 2-core VM, a scheduler time slice
+        of 4-8 ms for a pass of 0.03-1 ms)."""
         n = t.shape[0]
-        blocks = n // 8
-        edge = blocks * 8
-        for part in numba.prange(parts):
-            for block in range(part, blocks, parts):
-                i0 = block * 8
-                for i in range(i0, i0 + 8):
-                    for j in range(i + 1, i0 + 8):
-                        t[i, j] = t[j, i]
-                for j0 in range(i0 + 8, edge, 8):
-                    for ii in range(8):
-                        for jj in range(8):
-                            t[i0 + ii, j0 + jj] = t[j0 + jj, i0 + ii]
-                for i in range(i0, i0 + 8):
-                    for j in range(edge, n):
-                        t[i, j] = t[j, i]
-        for i in range(edge, n):
-            for j in range(i + 1, n):
-                t[i, j] = t[j, i]
+        for i0 in range(0, n, 16):
+            i1 = min(i0 + 16, n)
+            for j0 in range(i0, n, 16):
+                for j in range(j0, min(j0 + 16, n)):
+                    for i in range(i0, min(i1, j)):
+                        t[j, i] = t[i, j]
 
-    return fill_upper
+    return fill_lower
 
 
 def _syrk(a: np.ndarray, aat: bool) -> np.ndarray:
-    """Upper triangle of a a^T (aat) or a^T a, Fortran order; a is C-contiguous, so a.T is the
-    Fortran-ordered operand BLAS reads without a copy."""
+    """The lower triangle of a a^T (aat) or a^T a in Fortran order (the upper one of its C-ordered
+    transpose); a is C-contiguous, so a.T is the Fortran-ordered operand BLAS reads without a
+    copy. The output is an uninitialized Fortran array BLAS writes in place (beta = 0: C is not
+    read), not the zero-filled one scipy would allocate: 10-25% of ?syrk's time at 400 x 32 and
+    1500 x 64 on the 2-core VM."""
     from scipy.linalg import blas
 
     n = a.shape[0] if aat else a.shape[1]
     if a.size == 0:
         return np.zeros((n, n), dtype=a.dtype, order="F")
     routine = blas.ssyrk if a.dtype == np.float32 else blas.dsyrk
-    return routine(1.0, a.T, trans=1 if aat else 0, lower=0)
+    c = np.empty((n, n), dtype=a.dtype, order="F")
+    return routine(1.0, a.T, beta=0.0, c=c, trans=1 if aat else 0, lower=1, overwrite_c=1)
 
 
 def syrk_full(a: np.ndarray, aat: bool) -> np.ndarray:
-    """a a^T (aat) or a^T a, both triangles, C-contiguous: ?syrk, then the parallel mirror."""
-    c = _syrk(a, aat).T  # the same matrix (symmetric), C-contiguous, its lower triangle computed
-    import numba
-
-    _fill_upper()(c, numba.get_num_threads())
+    """a a^T (aat) or a^T a, both triangles, C-contiguous: ?syrk, then the mirror."""
+    c = _syrk(a, aat).T  # the same matrix (symmetric), C-contiguous, its upper triangle computed
+    _fill_lower()(c)
     return c
 
 
