@@ -902,7 +902,10 @@ def _prepare_as_stored(program: LoopProgram):
     single = sparse_loop(program) is None and not has_loops(program)
 
     def run(_program: LoopProgram, args, threads: int | None = None) -> None:
-        serial = single or threads == 1 or (threads is None and estimated_points(program, args) < SERIAL_BELOW)
+        # one thread (asked for, or numba.set_num_threads(1)) runs the serial kernel: the parallel
+        # one on a single chunk still pays numba's thread-pool launch
+        asked, threads = threads, threads or numba.get_num_threads()
+        serial = single or threads == 1 or (asked is None and estimated_points(program, args) < SERIAL_BELOW)
         # numba's workqueue threading layer (where neither OpenMP nor TBB loads) aborts the process
         # on parallel kernels launched from two threads at once: until the layer is known to be
         # another, one call runs in parallel and the others serially, each in its own thread.
@@ -910,7 +913,7 @@ def _prepare_as_stored(program: LoopProgram):
         if guard and not _PARALLEL_LOCK.acquire(blocking=False):
             serial, guard = True, False
         try:
-            _allocate(args, program, 1 if serial else threads or numba.get_num_threads(), single)
+            _allocate(args, program, 1 if serial else threads, single)
             kernel = module.kernel_serial if serial else module.kernel
             kernel(*argument_values(params, args))
             if not serial and _THREADING_LAYER[0] is None:
