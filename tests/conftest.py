@@ -5,11 +5,21 @@ helpers (tl.sum, tl.max, ...) when it is first imported, and a module collected 
 generating the sparse-output source) may import it before the Triton test modules set the flag;
 kernels interpreted later would then call compiled helpers. `TRITON_INTERPRET=0 pytest` still
 turns it off (for a GPU run of the cuda-marked tests).
+
+Hypothesis examples are derandomized (the "fixed" profile) unless SYSTEC_HYPOTHESIS=explore.
 """
 
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import settings  # noqa: E402
+
+# The property tests draw the same examples on every run (a submission's CI result must not
+# depend on luck); `SYSTEC_HYPOTHESIS=explore pytest` draws new ones, to look for new failures.
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("explore" if os.environ.get("SYSTEC_HYPOTHESIS") == "explore" else "fixed")
 
 
 def pytest_addoption(parser):
