@@ -504,24 +504,7 @@ class _Emitter:
 
     def _row_invariant(self, body: tuple, row: Index) -> tuple[tuple, tuple]:
         """(lets that read only the row index and earlier row lets, the rest of the body)."""
-        hoisted: list[Let] = []
-        names = set(self._outer_lets)
-
-        def invariant(node) -> bool:
-            match node:
-                case Access(indices=idx):
-                    return set(idx) <= {row}
-                case Ref(name=name):
-                    return name in names
-                case DriverValue() | ClassOf() | Factor():
-                    return False
-            return True
-
-        for stmt in body:
-            if isinstance(stmt, Let) and all(invariant(n) for n in walk(stmt.value)):
-                hoisted.append(stmt)
-                names.add(stmt.name)
-        return tuple(hoisted), tuple(s for s in body if s not in hoisted)
+        return _bound_lets(body, {row}, set(self._outer_lets))
 
     def fiber_loop(self, loop: SparseLoop) -> None:
         """One loop per CSF level: level 0 over the chunk's roots, level m over the fibers under

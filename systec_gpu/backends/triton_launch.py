@@ -176,6 +176,19 @@ def _device_constant(array: np.ndarray, device):
     return copies[key]
 
 
+def _work_grid(tiles, args) -> tuple[int, tuple[int], object]:
+    """(units of work, the launch grid, the dense tiles' start table or None) of a call: nonzeros
+    in tiles, rows in blocks, or the dense program's tiles."""
+    if tiles.sparse is not None:
+        n_work = args.driver.nnz
+        return n_work, (-(-n_work // tiles.sparse.size),), None
+    if tiles.rows is not None:
+        n_work = len(args.driver.pointers) - 1
+        return n_work, (-(-n_work // tiles.rows.rows),), None
+    starts = _tile_starts(tiles, tuple(args.extent(a.extent) for a in tiles.grid_axes))
+    return len(starts), (len(starts),), starts
+
+
 @functools.lru_cache(maxsize=1024)
 def _tile_starts(tiles: TileProgram, extents: tuple[int, ...]) -> np.ndarray:
     """Block-start tuples of the grid axes that meet the canonical triangle (the only ones launched)."""
@@ -340,17 +353,7 @@ def prepare_launch(program: LoopProgram, args, schedule: Schedule | None = None,
     allocate(args, program, tiles.buffers, device=device, single=tiles.buffers == 1)
     # The kernel stores both halves of a symmetric output itself: finish() must not mirror.
     args.output_mirrored = tiles.mirror
-    starts = None
-    if tiles.sparse is not None:
-        n_work = args.driver.nnz
-        grid = (-(-n_work // tiles.sparse.size),)
-    elif tiles.rows is not None:
-        n_work = len(args.driver.pointers) - 1
-        grid = (-(-n_work // tiles.rows.rows),)
-    else:
-        starts = _tile_starts(tiles, tuple(args.extent(a.extent) for a in tiles.grid_axes))
-        n_work = len(starts)
-        grid = (n_work,)
+    n_work, grid, starts = _work_grid(tiles, args)
     call = _Call(args, device, starts)
     values = {name: bind(call) for name, bind in binders} if n_work else {}
     return Launch(tiles, source, kernel, values, grid, tiles.num_warps, n_work == 0)
@@ -395,17 +398,7 @@ def specialize_triton(program: LoopProgram, args):
     device = _device(args)
     probe = dataclasses.replace(args)  # the call's arguments stay as they are
     allocate(probe, program, tiles.buffers, device=device, single=tiles.buffers == 1)
-    starts = None
-    if tiles.sparse is not None:
-        n_work = probe.driver.nnz
-        grid = (-(-n_work // tiles.sparse.size),)
-    elif tiles.rows is not None:
-        n_work = len(probe.driver.pointers) - 1
-        grid = (-(-n_work // tiles.rows.rows),)
-    else:
-        starts = _tile_starts(tiles, tuple(probe.extent(a.extent) for a in tiles.grid_axes))
-        n_work = len(starts)
-        grid = (n_work,)
+    n_work, grid, starts = _work_grid(tiles, probe)
     call = _Call(probe, device, starts)
     per_call = ("out", "values", "dense")
     params = tuple(zip(emitted.params, binders, strict=True))
