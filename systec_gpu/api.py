@@ -8,12 +8,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from . import algebra
 from .backends import registry
 from .backends.plans import describe_plan
 from .formats.choice import describe as describe_formats
+from .inputs import check_values
 from .ir.einsum import Program, format_program
 from .ir.loop import LoopProgram, format_loop_program
 from .ir.symmetrized import Symmetrized
@@ -35,33 +33,6 @@ def _kernel_name(text: str, program: Program, exploit: bool, backend: str, accum
     key += "".join(f"|{tensor}:{fmt.key}" for tensor, fmt in program.formats if fmt.key != fmt.name)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{stem}_{'sym' if exploit else 'nosym'}_{digest}"
-
-
-def check_values(program: Program, tensors: Mapping[str, Any]) -> None:
-    """Every operand's values lie in the declared domain (`compile(..., values=)`): its semiring
-    is exact only there. Stored values of sparse operands; nan passes (it propagates)."""
-    domain = algebra.DOMAINS[program.einsum.values]
-    if domain.name == "real":
-        return
-    for name, tensor in tensors.items():
-        values = _stored_values(tensor)
-        outside = domain.count_outside(values)
-        if outside:
-            raise ValueError(f"{name}: {outside} value(s) outside the declared values={domain.name!r} "
-                             f"(the kernel's semiring {program.einsum.semiring} is exact only there)")
-
-
-def _stored_values(tensor: Any):
-    """The values a sparse input stores (every value of a dense one), in its own array kind."""
-    layout = getattr(tensor, "layout", None)
-    if layout is not None and str(layout) != "torch.strided":  # torch sparse (COO, CSR, CSC, BSR, BSC)
-        return tensor._values() if str(layout) == "torch.sparse_coo" else tensor.values()
-    values = getattr(tensor, "values", None)  # SparseTensor / SymmetricTensor
-    if values is not None and not callable(values):
-        return values
-    if hasattr(tensor, "nnz") and hasattr(tensor, "data"):  # scipy.sparse, pydata sparse
-        return tensor.data
-    return tensor if hasattr(tensor, "shape") else np.asarray(tensor)
 
 
 _TORCH_OPS = []  # the torch_ops module, once imported (it imports torch: not at `import systec_gpu`)

@@ -82,6 +82,37 @@ def _is_pydata_sparse(obj) -> bool:
     return _module(obj) == "sparse"
 
 
+def stored_values(obj):
+    """The values an input stores, in its own array kind (no copy, no move off its device): a
+    sparse input's stored entries, every entry of a dense one."""
+    if isinstance(obj, SparseTensor):
+        return obj.values
+    if _is_scipy_sparse(obj) or _is_pydata_sparse(obj):
+        return obj.data
+    if _is_torch(obj):
+        import torch
+
+        if obj.layout == torch.sparse_coo:
+            return obj._values()
+        if obj.layout != torch.strided:  # CSR, CSC, BSR, BSC
+            return obj.values()
+        return obj
+    return obj if hasattr(obj, "shape") else np.asarray(obj)
+
+
+def check_values(program: Program, tensors: Mapping[str, Any]) -> None:
+    """Every operand's values lie in the declared domain (`compile(..., values=)`): its semiring
+    is exact only there. Stored values of sparse operands; nan passes (it propagates)."""
+    domain = algebra.DOMAINS[program.einsum.values]
+    if domain.name == "real":
+        return
+    for name, tensor in tensors.items():
+        outside = domain.count_outside(stored_values(tensor))
+        if outside:
+            raise ValueError(f"{name}: {outside} value(s) outside the declared values={domain.name!r} "
+                             f"(the kernel's semiring {program.einsum.semiring} is exact only there)")
+
+
 def is_sparse_input(obj) -> bool:
     if isinstance(obj, SparseTensor) or _is_scipy_sparse(obj) or _is_pydata_sparse(obj):
         return True
