@@ -135,6 +135,13 @@ def random_tensor(order: int, size: int, nnz: int, seed: int, dtype=np.float32) 
                            check=False)
 
 
+def load_npz(path: Path) -> SymmetricTensor:
+    """A fully symmetric tensor saved by `perf/gpu_data.py` (canonical indices, values, shape): the
+    device machine has no fast_matrix_market, so the .mtx/.tns files travel converted."""
+    with np.load(path) as z:
+        return SymmetricTensor.from_canonical(z["indices"], z["values"], tuple(z["shape"]), "full")
+
+
 def load_files(data: str | None, pattern: str, limit: int):
     """(label, fully symmetric float32 SymmetricTensor) of the files of `data` matching `pattern`,
     loaded one at a time as the caller reaches them (at most `limit`, smallest files first)."""
@@ -143,7 +150,7 @@ def load_files(data: str | None, pattern: str, limit: int):
     paths = sorted(Path(data).glob(pattern), key=lambda p: p.stat().st_size)[:limit]
     for path in paths:
         try:
-            t = sg.io.load(path)
+            t = load_npz(path) if path.suffix == ".npz" else sg.io.load(path)
         except Exception as error:  # a file the reader refuses: say so, go on
             log(f"skip {path.name}: {type(error).__name__}: {error}")
             continue
