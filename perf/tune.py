@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from triton.runtime.errors import OutOfResources
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,7 +90,8 @@ def small_check(kernel, name: str, schedule) -> bool:
     args = bind(kernel.loops, kernel.program, inputs)
     try:
         run_triton(kernel.loops, args, replace(schedule, index_bits=64))
-    except ScheduleError:
+    except (ScheduleError, OutOfResources) as error:  # too much shared memory: refused, not a crash
+        gpu_check.log(f"  {schedule}: {type(error).__name__}: {error}")
         return False
     result = finish(args, kernel.loops, kernel.program).cpu().numpy()
     fill = np.inf if kernel.program.einsum.reduce == "min=" else 0.0
@@ -150,7 +152,11 @@ def tune_one(kernel, name: str, inputs: dict, count: int, cuda: bool, arch: str 
             continue
         if launch.empty:
             return None
-        compiled = launch.kernel[launch.grid](**launch.values, num_warps=launch.num_warps)
+        try:
+            compiled = launch.kernel[launch.grid](**launch.values, num_warps=launch.num_warps)
+        except OutOfResources as error:
+            gpu_check.log(f"  {schedule}: {error}")
+            continue
         spills = getattr(compiled, "n_spills", 0) or 0
         result = finish(bound, kernel.loops, kernel.program).clone()  # timing reuses the buffers
         if reference is None:
@@ -212,11 +218,18 @@ def main(argv=None) -> int:
                 entry.update(device=device_name, date=datetime.date.today().isoformat(), input=label)
                 entries[(entry["arch"], entry["program"], entry["shape_class"])] = entry
                 gpu_check.log(f"  table: {entry['schedule']} ({entry['heuristic_ms']:.3f} -> {entry['ms']:.3f} ms)")
-    table["entries"] = sorted(entries.values(), key=lambda e: (e["arch"], e.get("kernel", ""), e["shape_class"]))
-    path.write_text(json.dumps(table, indent=2) + "\n")
-    schedule_table.load_table.cache_clear()
+                write_table(path, table, entries)  # after every entry: a crash or timeout keeps them
+    write_table(path, table, entries)
     print(f"wrote {len(table['entries'])} entries to {path}")
     return 0
+
+
+def write_table(path: Path, table: dict, entries: dict) -> None:
+    table["entries"] = sorted(entries.values(), key=lambda e: (e["arch"], e.get("kernel", ""), e["shape_class"]))
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(table, indent=2) + "\n")
+    temporary.replace(path)
+    schedule_table.load_table.cache_clear()
 
 
 if __name__ == "__main__":
