@@ -18,10 +18,14 @@ timings of the symmetric kernels against their peers (issue 11's target table).
      (expanded / canonical nonzeros: the most a traffic-bound kernel gains by reading less).
    Columns: kernel_ms (the prepared launch alone: the same kernel, repeatedly, do_bench medians,
    L2 flushed between runs), call_ms (the end-to-end call kernel(**inputs, check=False): binding,
-   launch, finish; coordinates and dense operands stay on the device across calls, but the sparse
-   operand's values are uploaded every call: inputs.py never caches values), nosym_ms, peer_ms, warm_*_ms (back-to-back
-   runs without flushing L2: what an L2-resident matrix sees), speedup_vs_peer = peer_ms /
-   kernel_ms, bandwidth of the bytes the symmetric kernel must move vs the device's copy bandwidth.
+   launch, finish, with the SymmetricTensor on the host: coordinates and dense operands stay on the
+   device across calls, but the values are uploaded every call, as inputs.py never caches values),
+   call_device_ms (the same call with the SymmetricTensor moved to the GPU once, `A.to("cuda")`:
+   what a GPU user's loop sees), call_device_host_us (host microseconds per such call, back to back,
+   on matrices under 1M rows), gpu_plan (what call_* run: backends/plans.py; kernel_ms always times
+   the generated symmetric kernel), nosym_ms, peer_ms, warm_*_ms (back-to-back runs without
+   flushing L2: what an L2-resident matrix sees), speedup_vs_peer = peer_ms / kernel_ms, bandwidth
+   of the bytes the symmetric kernel must move vs the device's copy bandwidth.
 Writes gpu-<device>-<date>.json to --out (default perf/results/) after every row (a partial file
 survives a timeout) and prints progress. Stops starting new sections past --budget-s seconds.
 `--tiny` runs tiny sizes on CPU tensors (TRITON_INTERPRET=1): a smoke test of this script.
@@ -46,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import systec_gpu as sg  # noqa: E402
+from systec_gpu.backends.plans import choose_plan  # noqa: E402
 from systec_gpu.catalog import CATALOG, compile_catalog  # noqa: E402
 from systec_gpu.ir.einsum_interpreter import interpret_einsum  # noqa: E402
 from systec_gpu.storage import SymmetricTensor  # noqa: E402
@@ -192,6 +197,29 @@ def warm_timer(fn, cuda: bool, runs: int = 50) -> float:
     return start.elapsed_time(end) / runs
 
 
+def host_us(fn, cuda: bool, calls: int = 200) -> float:
+    """Microseconds of host time per call of `fn`, back to back (the GPU queue absorbs the
+    launches while it keeps up: on a small input this is the call's Python cost)."""
+    import torch
+
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    if cuda:
+        torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def plan_of(kernel) -> str:
+    """The plan the Triton backend runs for `kernel` (backends/plans.py): kernel_ms times the
+    generated symmetric kernel, call_ms and call_device_ms what the plan runs."""
+    return choose_plan(kernel.program, kernel.loops, "triton").name
+
+
 def copy_bandwidth(device, cuda: bool) -> float | None:
     """Device-to-device copy bandwidth in GB/s (read + write) of a 1 GiB buffer."""
     if not cuda:
@@ -309,6 +337,7 @@ def time_matrix(report: Report, label: str, a: SymmetricTensor, device, cuda: bo
                 cases.append((name, rank, {"X": X}, lambda X=X: csr @ X, "cuSPARSE SpMM (torch.sparse CSR)"))
     # the bytes half storage must move: canonical column index + value, row pointers, x read, y written
     item = np.dtype(dtype).itemsize
+    a_device = a.to(device) if cuda else a  # a user's matrix kept on the GPU: no upload per call
     for name, rank, dense, peer, peer_name in cases:
         log(f"{name} {label} {np.dtype(dtype).name}" + (f" R={rank}" if rank else ""))
         sym = compile_catalog(name, backend="triton")
@@ -328,6 +357,10 @@ def time_matrix(report: Report, label: str, a: SymmetricTensor, device, cuda: bo
         prepared = Prepared(sym, {"A": a, **dense})
         row["kernel_ms"] = timer(prepared, cuda)
         row["call_ms"] = timer(run_sym, cuda)
+        run_device = lambda k=sym, d=dense: k(A=a_device, check=False, **d)  # noqa: E731
+        row["gpu_plan"], row["call_device_ms"] = plan_of(sym), timer(run_device, cuda)
+        if cuda and n < 1_000_000:  # small enough that the host's time per call shows
+            row["call_device_host_us"] = host_us(run_device, cuda)
         row["nosym_ms"] = timer(Prepared(nosym, {"A": full, **dense}), cuda)
         row["schedule"] = repr(prepared.launch.tiles.rows or prepared.launch.tiles.sparse)
         row["num_warps"] = prepared.launch.num_warps
@@ -368,7 +401,7 @@ def time_ssyrk(report: Report, n: int, k: int, device, cuda: bool, dtype=np.floa
            "nosym_ms": timer(Prepared(nosym, {"A": a}), cuda),
            "peer": "cuBLAS GEMM A @ A.T through torch (torch has no SYRK; TF32 off, as torch's default)",
            "peer_ms": timer(peer, cuda), "schedule": repr(prepared.launch.tiles.levels[-1].header),
-           "num_warps": prepared.launch.num_warps, "input_precision": "ieee"}
+           "num_warps": prepared.launch.num_warps, "input_precision": "ieee", "gpu_plan": plan_of(sym)}
     row["speedup_vs_peer"] = row["peer_ms"] / row["kernel_ms"]
     row["speedup_vs_nosym"] = row["nosym_ms"] / row["kernel_ms"]
     row["tflops_syrk_work"] = n * n * k / (row["kernel_ms"] * 1e-3) / 1e12  # n(n+1)/2 * k * 2 flops
@@ -390,9 +423,11 @@ def time_tensor(report: Report, name: str, label: str, a: SymmetricTensor, rank:
     got, want = run_sym(), nosym(A=full, B=b, check=False)
     ok, err = close(got, want)
     prepared = Prepared(sym, {"A": a, "B": b})
+    a_device = a.to(device) if cuda else a
     row = {"kernel": name, "matrix": label, "dtype": "float32", "rank": rank, "canonical_nnz": int(a.nnz),
            "nnz": int(full.nnz), "error_vs_nosym": err, "kernel_ms": timer(prepared, cuda),
            "call_ms": timer(run_sym, cuda), "nosym_ms": timer(Prepared(nosym, {"A": full, "B": b}), cuda),
+           "gpu_plan": plan_of(sym), "call_device_ms": timer(lambda: sym(A=a_device, B=b, check=False), cuda),
            "peer": None, "peer_ms": None, "schedule": repr(prepared.launch.tiles.sparse),
            "num_warps": prepared.launch.num_warps,
            # the n! memory bound: expanded over canonical nonzeros (what reading less can gain at most)
@@ -498,15 +533,15 @@ def main(argv=None) -> int:
     print(f"\n{'kernel':<10} {'ok':<5} max rel error (sym, nosym)")
     for r in report.data["checks"]:
         print(f"{r['kernel']:<10} {r['dtype']:<8} {r['ok']!s:<5} {r['errors']['sym']:.1e} {r['errors']['nosym']:.1e}")
-    print(f"\n{'kernel':<8} {'data':<24} {'dtype':<8} {'R':>4} {'ok':<5} {'kernel':>9} {'call':>9} {'nosym':>9} "
-          f"{'peer':>9} {'x peer':>7} {'x nosym':>7} {'bound':>6}")
+    print(f"\n{'kernel':<8} {'data':<24} {'dtype':<8} {'R':>4} {'ok':<5} {'kernel':>9} {'call':>9} {'call dev':>9} "
+          f"{'nosym':>9} {'peer':>9} {'x peer':>7} {'x nosym':>7} {'bound':>6} plan")
     for r in report.data["timings"]:
         peer = f"{r['peer_ms']:9.3f}" if r.get("peer_ms") is not None else f"{'-':>9}"
         ratio = f"{r['speedup_vs_peer']:7.2f}" if r.get("speedup_vs_peer") else f"{'-':>7}"
         bound = f"{r['memory_bound']:6.1f}" if r.get("memory_bound") else f"{'-':>6}"
         print(f"{r['kernel']:<8} {r['matrix'][:24]:<24} {r['dtype']:<8} {r.get('rank') or '':>4} {r['ok']!s:<5} "
-              f"{r['kernel_ms']:9.3f} {r['call_ms']:9.3f} {r['nosym_ms']:9.3f} {peer} {ratio} "
-              f"{r['speedup_vs_nosym']:7.2f} {bound}")
+              f"{r['kernel_ms']:9.3f} {r['call_ms']:9.3f} {r.get('call_device_ms', r['call_ms']):9.3f} "
+              f"{r['nosym_ms']:9.3f} {peer} {ratio} {r['speedup_vs_nosym']:7.2f} {bound} {r.get('gpu_plan', '')}")
     if report.data["skipped"]:
         print(f"skipped (budget): {', '.join(report.data['skipped'])}")
     print(f"\nwrote {path} in {time.perf_counter() - STARTED:.0f}s")

@@ -124,7 +124,8 @@ def default_schedule(loops: LoopProgram, shape: ProblemShape | None = None, **si
         return _dense(loops, shape)
     dense_block = min(_ceil_power_of_two(max(shape.dense_extent, 1)), 64) if vector else 1
     if sparse.format.row_pointers:
-        return _rows(shape, per_thread, dense_block, bits, "store" if alone else "atomic")
+        # rank-axis rows at most 32 lanes wide (see _rows)
+        return _rows(shape, per_thread, min(dense_block, 32), bits, "store" if alone else "atomic")
     warps = 4
     per_tile = _floor_power_of_two(per_thread * 32 * warps / dense_block)
     enough = _floor_power_of_two(max(shape.nnz, 1) / MIN_PROGRAMS)  # enough programs for every SM
@@ -143,10 +144,14 @@ def _warps(n: int) -> int:
 
 def _rows(shape: ProblemShape, per_thread: int, dense_block: int, bits: int, row_write: str) -> RowBlockSchedule:
     """Lanes per row: the power of two nearest the mean row length (few idle lanes, few steps);
-    rows per block to fill the register target; enough programs for every SM."""
+    rows per block to fill the register target; enough programs for every SM.
+    Rows with a rank axis (SSYMM-like) take 2 warps and at most 32 rank lanes: the H200 tuning run
+    (perf/results/tune-nvidia-h200-2026-11-27.log: R = 16-128 on a 3-D stencil, symmetric and
+    not) chose 1-2 warps in all 8 cases, 1.5-2.1x faster than 4 warps at the same elements per
+    thread, and 32 rank lanes over 64 in 3 of the 4 cases with R >= 64."""
     mean = shape.nnz / shape.rows if shape.rows else 1.0
     lanes = max(4, min(32, 1 << round(math.log2(max(mean, 1.0)))))
-    warps = 4
+    warps = 2 if dense_block > 1 else 4
     rows = _floor_power_of_two(per_thread * 32 * warps / (lanes * dense_block))
     enough = _floor_power_of_two(max(shape.rows, 1) / MIN_PROGRAMS)
     rows = max(1, min(rows, 256, enough, _ceil_power_of_two(max(shape.rows, 1))))

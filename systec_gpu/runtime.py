@@ -15,7 +15,7 @@ import numpy as np
 
 from . import algebra
 from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, allocate, torch_dtype
-from .backends.plans import cpu_plan, run_syrk
+from .backends.plans import choose_plan, run_cublas_syrk, run_syrk
 from .backends.registry import Backend
 from .dense_symmetry import mirror_in_place
 from .inputs import (
@@ -63,16 +63,16 @@ class Launch:
 
     def __init__(self, loops: LoopProgram, program: Program, backend: Backend, accumulate=None):
         self.program, self.backend, self.accumulate = program, backend, accumulate
-        self.cpu_plan = None
-        if backend.name == "numba":
-            # the CPU plan (backends/plans.py): the generated kernel, the expanded one, or BLAS
-            self.cpu_plan = cpu_plan(program, loops)
-            loops = self.cpu_plan.loops
+        # the backend's plan (backends/plans.py): the generated kernel, the expanded one, or (C/cu)BLAS
+        self.backend_plan = choose_plan(program, loops, backend.name)
+        loops = self.backend_plan.loops
         self.loops = loops
         self.plan = bind_plan(loops, program)
         self._specialize = None
-        if self.cpu_plan is not None and self.cpu_plan.syrk is not None:
-            self.run = functools.partial(_run_syrk, self.cpu_plan)
+        if self.backend_plan.name == "blas_syrk":
+            self.run = functools.partial(_run_syrk, self.backend_plan)
+        elif self.backend_plan.name == "cublas_syrk":  # per call: cuBLAS for fp32 CUDA operands, else generated
+            self.run = functools.partial(run_cublas_syrk, self.backend_plan, backend.prepare(loops))
         else:
             self.run = backend.prepare(loops)  # imports the backend module, loads the kernel once
             self._specialize = backend.specializer()

@@ -1,23 +1,31 @@
-"""CPU plans: which code runs a compiled einsum on the CPU, decided in one place.
+"""Plans: which code runs a compiled einsum on each backend, decided in one place.
 
-`cpu_plan(program, loops)` is a pure function of the einsum program and its symmetrized loop
-program; `run_cpu_plan` runs the plan on a call's tensors. Three plans:
+`choose_plan(program, loops, backend)` is a pure function of the einsum program, its symmetrized
+loop program and the backend; the runtime's Launch runs the plan. Plans:
 
-- "generated": the generated Numba kernel of the symmetrized loops (the default);
-- "expanded": the generated Numba kernel of the same expression without exploiting symmetry,
-  when the symmetric schedule cannot do less dense work than it. A symmetric sparse operand
-  times a dense operand along a rank axis (SSYMM, `Y[i,r] += A[i,j]*X[j,r]`): each canonical
-  nonzero updates two rows of R lanes where the expanded kernel's two nonzeros update one each,
-  so the rank loop does the same work and the symmetric schedule saves only the reads of the
-  sparse coordinates and values, while its mirrored rows are scattered read-modify-writes
-  (measured on a 2-core Xeon, R = 16: 0.9-1.07x of the expanded kernel; perf/cpu.py);
-- "blas_syrk": a dense symmetric-output contraction BLAS computes, `C[i,j] += A[i,k]*A[j,k]`
-  (or `A[k,i]*A[k,j]`) with A dense: ?syrk from scipy.linalg.blas computes the upper triangle
-  (half the multiply-adds of a GEMM, at BLAS speed) into an uninitialized buffer, and a serial
-  tiled Numba pass mirrors it. numpy's `A @ A.T` does the same (it detects the transposed pair
-  and calls ?syrk, then mirrors with a plain loop), so the two are within a few percent of each
-  other on the kernel; see perf/README.md.
-  The generated kernel stays for sparse operands.
+- "generated": the generated kernel of the symmetrized loops (the default; always on the
+  reference backend, the oracle of the symmetry passes);
+- "expanded": the generated kernel of the same expression without exploiting symmetry, when the
+  symmetric schedule cannot do less dense work than it. A symmetric sparse operand times a dense
+  operand along a rank axis (SSYMM, `Y[i,r] += A[i,j]*X[j,r]`): each canonical nonzero updates
+  two rows of R lanes where the expanded kernel's two nonzeros update one each, so the rank loop
+  does the same work and the symmetric schedule saves only the reads of the sparse coordinates
+  and values, while its mirrored rows are scattered read-modify-writes on the CPU (measured on a
+  2-core Xeon, R = 16: 0.9-1.07x of the expanded kernel; perf/cpu.py) and atomic adds of R lanes
+  on the GPU (measured on an H200, R = 16-128: 0.8-1.0x on a 3-D stencil, 0.16-0.19x on mdual and
+  G3_circuit; GPU_EVIDENCE). The symmetric operand is still stored once: the expanded structure
+  is derived from it and cached with it, the values gathered on every call;
+- "blas_syrk" (CPU): a dense symmetric-output contraction BLAS computes, `C[i,j] +=
+  A[i,k]*A[j,k]` (or `A[k,i]*A[k,j]`) with A dense: ?syrk from scipy.linalg.blas computes the
+  upper triangle (half the multiply-adds of a GEMM, at BLAS speed) into an uninitialized buffer,
+  and a serial tiled Numba pass mirrors it. numpy's `A @ A.T` does the same (it detects the
+  transposed pair and calls ?syrk, then mirrors with a plain loop), so the two are within a few
+  percent of each other on the kernel; see perf/README.md;
+- "cublas_syrk" (GPU): the same contraction; float32 at full precision calls cuBLAS through
+  torch (a GEMM: torch has no SYRK, and cuBLAS's fp32 GEMM still beat the generated triangle
+  kernel, which does half its multiply-adds, 3.3x on an H200), other dtypes run the generated
+  kernel (float64: tl.dot on the fp64 tensor cores, 1.5x faster than cuBLAS's GEMM).
+The generated kernel stays for sparse operands.
 """
 
 from __future__ import annotations
@@ -42,10 +50,10 @@ MIN_DENSE_WORK_SAVING = 1.5
 
 @dataclass(frozen=True)
 class Plan:
-    name: str  # "generated" | "expanded" | "blas_syrk"
+    name: str  # "generated" | "expanded" | "blas_syrk" | "cublas_syrk"
     loops: LoopProgram  # the loop program a generated kernel runs (and binds the call's tensors)
     reason: str
-    syrk: tuple[str, bool] | None = None  # blas_syrk: (tensor, True for A*A^T / False for A^T*A)
+    syrk: tuple[str, bool] | None = None  # *_syrk: (tensor, True for A*A^T / False for A^T*A)
 
 
 def syrk_form(program: Program) -> tuple[str, bool] | None:
@@ -101,28 +109,46 @@ def dense_work_saving(program: Program, symmetric: LoopProgram, expanded: LoopPr
     return copies * expanded_updates / max(len(base), 1)
 
 
-_PLANS: dict[LoopProgram, tuple[Program, Plan]] = {}
+# Where each backend's plans were measured (the reasons `explain()` gives cite them).
+GPU_EVIDENCE = "perf/results/gpu-nvidia-h200-2026-11-27.json"
+
+_PLANS: dict[tuple[LoopProgram, str], tuple[Program, Plan]] = {}
 
 
-def cpu_plan(program: Program, loops: LoopProgram) -> Plan:
-    """The plan that runs `program` (symmetrized into `loops`) on the CPU, with the reason.
-    Memoized on the loop program (its hash is cached; hashing the einsum program costs ~5 us, a
-    tenth of a small SSYMV), the program checked on a hit."""
-    hit = _PLANS.get(loops)
+def choose_plan(program: Program, loops: LoopProgram, backend: str) -> Plan:
+    """The plan that runs `program` (symmetrized into `loops`) on `backend` ("numba", "triton",
+    "reference"), with the reason. Memoized on the loop program and backend (the loop program's
+    hash is cached; hashing the einsum program costs ~5 us, a tenth of a small SSYMV), the
+    program checked on a hit."""
+    hit = _PLANS.get((loops, backend))
     if hit is not None and (hit[0] is program or hit[0] == program):
         return hit[1]
     if len(_PLANS) >= 256:
         _PLANS.clear()
-    plan = _choose_plan(program, loops)
-    _PLANS[loops] = (program, plan)
+    plan = _choose_plan(program, loops, backend)
+    _PLANS[(loops, backend)] = (program, plan)
     return plan
 
 
-def _choose_plan(program: Program, loops: LoopProgram) -> Plan:
+def cpu_plan(program: Program, loops: LoopProgram) -> Plan:
+    """The Numba backend's plan (`choose_plan(program, loops, "numba")`)."""
+    return choose_plan(program, loops, "numba")
+
+
+def _choose_plan(program: Program, loops: LoopProgram, backend: str) -> Plan:
+    if backend == "reference":  # the oracle of the symmetry passes runs what they produced
+        return Plan("generated", loops, "the loop-IR interpreter runs the symmetrized loops")
+    gpu = backend != "numba"
     syrk = syrk_form(program)
     if syrk is not None:
         tensor, aat = syrk
         product = f"{tensor}*{tensor}^T" if aat else f"{tensor}^T*{tensor}"
+        if gpu:
+            return Plan("cublas_syrk", loops, f"{tensor} is dense: float32 calls cuBLAS through torch ({product} "
+                        "as a GEMM, full fp32 precision unless torch's float32 matmul precision is lowered: then "
+                        "the generated kernel), 3.3x faster than the generated triangle kernel at 8192 x 2048; "
+                        f"other dtypes run the generated kernel (float64 1.5x faster than cuBLAS; {GPU_EVIDENCE})",
+                        syrk)
         return Plan("blas_syrk", loops, f"{tensor} is dense: BLAS ?syrk computes the upper triangle of "
                     f"{product} (half a GEMM's multiply-adds), mirrored in tiles", syrk)
     loop = sparse_loop(loops)
@@ -130,18 +156,22 @@ def _choose_plan(program: Program, loops: LoopProgram) -> Plan:
         expanded = lower_and_optimize(symmetrize(program, exploit=False))
         saving = dense_work_saving(program, loops, expanded)
         if saving is not None and saving < MIN_DENSE_WORK_SAVING:
+            cost = ("atomic adds of R lanes, which cost more than the reads they save (SSYMM on an H200: the "
+                    f"symmetric kernel ran 0.8-1.0x as fast as the expanded one on a 3-D stencil, 5-6x slower on "
+                    f"mdual and G3_circuit; {GPU_EVIDENCE})") if gpu else "scattered read-modify-writes"
             return Plan("expanded", expanded,
                         f"the symmetric schedule cuts the rank-loop work only {saving:.2g}x (each canonical "
                         f"nonzero of {loop.tensor} updates as many rows as its expanded copies do), so it saves "
-                        f"only the reads of {loop.tensor}'s coordinates and values and pays scattered mirrored "
-                        "row updates: the expanded kernel is as fast or faster")
+                        f"only the reads of {loop.tensor}'s coordinates and values and pays mirrored row "
+                        f"updates as {cost}: the expanded kernel runs")
     return Plan("generated", loops, "the generated kernel of the symmetrized loops")
 
 
 def describe_plan(program: Program, loops: LoopProgram) -> str:
-    """The CPU plan in one line, for `Kernel.explain()`."""
-    plan = cpu_plan(program, loops)
-    return f"cpu plan: {plan.name}: {plan.reason}"
+    """The plan of each device's backend, a line each, for `Kernel.explain()`."""
+    return "\n".join(f"{device} plan: {plan.name}: {plan.reason}"
+                     for device, plan in (("cpu", choose_plan(program, loops, "numba")),
+                                          ("gpu", choose_plan(program, loops, "triton"))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,5 +232,31 @@ def run_syrk(plan: Plan, args) -> None:
     if plan.loops.layout_of(tensor) == (1, 0):  # bound transposed: swap the product's sides
         aat = not aat
     args.partial = syrk_full(np.ascontiguousarray(args.dense[tensor]), aat)[None]
+    args.chunks = 1
+    args.output_mirrored = True
+
+
+def full_precision_float32_matmul() -> bool:
+    """Whether torch's CUDA float32 matmuls run at full fp32 precision (its default): TF32 would
+    change a result the generated kernel computes with exact fp32 products."""
+    import torch
+
+    return not torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
+
+
+def run_cublas_syrk(plan: Plan, generated, loops: LoopProgram, args) -> None:
+    """The "cublas_syrk" plan: float32 CUDA operands at full precision through torch's GEMM
+    (both halves), anything else through `generated(loops, args)`, the generated kernel."""
+    import torch
+
+    tensor, aat = plan.syrk
+    a = args.dense[tensor]
+    if not (isinstance(a, torch.Tensor) and a.is_cuda and a.dtype == torch.float32
+            and np.dtype(args.dtype) == np.float32 and full_precision_float32_matmul()):
+        generated(loops, args)
+        return
+    if plan.loops.layout_of(tensor) == (1, 0):  # bound transposed: swap the product's sides
+        aat = not aat
+    args.partial = (a @ a.T if aat else a.T @ a)[None]
     args.chunks = 1
     args.output_mirrored = True

@@ -19,7 +19,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
-import fast_matrix_market as fmm
 import numpy as np
 import scipy.sparse
 
@@ -27,6 +26,18 @@ from ..storage import EntryError, SparseTensor, SymmetricTensor, _to_numpy, norm
 from ._common import declare, entry_error, wanted_groups
 from ._text import gzip_errors, line_counts, open_binary, regular_lines
 from .errors import FormatError
+
+
+def _fmm():
+    """fast_matrix_market, imported on first use: `systec_gpu.io` (FROSTT, binsparse, converters)
+    works where it is not installed, and a Matrix Market call says what is missing."""
+    try:
+        import fast_matrix_market
+    except ImportError as error:
+        raise ImportError("reading or writing Matrix Market files needs fast_matrix_market "
+                          "(pip install fast_matrix_market)") from error
+    return fast_matrix_market
+
 
 _DIGITS = b"0123456789"
 _WS = b" \t\r\n"
@@ -153,7 +164,7 @@ def _read_mtx(path: str | os.PathLike[str], symmetric: object, *, check: bool, a
     with open_binary(path) as src:
         header, nhead = _read_header(src)
         try:
-            h = fmm.read_header(io.BytesIO(header))
+            h = _fmm().read_header(io.BytesIO(header))
         except (ValueError, RuntimeError) as e:
             raise _fmm_error(path, e, None) from None
         field, sym, shape = h.field, h.symmetry, (int(h.nrows), int(h.ncols))
@@ -173,7 +184,7 @@ def _read_mtx(path: str | os.PathLike[str], symmetric: object, *, check: bool, a
         stream = _CheckedStream(src, header, nhead + 1, fields, _ALLOWED.get(field))
         try:
             if h.format == "array":
-                dense = fmm.read_array(stream)
+                dense = _fmm().read_array(stream)
             else:
                 idx, vals = _read_coo(stream, flip=canonical)
         except (ValueError, RuntimeError, OverflowError) as e:
@@ -223,9 +234,13 @@ def _read_mtx(path: str | os.PathLike[str], symmetric: object, *, check: bool, a
                    stored=(stored or "full") if sym == "general" else "full")
 
 
-_CORE = getattr(fmm, "_fmm_core", None)  # fmm's parser core (an internal module)
 _DTYPES = {"integer": np.int64, "unsigned-integer": np.uint64, "real": np.float64,
            "double": np.float64, "complex": np.complex128, "pattern": np.float64}
+
+
+def _core():
+    """fmm's parser core (an internal module), or None in a version without it."""
+    return getattr(_fmm(), "_fmm_core", None)
 
 
 def _read_coo(stream: _CheckedStream, flip: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -235,7 +250,8 @@ def _read_coo(stream: _CheckedStream, flip: bool) -> tuple[np.ndarray, np.ndarra
     (the peak memory and first-touch page faults of large loads). If that internal entry point
     is missing (another fmm version), the public reader is used.
     """
-    core = _CORE
+    fmm = _fmm()
+    core = _core()
     try:
         cursor = core.open_read_stream(stream, getattr(fmm, "PARALLELISM", 0))
     except (AttributeError, TypeError):
@@ -286,5 +302,5 @@ def write_mtx(path: str | os.PathLike[str], t: SparseTensor) -> None:
                     f"{'symmetric' if symmetric else 'general'}\n%written by systec_gpu\n"
                     f"{t.shape[0]} {t.shape[1]} 0\n".encode())
             return
-        fmm.mmwrite(f, m, symmetry="symmetric" if symmetric else "general",
+        _fmm().mmwrite(f, m, symmetry="symmetric" if symmetric else "general",
                     field=field[vals.dtype.kind], comment="written by systec_gpu")
