@@ -266,7 +266,7 @@ def close(got, want, rtol: float = 1e-3) -> tuple[bool, float]:
 
 class Report:
     def __init__(self, path: Path, header: dict):
-        self.path, self.data = path, {**header, "checks": [], "timings": [], "skipped": []}
+        self.path, self.data = path, {**header, "checks": [], "host": [], "timings": [], "skipped": []}
         self.write()
 
     def add(self, section: str, row: dict) -> None:
@@ -274,7 +274,7 @@ class Report:
         self.write()
 
     def write(self) -> None:
-        rows = self.data["checks"] + self.data["timings"]
+        rows = self.data["checks"] + self.data["host"] + self.data["timings"]
         self.data["ok"] = all(r.get("ok") for r in rows)
         self.data["elapsed_s"] = round(time.perf_counter() - STARTED, 1)
         self.path.write_text(json.dumps(self.data, indent=2, default=str))
@@ -384,6 +384,32 @@ def time_matrix(report: Report, label: str, a: SymmetricTensor, device, cuda: bo
         del prepared
 
 
+def time_host(report: Report, device, cuda: bool) -> None:
+    """Host microseconds per back-to-back call of SSYMV on an 8x8 (stencil 2^3) matrix: the full
+    call with the SymmetricTensor on the device, with it on the host (values uploaded), the
+    prepared Triton launch alone (Triton's own launcher: the floor), and torch's CSR SpMV."""
+    import torch
+
+    log("host time per call, SSYMV 8x8")
+    a = stencil((2, 2, 2), 1)
+    a_device = a.to(device)
+    csr, _ = csr_of(a, device, np.float32)
+    x = torch.ones(a.shape[0], device=device)
+    kernel = compile_catalog("ssymv", backend="triton")
+    prepared = Prepared(kernel, {"A": a, "x": x})
+    row = {"section": "host", "kernel": "ssymv", "matrix": "stencil27 2^3 (8x8)",
+           "call_device_host_us": host_us(lambda: kernel(A=a_device, x=x), cuda),
+           "call_device_nocheck_host_us": host_us(lambda: kernel(A=a_device, x=x, check=False), cuda),
+           "call_host_values_host_us": host_us(lambda: kernel(A=a, x=x, check=False), cuda),
+           "launch_only_host_us": host_us(prepared, cuda),
+           "torch_csr_spmv_host_us": host_us(lambda: csr @ x, cuda)}
+    got, want = kernel(A=a_device, x=x), csr @ x
+    ok, err = close(got, want)
+    row.update(ok=bool(ok), error_vs_peer=err)
+    report.add("host", row)
+    log("  " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith("_us")))
+
+
 def time_ssyrk(report: Report, n: int, k: int, device, cuda: bool, dtype=np.float32) -> None:
     import torch
 
@@ -487,6 +513,10 @@ def main(argv=None) -> int:
         for name in names:
             report.add("checks", check_small(name, device, dtype))
             log(f"check {name} {np.dtype(dtype).name}: ok={report.data['checks'][-1]['ok']}")
+
+    # 2a. the host's time per call on a tiny matrix (the kernel costs ~nothing): issue 10 on a GPU
+    if cuda and not over_budget("host"):
+        time_host(report, device, cuda)
 
     # 2. matrices (CSR row blocks) larger than L2, most important first
     matrix_kernels = ["ssymv", "syprd", "ssymm", "bellman"]

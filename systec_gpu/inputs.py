@@ -510,6 +510,9 @@ def mirror_tensor(tensor, groups):
         n = front.shape[0]
         if n == 0:
             continue
+        if len(group) == 2:
+            _mirror_pair_tensor(front)
+            continue
         axes = torch.meshgrid(*[torch.arange(n, device=tensor.device)] * len(group), indexing="ij")
         grid = torch.stack([a.reshape(-1) for a in axes])
         canonical = grid.sort(dim=0).values
@@ -517,6 +520,27 @@ def mirror_tensor(tensor, groups):
         grid, canonical = grid[:, off], canonical[:, off]
         front[tuple(grid)] = front[tuple(canonical)]
     return tensor
+
+
+_MIRROR_ROWS = 256  # rows per step of the pair mirror: few launches, a small diagonal temporary
+
+
+def _mirror_pair_tensor(front) -> None:
+    """front[b, a, ...] = front[a, b, ...] for a < b, in place, with strided block copies: rows
+    a0:a1 take their strictly-left part from the (canonical, untouched) columns a0:a1 of the rows
+    above, and their diagonal block from its own transpose. Each lower entry is written once and
+    no index tensor is built (the general path below gathers through n^2 coordinates)."""
+    import torch
+
+    n = front.shape[0]
+    for a0 in range(0, n, _MIRROR_ROWS):
+        a1 = min(a0 + _MIRROR_ROWS, n)
+        if a0:
+            front[a0:a1, :a0] = front[:a0, a0:a1].transpose(0, 1)  # disjoint from its source
+        block = front[a0:a1, a0:a1]
+        rows = torch.arange(a1 - a0, device=front.device)
+        below = (rows[:, None] > rows[None, :]).reshape(a1 - a0, a1 - a0, *([1] * (front.ndim - 2)))
+        block.copy_(torch.where(below, block.transpose(0, 1), block))
 
 
 def _check_symmetric_tensor(name: str, tensor, groups) -> None:

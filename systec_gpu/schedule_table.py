@@ -2,8 +2,9 @@
 
 Package data `data/schedules.json`, filled on a GPU by `perf/tune.py` (Triton's autotuner cannot
 run under the interpreter, so the measurements are kept as data). The schedule chooser asks it
-first and falls back to the register-budget heuristic (budget.py) when it has no entry; until a
-GPU run fills it, it holds no entries and every schedule is the heuristic's.
+first and falls back to the register-budget heuristic (budget.py) when it has no entry. It holds
+the winners of one H200 run (sm_90: SSYMV, SYPRD, Bellman and SSYMM on stencil matrices); every
+other arch, program and shape class takes the heuristic's schedule.
 
 An entry is keyed by the architecture ("sm_90"), the program (a digest of its loop program's
 text: the symmetrized kernel, independent of the data) and the shape class of the call (sizes

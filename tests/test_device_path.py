@@ -141,7 +141,10 @@ def test_declared_symmetric_dense_operand_check_and_canonical_part():
 
 
 @pytest.mark.parametrize("shape,groups", [((5, 5), [(0, 1)]), ((3, 4, 4), [(1, 2)]), ((4, 4, 4), [(0, 1, 2)]),
-                                          ((3, 3, 2, 3), [(0, 3, 1)]), ((0, 0), [(0, 1)])])
+                                          ((3, 3, 2, 3), [(0, 3, 1)]), ((0, 0), [(0, 1)]),
+                                          # pairs mirror in blocks of 256 rows: across block edges
+                                          ((600, 600), [(0, 1)]), ((2, 257, 3, 257), [(1, 3)]),
+                                          ((3, 3, 5, 5), [(0, 1), (2, 3)]), ((1, 1), [(0, 1)])])
 def test_mirror_tensor_matches_numpy(shape, groups):
     array = np.random.default_rng(8).uniform(-1, 1, shape)
     expected = array.copy()

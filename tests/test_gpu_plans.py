@@ -61,7 +61,7 @@ def test_reference_backend_always_runs_the_symmetrized_loops():
     for name in ("ssymm", "ssyrk"):
         kernel = compile_catalog(name, backend="reference")
         plan = plans.choose_plan(kernel.program, kernel.loops, "reference")
-        assert plan.name == "generated" and plan.loops is kernel.loops
+        assert plan.name == "generated" and plan.loops == kernel.loops
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
