@@ -80,6 +80,26 @@ def test_dense_syrk_plan_on_cpu_tensors_runs_the_generated_kernel(expr, transpos
     np.testing.assert_allclose(kernel(A=a, canonical_output=True).numpy(), np.triu(expected), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("expr, transposed", [("C[i,j] += A[i,k]*A[j,k]", False), ("C[i,j] += A[k,i]*A[k,j]", True)])
+def test_cublas_syrk_branch_computes_the_product_on_any_binding(expr, transposed, layout, monkeypatch):
+    # the branch cuBLAS takes, run on CPU tensors (torch's CPU matmul stands in for cuBLAS): the
+    # product's sides follow the operand's bound layout, both halves are written, canonical clears
+    monkeypatch.setattr(plans, "cublas_applies", lambda a, dtype: True)
+    calls = matmul_calls(monkeypatch)
+    kernel = sg.compile(expr, backend="triton")
+    a = np.random.default_rng(7).uniform(-1, 1, (11, 6))
+    given = torch.from_numpy(a) if layout == "contiguous" else torch.from_numpy(np.asfortranarray(a))
+    expected = a.T @ a if transposed else a @ a.T
+    np.testing.assert_allclose(kernel(A=given).numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert len(calls) == 1 and kernel._last.output_mirrored
+    canonical = kernel(A=given, canonical_output=True).numpy()
+    np.testing.assert_allclose(canonical, np.triu(expected), rtol=1e-12, atol=1e-12)
+    out = torch.empty(expected.shape, dtype=torch.float64)
+    assert kernel(A=given, out=out) is out
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("transposed", [False, True])
 def test_dense_syrk_float32_on_cuda_goes_to_cublas_at_full_precision(transposed, monkeypatch):

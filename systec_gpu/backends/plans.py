@@ -244,15 +244,22 @@ def full_precision_float32_matmul() -> bool:
     return not torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
 
 
+def cublas_applies(a, dtype) -> bool:
+    """Whether the "cublas_syrk" plan hands operand `a` (bound for a kernel computing in `dtype`)
+    to cuBLAS: a float32 CUDA tensor computed in float32 at full precision."""
+    import torch
+
+    return (isinstance(a, torch.Tensor) and a.is_cuda and a.dtype == torch.float32
+            and np.dtype(dtype) == np.float32 and full_precision_float32_matmul())
+
+
 def run_cublas_syrk(plan: Plan, generated, loops: LoopProgram, args) -> None:
     """The "cublas_syrk" plan: float32 CUDA operands at full precision through torch's GEMM
     (both halves), anything else through `generated(loops, args)`, the generated kernel."""
-    import torch
 
     tensor, aat = plan.syrk
     a = args.dense[tensor]
-    if not (isinstance(a, torch.Tensor) and a.is_cuda and a.dtype == torch.float32
-            and np.dtype(args.dtype) == np.float32 and full_precision_float32_matmul()):
+    if not cublas_applies(a, args.dtype):
         generated(loops, args)
         return
     if plan.loops.layout_of(tensor) == (1, 0):  # bound transposed: swap the product's sides
