@@ -266,7 +266,8 @@ def close(got, want, rtol: float = 1e-3) -> tuple[bool, float]:
 
 class Report:
     def __init__(self, path: Path, header: dict):
-        self.path, self.data = path, {**header, "checks": [], "host": [], "timings": [], "skipped": []}
+        self.path, self.data = path, {**header, "checks": [], "host": [], "timings": [], "skipped": [],
+                                      "errors": []}
         self.write()
 
     def add(self, section: str, row: dict) -> None:
@@ -275,7 +276,7 @@ class Report:
 
     def write(self) -> None:
         rows = self.data["checks"] + self.data["host"] + self.data["timings"]
-        self.data["ok"] = all(r.get("ok") for r in rows)
+        self.data["ok"] = all(r.get("ok") for r in rows) and not self.data["errors"]
         self.data["elapsed_s"] = round(time.perf_counter() - STARTED, 1)
         self.path.write_text(json.dumps(self.data, indent=2, default=str))
 
@@ -506,37 +507,52 @@ def main(argv=None) -> int:
             return True
         return False
 
+    def section(name: str, run) -> None:
+        """Run one section within the budget; an exception is recorded (the run fails) and the
+        next section still runs: a device lease is too short to lose the rest to one error."""
+        if over_budget(name):
+            return
+        try:
+            run()
+        except Exception as error:  # noqa: BLE001 (recorded with its traceback, then the run goes on)
+            import traceback
+
+            report.data["errors"].append({"section": name, "error": f"{type(error).__name__}: {error}",
+                                          "traceback": traceback.format_exc()})
+            report.write()
+            log(f"ERROR in {name}: {type(error).__name__}: {error}")
+
     # 1. correctness against the float64 oracle: every kernel in fp64, the timed ones in fp32 too
     every = ["ssymv", "ssyrk", "mttkrp3", "bellman"] if tiny else list(CATALOG)
     timed_fp32 = every if tiny else ["ssymv", "syprd", "ssymm", "ssyrk", "mttkrp3"]
     for dtype, names in ((np.float64, every), (np.float32, timed_fp32)):
         for name in names:
-            report.add("checks", check_small(name, device, dtype))
-            log(f"check {name} {np.dtype(dtype).name}: ok={report.data['checks'][-1]['ok']}")
+            section(f"check {name} {np.dtype(dtype).name}",
+                    lambda name=name, dtype=dtype: report.add("checks", check_small(name, device, dtype)))
+            if report.data["checks"]:
+                log(f"check {name} {np.dtype(dtype).name}: ok={report.data['checks'][-1]['ok']}")
 
     # 2a. the host's time per call on a tiny matrix (the kernel costs ~nothing): issue 10 on a GPU
-    if cuda and not over_budget("host"):
-        time_host(report, device, cuda)
+    if cuda:
+        section("host", lambda: time_host(report, device, cuda))
 
     # 2. matrices (CSR row blocks) larger than L2, most important first
     matrix_kernels = ["ssymv", "syprd", "ssymm", "bellman"]
     ranks = [4] if tiny else [16, 32, 64, 128]
     label, a = ("stencil27 3^3", stencil((3, 3, 3), 1)) if tiny else ("stencil27 128^3", stencil((128, 128, 128), 1))
     full = a.expanded()  # made once: the peer's matrix and the symmetry=False driver, both dtypes
-    if not over_budget(f"matrix {label}"):
-        time_matrix(report, label, a, device, cuda, matrix_kernels, ranks, bandwidth, full=full)
-    if not over_budget(f"matrix {label} fp64"):
-        time_matrix(report, label, a, device, cuda, ["ssymv"], ranks, bandwidth, dtype=np.float64, full=full)
+    section(f"matrix {label}", lambda a=a, full=full: time_matrix(report, label, a, device, cuda, matrix_kernels,
+                                                                  ranks, bandwidth, full=full))
+    section(f"matrix {label} fp64", lambda a=a, full=full: time_matrix(report, label, a, device, cuda, ["ssymv"],
+                                                                       ranks, bandwidth, dtype=np.float64, full=full))
     del a, full
     label, a = ("stencil5 5^2", stencil((5, 5), 0)) if tiny else ("stencil5 2048^2", stencil((2048, 2048), 0))
-    if not over_budget(f"matrix {label}"):
-        time_matrix(report, label, a, device, cuda, ["ssymv"], ranks, bandwidth)
+    section(f"matrix {label}", lambda a=a: time_matrix(report, label, a, device, cuda, ["ssymv"], ranks, bandwidth))
     del a
 
     # 3. dense SSYRK
     for n, k, dtype in ([(40, 24, np.float32)] if tiny else [(8192, 2048, np.float32), (4096, 1024, np.float64)]):
-        if not over_budget(f"ssyrk {n}x{k}"):
-            time_ssyrk(report, n, k, device, cuda, dtype)
+        section(f"ssyrk {n}x{k}", lambda n=n, k=k, dtype=dtype: time_ssyrk(report, n, k, device, cuda, dtype))
 
     # 4. tensors: TTM and MTTKRP, symmetric vs expanded
     if tiny:
@@ -547,17 +563,18 @@ def main(argv=None) -> int:
                    ("mttkrp5", "random 5-D size 20k", lambda: random_tensor(5, 20_000, 100_000, 7), 32),
                    ("ttm", "random 3-D size 3000", lambda: random_tensor(3, 3000, 2_000_000, 4), 32)]
     for name, label, make, rank in tensors:
-        if not over_budget(f"{name} {label}"):
-            time_tensor(report, name, label, make(), rank, device, cuda)
+        section(f"{name} {label}", lambda name=name, label=label, make=make, rank=rank:
+                time_tensor(report, name, label, make(), rank, device, cuda))
 
     # 5. real files: matrices (SSYMV, SYPRD, SSYMM R=32 vs cuSPARSE), then tensors (MTTKRP)
     for label, a in load_files(options.data, "*.mtx*", 0 if tiny else 4):
-        if not over_budget(f"matrix {label}"):
-            time_matrix(report, label, a, device, cuda, ["ssymv", "syprd", "ssymm"], [32], bandwidth)
+        section(f"matrix {label}", lambda label=label, a=a: time_matrix(report, label, a, device, cuda,
+                                                                          ["ssymv", "syprd", "ssymm"], [32], bandwidth))
     for label, a in load_files(options.data, "*.tns*", 0 if tiny else 3):
         name = {3: "mttkrp3", 4: "mttkrp4", 5: "mttkrp5"}.get(a.ndim)
-        if name and not over_budget(f"{name} {label}"):
-            time_tensor(report, name, label, a, 32, device, cuda)
+        if name:
+            section(f"{name} {label}", lambda name=name, label=label, a=a: time_tensor(report, name, label, a, 32,
+                                                                                      device, cuda))
 
     report.write()
     print(f"\n{'kernel':<10} {'ok':<5} max rel error (sym, nosym)")

@@ -100,6 +100,7 @@ def test_cublas_syrk_branch_computes_the_product_on_any_binding(expr, transposed
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("transposed", [False, True])
 def test_dense_syrk_float32_on_cuda_goes_to_cublas_at_full_precision(transposed, monkeypatch):
