@@ -73,6 +73,8 @@ class Launch:
         self._specialize = None
         if self.cpu_plan is not None and self.cpu_plan.syrk is not None:
             self.run = functools.partial(_run_syrk, self.cpu_plan)
+            prepared_run = functools.partial(run_syrk, self.cpu_plan)  # BLAS: nothing to specialize
+            self._specialize = lambda _loops, _args: prepared_run
         else:
             self.run = backend.prepare(loops)  # imports the backend module, loads the kernel once
             self._specialize = backend.specializer()
@@ -145,23 +147,27 @@ class _PreparedCall:
 
 
 def _finisher(loops: LoopProgram, program: Program, args: KernelArgs):
-    """`finish` for the calls of one signature: one buffer, no permutation, no symmetric output
-    and no `out=` (the common case) are a view and a torch wrapper; anything else is `finish`."""
+    """`finish` for the calls of one signature: one buffer, no permutation, no `out=`, and no
+    symmetric output or one the backend wrote whole (the common case) are a view and a torch
+    wrapper; anything else is `finish`."""
     import torch
 
     target = args.torch_device if args.torch_device is not None else torch.device("cpu")
     here = args.partial.device if isinstance(args.partial, torch.Tensor) else torch.device("cpu")
     shape = tuple(args.shapes[program.einsum.output.tensor])
-    plain = (not loops.output_groups and loops.layout_of(program.einsum.output.tensor) is None
-             and not args.cupy_output and here == target and shape)
+    plain = (loops.layout_of(program.einsum.output.tensor) is None and not args.cupy_output and here == target
+             and shape)
     if not plain:
         return lambda a, canonical: finish(a, loops, program, canonical=canonical)
 
     from_numpy = torch.from_numpy
+    symmetric_output = bool(loops.output_groups)
 
     def finish_plain(a: KernelArgs, canonical: bool):
         partial = a.partial
-        if partial.shape[0] != 1 or a.destination is not None:
+        # a symmetric output is plain where the backend mirrored it and the caller wants it whole
+        if partial.shape[0] != 1 or a.destination is not None or (
+                symmetric_output and (canonical or not a.output_mirrored)):
             return finish(a, loops, program, canonical=canonical)
         result = a.first_buffer if a.first_buffer is not None else partial[0]
         if result.shape != shape:
