@@ -15,7 +15,7 @@ import numpy as np
 
 from . import algebra
 from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, allocate, torch_dtype
-from .backends.plans import cpu_plan, run_syrk
+from .backends.plans import cpu_plan, run_syrk, syrk_runner
 from .backends.registry import Backend
 from .dense_symmetry import mirror_in_place
 from .inputs import (
@@ -73,7 +73,7 @@ class Launch:
         self._specialize = None
         if self.cpu_plan is not None and self.cpu_plan.syrk is not None:
             self.run = functools.partial(_run_syrk, self.cpu_plan)
-            prepared_run = functools.partial(run_syrk, self.cpu_plan)  # BLAS: nothing to specialize
+            prepared_run = syrk_runner(self.cpu_plan)  # BLAS: nothing to specialize per signature
             self._specialize = lambda _loops, _args: prepared_run
         else:
             self.run = backend.prepare(loops)  # imports the backend module, loads the kernel once
