@@ -457,14 +457,22 @@ _Tensor = torch.Tensor
 def needs_op(tensors: dict[str, Any]) -> bool:
     """Whether a call must go through the custom op: under torch.compile or a torch.func
     transform, or when autograd records it (grad mode, an input requiring grad). Otherwise the
-    direct launch gives the same result without the dispatcher's cost."""
-    if _is_compiling() or _interpreter_stack() is not None:
+    direct launch gives the same result without the dispatcher's cost. A call on numpy arrays
+    and numpy-held storage only (the common CPU call) asks torch.compile alone: no autograd
+    graph or torch.func transform can hold such inputs, so the op would give the same values."""
+    if _is_compiling():
+        return True
+    for t in tensors.values():
+        if type(t) is np.ndarray or (isinstance(t, SparseTensor) and type(t.values) is np.ndarray):
+            continue
+        break  # a torch tensor (or another kind): ask the transforms and autograd
+    else:
+        return False
+    if _interpreter_stack() is not None:
         return True
     if not _grad_enabled():
         return False
     for t in tensors.values():
-        if type(t) is np.ndarray:  # the common case: nothing to record
-            continue
         value = t.values if isinstance(t, SparseTensor) else t
         if isinstance(value, _Tensor) and value.requires_grad:
             return True
