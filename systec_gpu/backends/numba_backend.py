@@ -52,7 +52,7 @@ from ..ir.loop import (
 )
 from ..ir.traverse import walk
 from ..passes.loop_nest import unnest
-from .arguments import has_loops
+from .arguments import DriverArrays, has_loops
 from .cache import load_source
 from .parameters import Param, argument_values, kernel_parameters, sparse_loop
 from .writer import CodeWriter, Namer, format_call, format_class_row
@@ -930,17 +930,19 @@ def specialize_numba(program: LoopProgram, args):
     zeros = algebra.operator(program.reduce).identity == 0.0  # `+=`: the chunks accumulate into zeros
     make = np.zeros if zeros else np.empty
     loop = sparse_loop(program)
+    # the signature's arguments without this call's arrays (a prepared run holds no user data)
+    driver = None if args.driver is None else DriverArrays(args.driver.structure, None)
+    stub = dataclasses.replace(args, dense=dict.fromkeys(args.dense), driver=driver, partial=None)
     templates: dict[int, tuple] = {}  # chunks -> (bounds, argument list without the per-call values)
 
     def template(chunks: int) -> tuple:
         found = templates.get(chunks)
         if found is None:
-            if args.driver is None:
+            if driver is None:
                 bounds = np.zeros(chunks + 1, np.int64)
             else:
-                bounds = loop.format.chunk_bounds(args.driver, chunks) if loop is not None else \
-                    args.driver.chunk_bounds(chunks)
-            values = argument_values(params, dataclasses.replace(args, partial=None, bounds=bounds, chunks=chunks))
+                bounds = loop.format.chunk_bounds(driver, chunks) if loop is not None else driver.chunk_bounds(chunks)
+            values = argument_values(params, dataclasses.replace(stub, bounds=bounds, chunks=chunks))
             found = templates[chunks] = (bounds, values)
         return found
 
