@@ -249,8 +249,8 @@ def test_torch_storage_on_the_prepared_path(backend, on_device, binds, monkeypat
 
 
 def test_parallel_numba_runs_are_prepared_too(binds):
-    """Work above numba_backend.SERIAL_BELOW runs in parallel chunks through the backend's general
-    run; the prepared bind still serves it."""
+    """Work above numba_backend.SERIAL_BELOW runs in parallel chunks; its repeat calls are
+    prepared too (the prepared bind, and the backend's run specialized for the signature)."""
     kernel = _ssymv("numba")
     m = sp.csr_matrix(sp.random(1000, 1000, density=0.05, random_state=9))
     m = sp.csr_matrix(m + m.T)
