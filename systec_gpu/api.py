@@ -8,6 +8,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from .backends import registry
 from .backends.plans import describe_plan
 from .formats.choice import describe as describe_formats
@@ -72,9 +74,10 @@ class Kernel:
         if self.backend != registry.AUTO:
             return self.backend
         on_gpu = any(
-            getattr(getattr(t, "device", None), "type", None) == "cuda"
-            or getattr(getattr(getattr(t, "values", None), "device", None), "type", None) == "cuda"
-            or type(t).__module__.split(".")[0] == "cupy"
+            type(t) is not np.ndarray  # host arrays, the common case: nothing to ask
+            and (getattr(getattr(t, "device", None), "type", None) == "cuda"
+                 or getattr(getattr(getattr(t, "values", None), "device", None), "type", None) == "cuda"
+                 or type(t).__module__.split(".")[0] == "cupy")
             for t in tensors.values()
         )
         return registry.DEFAULT_FOR_DEVICE["cuda" if on_gpu else "cpu"]
@@ -106,13 +109,13 @@ class Kernel:
 
             return distributed.call(self, tensors, group=group, output=output, stream_chunk=stream_chunk, check=check,
                                     canonical_output=canonical_output, out=out)
-        if "torch" in sys.modules:  # only torch inputs can need the op, and they import torch
-            torch_ops = _torch_ops()
-            if torch_ops.needs_op(tensors):
-                if canonical_output:
-                    raise NotImplementedError("canonical_output=True has no gradient and cannot be traced: call "
-                                              "the kernel outside autograd (torch.no_grad()) for canonical storage")
-                return torch_ops.apply(self, tensors, check=check, out=out)
+        # only torch inputs can need the op, and they import torch
+        needs_op = _TORCH_OPS[0].needs_op if _TORCH_OPS else _torch_ops().needs_op if "torch" in sys.modules else None
+        if needs_op is not None and needs_op(tensors):
+            if canonical_output:
+                raise NotImplementedError("canonical_output=True has no gradient and cannot be traced: call "
+                                          "the kernel outside autograd (torch.no_grad()) for canonical storage")
+            return _TORCH_OPS[0].apply(self, tensors, check=check, out=out)
         backend = self.backend if self.backend != registry.AUTO else self._backend_for(tensors)
         return self.call_direct(tensors, backend=backend, check=check, canonical=canonical_output, out=out)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import algebra
 from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, allocate, torch_dtype
-from .backends.plans import choose_plan, run_cublas_syrk, run_syrk
+from .backends.plans import choose_plan, run_cublas_syrk, run_syrk, syrk_runner
 from .backends.registry import Backend
 from .dense_symmetry import mirror_in_place
 from .inputs import (
@@ -71,6 +71,8 @@ class Launch:
         self._specialize = None
         if self.backend_plan.name == "blas_syrk":
             self.run = functools.partial(_run_syrk, self.backend_plan)
+            prepared_run = syrk_runner(self.backend_plan)  # BLAS: nothing to specialize per signature
+            self._specialize = lambda _loops, _args: prepared_run
         elif self.backend_plan.name == "cublas_syrk":  # per call: cuBLAS for fp32 CUDA operands, else generated
             self.run = functools.partial(run_cublas_syrk, self.backend_plan, backend.prepare(loops))
         else:
@@ -145,23 +147,27 @@ class _PreparedCall:
 
 
 def _finisher(loops: LoopProgram, program: Program, args: KernelArgs):
-    """`finish` for the calls of one signature: one buffer, no permutation, no symmetric output
-    and no `out=` (the common case) are a view and a torch wrapper; anything else is `finish`."""
+    """`finish` for the calls of one signature: one buffer, no permutation, no `out=`, and no
+    symmetric output or one the backend wrote whole (the common case) are a view and a torch
+    wrapper; anything else is `finish`."""
     import torch
 
     target = args.torch_device if args.torch_device is not None else torch.device("cpu")
     here = args.partial.device if isinstance(args.partial, torch.Tensor) else torch.device("cpu")
     shape = tuple(args.shapes[program.einsum.output.tensor])
-    plain = (not loops.output_groups and loops.layout_of(program.einsum.output.tensor) is None
-             and not args.cupy_output and here == target and shape)
+    plain = (loops.layout_of(program.einsum.output.tensor) is None and not args.cupy_output and here == target
+             and shape)
     if not plain:
         return lambda a, canonical: finish(a, loops, program, canonical=canonical)
 
     from_numpy = torch.from_numpy
+    symmetric_output = bool(loops.output_groups)
 
     def finish_plain(a: KernelArgs, canonical: bool):
         partial = a.partial
-        if partial.shape[0] != 1 or a.destination is not None:
+        # a symmetric output is plain where the backend mirrored it and the caller wants it whole
+        if partial.shape[0] != 1 or a.destination is not None or (
+                symmetric_output and (canonical or not a.output_mirrored)):
             return finish(a, loops, program, canonical=canonical)
         result = a.first_buffer if a.first_buffer is not None else partial[0]
         if result.shape != shape:

@@ -18,6 +18,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -445,16 +446,34 @@ def apply(kernel, tensors: dict[str, Any], *, check: bool = True, out=None):
     return result
 
 
+# Bound once: a repeat kernel call asks these on every call (module attribute chains cost
+# microseconds there when the caches are cold). Dynamo knows is_compiling by identity.
+_is_compiling = torch.compiler.is_compiling
+_interpreter_stack = torch._C._functorch.peek_interpreter_stack
+_grad_enabled = torch.is_grad_enabled
+_Tensor = torch.Tensor
+
+
 def needs_op(tensors: dict[str, Any]) -> bool:
     """Whether a call must go through the custom op: under torch.compile or a torch.func
     transform, or when autograd records it (grad mode, an input requiring grad). Otherwise the
-    direct launch gives the same result without the dispatcher's cost."""
-    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+    direct launch gives the same result without the dispatcher's cost. A call on numpy arrays
+    and numpy-held storage only (the common CPU call) asks torch.compile alone: no autograd
+    graph or torch.func transform can hold such inputs, so the op would give the same values."""
+    if _is_compiling():
         return True
-    if not torch.is_grad_enabled():
+    for t in tensors.values():
+        if type(t) is np.ndarray or (isinstance(t, SparseTensor) and type(t.values) is np.ndarray):
+            continue
+        break  # a torch tensor (or another kind): ask the transforms and autograd
+    else:
+        return False
+    if _interpreter_stack() is not None:
+        return True
+    if not _grad_enabled():
         return False
     for t in tensors.values():
         value = t.values if isinstance(t, SparseTensor) else t
-        if isinstance(value, torch.Tensor) and value.requires_grad:
+        if isinstance(value, _Tensor) and value.requires_grad:
             return True
     return False

@@ -249,8 +249,8 @@ def test_torch_storage_on_the_prepared_path(backend, on_device, binds, monkeypat
 
 
 def test_parallel_numba_runs_are_prepared_too(binds):
-    """Work above numba_backend.SERIAL_BELOW runs in parallel chunks through the backend's general
-    run; the prepared bind still serves it."""
+    """Work above numba_backend.SERIAL_BELOW runs in parallel chunks; its repeat calls are
+    prepared too (the prepared bind, and the backend's run specialized for the signature)."""
     kernel = _ssymv("numba")
     m = sp.csr_matrix(sp.random(1000, 1000, density=0.05, random_state=9))
     m = sp.csr_matrix(m + m.T)
@@ -299,3 +299,47 @@ def test_a_sparse_torch_tensor_where_a_dense_one_was_prepared(binds):
     sparse_x = x.to_sparse()  # the same type, shape, dtype and device; another layout
     np.testing.assert_allclose(kernel(A=a, x=sparse_x).numpy(), a.to_dense() @ x.numpy(), rtol=1e-12)
     assert binds[0] == FIRST + 1
+
+
+def test_blas_syrk_calls_are_prepared(binds):
+    """The dense SSYRK plan (BLAS ?syrk + mirror, backends/plans.py) has no sparse structure to
+    wait for: its calls are prepared from the first, and still return both halves, or the
+    canonical one where asked."""
+    kernel = sg.compile("C[i,j] += A[i,k]*A[j,k]", backend="numba")
+    rng = np.random.default_rng(12)
+    for _ in range(3):
+        a = rng.uniform(-1, 1, (9, 4))
+        np.testing.assert_allclose(kernel(A=a).numpy(), a @ a.T, rtol=1e-12, atol=1e-12)
+    assert binds[0] == 1 and kernel._last.output_mirrored
+    canonical = kernel(A=a, canonical_output=True).numpy()
+    np.testing.assert_allclose(canonical, np.triu(a @ a.T), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(kernel(A=a).numpy(), a @ a.T, rtol=1e-12, atol=1e-12)  # whole again
+    kernel(A=a.astype(np.float32))  # another dtype: bound again
+    assert binds[0] == 2
+
+
+def test_prepared_parallel_runs_follow_the_thread_count(binds, monkeypatch):
+    """A prepared numba run reads numba's thread count on every call (numba.set_num_threads
+    between calls takes effect) and splits the work into that many chunks."""
+    import numba
+
+    from systec_gpu.backends import numba_backend
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one numba thread on this machine")
+    monkeypatch.setattr(numba_backend, "SERIAL_BELOW", 0)  # parallel at any size
+    kernel = _ssymv("numba")
+    rng = np.random.default_rng(13)
+    a = symmetric_sparse(2, 30, rng, per_class=40)
+    dense = a.to_dense()
+    before = numba.get_num_threads()
+    try:
+        for threads in (2, 1, 2, 1):
+            numba.set_num_threads(threads)
+            assert numba_backend.num_threads() == numba.get_num_threads() == threads
+            x = rng.uniform(-1, 1, 30)
+            np.testing.assert_allclose(kernel(A=a, x=x).numpy(), dense @ x, rtol=1e-12, atol=1e-12)
+            assert kernel._last.chunks == threads
+    finally:
+        numba.set_num_threads(before)
+    assert binds[0] == FIRST

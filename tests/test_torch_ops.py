@@ -175,3 +175,32 @@ def test_kernel_op_is_cached_and_names_are_checked():
     assert torch_ops.kernel_op(k) is torch_ops.kernel_op(compile_catalog("ssymv"))
     with pytest.raises(ValueError, match="already registered for a different expression"):
         sg.compile("y[i] += A[i,j]*x[j]", name=k.name)  # same name, no symmetry declared: refused at once
+
+
+def test_numpy_calls_skip_the_op_and_agree_under_transforms(monkeypatch):
+    """A call on numpy arrays and numpy-held storage only goes straight to the launch (no
+    autograd graph or torch.func transform can hold its inputs): inside torch.func transforms
+    and with grad mode on it gives the op's values, as a constant of the transformed function."""
+    import numpy as np
+
+    k = compile_catalog("ssymv")
+    a = sg.SymmetricTensor.from_dense(sym_sparse(2, 6).to_dense().numpy(), check=False)  # numpy-held
+    x = np.random.default_rng(3).uniform(-1, 1, 6)
+    expected = torch.as_tensor(a.to_dense() @ x)
+    calls = []
+    monkeypatch.setattr(torch_ops, "apply", lambda *args, **kw: calls.append(args) or expected)
+    assert not torch_ops.needs_op({"A": a, "x": x})
+    torch.testing.assert_close(k(A=a, x=x), expected)
+    batched = torch.func.vmap(lambda s: s * k(A=a, x=x))(torch.arange(3.0, dtype=torch.float64))
+    torch.testing.assert_close(batched, torch.arange(3.0, dtype=torch.float64)[:, None] * expected)
+    grad = torch.func.grad(lambda s: (s * k(A=a, x=x)).sum())(torch.tensor(2.0, dtype=torch.float64))
+    torch.testing.assert_close(grad, expected.sum())
+    assert not calls
+    # torch operands ask the transforms and autograd as before
+    held_by_torch = sym_sparse(2, 6)
+    torch.func.vmap(lambda s: s * k(A=held_by_torch, x=x))(torch.ones(2, dtype=torch.float64))
+    assert len(calls) == 1
+    xt = torch.from_numpy(x).requires_grad_()
+    assert torch_ops.needs_op({"A": a, "x": xt})
+    with torch.no_grad():
+        assert not torch_ops.needs_op({"A": a, "x": xt})

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from numba.np.ufunc import parallel as _numba_parallel
 
 from .. import __version__, algebra
 from ..formats.choice import fiber_variant, read_as
@@ -51,7 +52,7 @@ from ..ir.loop import (
 )
 from ..ir.traverse import walk
 from ..passes.loop_nest import unnest
-from .arguments import has_loops
+from .arguments import DriverArrays, has_loops
 from .cache import load_source
 from .parameters import Param, argument_values, kernel_parameters, sparse_loop
 from .writer import CodeWriter, Namer, format_call, format_class_row
@@ -887,7 +888,7 @@ def _prepare_as_stored(program: LoopProgram):
     def run(_program: LoopProgram, args, threads: int | None = None) -> None:
         # one thread (asked for, or numba.set_num_threads(1)) runs the serial kernel: the parallel
         # one on a single chunk still pays numba's thread-pool launch
-        asked, threads = threads, threads or numba.get_num_threads()
+        asked, threads = threads, threads or num_threads()
         serial = single or threads == 1 or (asked is None and estimated_points(program, args) < SERIAL_BELOW)
         # numba's workqueue threading layer (where neither OpenMP nor TBB loads) aborts the process
         # on parallel kernels launched from two threads at once: until the layer is known to be
@@ -912,25 +913,45 @@ def _prepare_as_stored(program: LoopProgram):
 
 def specialize_numba(program: LoopProgram, args):
     """A run for the calls bound like `args` (one input signature: runtime.Launch prepares it):
-    the generated function called with its argument list made once, only the output buffer, the
-    sparse values and the dense operands put in per call. None for a parallel run (its
-    per-call cost is the thread pool's: `prepare_numba`'s run serves it)."""
+    what `prepare_numba`'s run decides per call from the program and the sizes is decided here
+    once (the program a COO driver is read as, serial or parallel, the chunk bounds per thread
+    count), and the generated function's argument list is made once per thread count, only the
+    output buffer, the sparse values and the dense operands put in per call. The thread count is
+    read per call (numba.set_num_threads may change it between calls)."""
+    program = read_as(program, args.driver)  # the structure is the signature's: so is this choice
     module, params = _launcher(program)
     single = sparse_loop(program) is None and not has_loops(program)
-    if not (single or estimated_points(program, args) < SERIAL_BELOW):
-        return None
-    bounds = args.driver.chunk_bounds(1) if args.driver is not None else np.zeros(2, np.int64)
-    shape, dtype = (1, *args.out_shape), args.dtype
-    template = argument_values(params, dataclasses.replace(args, partial=None, bounds=bounds, chunks=1))
+    serial_only = single or estimated_points(program, args) < SERIAL_BELOW
+    out_shape, dtype = tuple(args.out_shape), args.dtype
     partial_at = next(k for k, p in enumerate(params) if p.kind == "partial")
     values_at = next((k for k, p in enumerate(params) if p.kind == "values"), None)
     dense_at = tuple((k, p.key) for k, p in enumerate(params) if p.kind == "dense")
-    kernel, mirrors = module.kernel_serial, module.MIRRORS_OUTPUT
-    make = np.zeros if algebra.operator(program.reduce).identity == 0.0 else np.empty
+    kernel_serial, kernel_parallel, mirrors = module.kernel_serial, module.kernel, module.MIRRORS_OUTPUT
+    zeros = algebra.operator(program.reduce).identity == 0.0  # `+=`: the chunks accumulate into zeros
+    make = np.zeros if zeros else np.empty
+    loop = sparse_loop(program)
+    # the signature's arguments without this call's arrays (a prepared run holds no user data)
+    driver = None if args.driver is None else DriverArrays(args.driver.structure, None)
+    stub = dataclasses.replace(args, dense=dict.fromkeys(args.dense), driver=driver, partial=None)
+    templates: dict[int, tuple] = {}  # chunks -> (bounds, argument list without the per-call values)
 
-    def run(args) -> None:
-        partial = make(shape, dtype)
-        values = template.copy()
+    def template(chunks: int) -> tuple:
+        found = templates.get(chunks)
+        if found is None:
+            if driver is None:
+                bounds = np.zeros(chunks + 1, np.int64)
+            else:
+                bounds = loop.format.chunk_bounds(driver, chunks) if loop is not None else driver.chunk_bounds(chunks)
+            values = argument_values(params, dataclasses.replace(stub, bounds=bounds, chunks=chunks))
+            found = templates[chunks] = (bounds, values)
+        return found
+
+    template(1)
+
+    def call(args, chunks: int, kernel) -> None:
+        bounds, values = template(chunks)
+        partial = make((chunks, *out_shape), dtype)
+        values = values.copy()
         values[partial_at] = partial
         if values_at is not None:
             values[values_at] = args.driver.values
@@ -938,9 +959,44 @@ def specialize_numba(program: LoopProgram, args):
         for k, name in dense_at:
             values[k] = dense[name]
         kernel(*values)
-        args.partial, args.chunks, args.bounds, args.output_mirrored = partial, 1, bounds, mirrors
+        # the kernel combined the chunks into partial[0]
+        args.partial = partial if chunks == 1 else partial[:1]
+        args.chunks, args.bounds, args.output_mirrored = chunks, bounds, mirrors
+
+    if serial_only:
+        return lambda args: call(args, 1, kernel_serial)
+
+    def run(args) -> None:
+        threads = num_threads()
+        if threads == 1:
+            call(args, 1, kernel_serial)
+            return
+        guard = _THREADING_LAYER[0] in (None, "workqueue")  # see _prepare_as_stored
+        if guard and not _PARALLEL_LOCK.acquire(blocking=False):
+            call(args, 1, kernel_serial)
+            return
+        try:
+            call(args, threads, kernel_parallel)
+            if _THREADING_LAYER[0] is None:
+                _THREADING_LAYER[0] = numba.threading_layer()
+        finally:
+            if guard:
+                _PARALLEL_LOCK.release()
 
     return run
+
+
+def num_threads() -> int:
+    """numba.get_num_threads(), without the two locks it takes on every call once numba's thread
+    pool is up (a few microseconds of a repeat call on a busy core): numba's own getter of the
+    calling thread's count, read from the module that set it up (numba.np.ufunc.parallel); the
+    public function until then, or if a numba release moves it."""
+    if getattr(_numba_parallel, "_is_initialized", False):
+        getter = getattr(_numba_parallel, "_get_num_threads", None)
+        count = getter() if getter is not None else 0
+        if count > 0:
+            return count
+    return numba.get_num_threads()  # raises where numba's own count is broken
 
 
 _PARALLEL_LOCK = threading.Lock()

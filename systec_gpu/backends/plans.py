@@ -201,18 +201,26 @@ def _fill_lower():
     return fill_lower
 
 
+@functools.cache
+def _syrk_routines() -> dict:
+    """scipy's ?syrk wrappers by dtype, looked up once (scipy loads on first use; an import
+    statement in the call costs 2 us a call)."""
+    from scipy.linalg import blas
+
+    return {np.dtype(np.float32): blas.ssyrk, np.dtype(np.float64): blas.dsyrk}
+
+
 def _syrk(a: np.ndarray, aat: bool) -> np.ndarray:
     """The lower triangle of a a^T (aat) or a^T a in Fortran order (the upper one of its C-ordered
     transpose); a is C-contiguous, so a.T is the Fortran-ordered operand BLAS reads without a
     copy. The output is an uninitialized Fortran array BLAS writes in place (beta = 0: C is not
     read), not the zero-filled one scipy would allocate: 10-25% of ?syrk's time at 400 x 32 and
     1500 x 64 on the 2-core VM."""
-    from scipy.linalg import blas
-
     n = a.shape[0] if aat else a.shape[1]
     if a.size == 0:
         return np.zeros((n, n), dtype=a.dtype, order="F")
-    routine = blas.ssyrk if a.dtype == np.float32 else blas.dsyrk
+    routines = _syrk_routines()
+    routine = routines.get(a.dtype) or routines[np.dtype(np.float64)]
     c = np.empty((n, n), dtype=a.dtype, order="F")
     return routine(1.0, a.T, beta=0.0, c=c, trans=1 if aat else 0, lower=1, overwrite_c=1)
 
@@ -224,16 +232,27 @@ def syrk_full(a: np.ndarray, aat: bool) -> np.ndarray:
     return c
 
 
-def run_syrk(plan: Plan, args) -> None:
-    """Fill bound arguments (backends.arguments.KernelArgs of `plan.loops`) with the "blas_syrk"
-    plan's result: both halves, written by BLAS and the mirror (the runtime clears the lower half
-    for callers that asked for the canonical part only)."""
+@functools.lru_cache(maxsize=256)
+def syrk_runner(plan: Plan):
+    """The "blas_syrk" plan's run on bound arguments (backends.arguments.KernelArgs of
+    `plan.loops`), what it reads of the plan looked up once: fills them with the plan's result,
+    both halves, written by BLAS and the mirror (the runtime clears the lower half for callers
+    that asked for the canonical part only)."""
     tensor, aat = plan.syrk
     if plan.loops.layout_of(tensor) == (1, 0):  # bound transposed: swap the product's sides
         aat = not aat
-    args.partial = syrk_full(np.ascontiguousarray(args.dense[tensor]), aat)[None]
-    args.chunks = 1
-    args.output_mirrored = True
+
+    def run(args) -> None:
+        args.partial = syrk_full(np.ascontiguousarray(args.dense[tensor]), aat)[None]
+        args.chunks = 1
+        args.output_mirrored = True
+
+    return run
+
+
+def run_syrk(plan: Plan, args) -> None:
+    """Run the "blas_syrk" plan on bound arguments (see syrk_runner)."""
+    syrk_runner(plan)(args)
 
 
 def full_precision_float32_matmul() -> bool:
