@@ -192,3 +192,17 @@ def test_a_special_meeting_an_unstored_entry_of_a_second_access(backend):
                                 stored={access: a != 0 for access in einsum.rhs.args})
     assert float(expected) == 13.0
     assert results == [13.0, 13.0]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a sparse factor of a product under a sum (A[i,j]*x[j] + B[i,j]) is not a factor of the update: "
+    "it is read as its fill value, no membership guard, so an unstored A[0,0] meets x[0] = inf (nan); "
+    "a guard would have to select the fill for the product alone (tl.where), not skip the update"))
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_a_special_meeting_an_unstored_factor_under_a_sum(backend):
+    a = np.array([[0.0, 1.0], [2.0, 0.0]])
+    b = np.array([[1.0, 0.0], [0.0, 1.0]])
+    x = np.array([np.inf, 1.0])
+    kernel = sg.compile("y[i] += A[i,j]*x[j] + B[i,j]", formats={"A": "coo", "B": "coo"}, backend=backend)
+    expected = [1.0 + 1.0 * 1.0, np.inf]  # the term A[0,0]*x[0] is absent: B[0,0] + A[0,1]*x[1]
+    np.testing.assert_array_equal(kernel(A=a, B=b, x=x).numpy(), expected)
