@@ -100,6 +100,9 @@ def meta_args(kernel, stated: StatedInput):
         return tuple(shape[m] for m in perm) if perm else shape
 
     dense = {n: torch.empty(laid_out(n, shapes[n]) or (1,), dtype=tdtype, device="meta") for n in loops.dense_inputs}
+    # masks of the stored entries of sparse operands read densely (membership guards), as uint8
+    stored = {n: torch.empty(laid_out(n, shapes[n]) or (1,), dtype=torch.uint8, device="meta")
+              for n in loops.stored_inputs}
     driver = None
     loop = sparse_loop(loops)
     if loop is not None:
@@ -115,7 +118,8 @@ def meta_args(kernel, stated: StatedInput):
         driver = DriverArrays(DriverStructure(coords, pointers, nnz, stated.expanded_nnz, None), values)
     tables = {t.name: np.array(t.rows, dtype=dtype) for t in loops.tables}
     sizes = dict(stated.sizes)
-    return KernelArgs(dense, driver, shapes, sizes, tables, laid_out(einsum.output.tensor, out_shape) or (1,), dtype)
+    return KernelArgs(dense, driver, shapes, sizes, tables, laid_out(einsum.output.tensor, out_shape) or (1,), dtype,
+                      stored=stored)
 
 
 # ---------------------------------------------------------------------------------------------

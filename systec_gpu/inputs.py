@@ -383,6 +383,34 @@ def densify(name: str, obj, fill: float) -> np.ndarray:
     return dense
 
 
+def stored_mask(name: str, obj, groups, perm, fill: float, on_device: bool = False):
+    """The mask (uint8, 1: stored) of the entries an input for a sparse operand stores, in the
+    kernel layout of its densified values (`groups`: mirrored from the canonical part as the values
+    are; `perm`: its mode permutation): a sparse input's stored entries (every permutation of a
+    symmetric one's), a dense array's entries that differ from `fill` (what `to_storage` keeps: a
+    nan is stored). `on_device`: a dense torch/CuPy input kept where it lives, the mask beside it."""
+    if on_device:
+        import torch
+
+        mask = (as_torch(obj).detach() != fill).to(torch.uint8)
+        if groups:
+            mask = mirror_tensor(mask, groups)
+        if perm is not None:
+            mask = mask.permute(tuple(perm))
+        return mask.contiguous().reshape(tuple(mask.shape) or (1,))
+    if is_sparse_input(obj):
+        storage = to_storage(name, obj, (), check=False)
+        mask = np.zeros(storage.shape, dtype=np.uint8)
+        mask[tuple(to_numpy(storage.indices))] = 1
+    else:
+        mask = (to_numpy(obj) != fill).astype(np.uint8)
+    if groups is not None:
+        mask = mirror_canonical(mask, groups)
+    if perm is not None:
+        mask = mask.transpose(perm)
+    return np.ascontiguousarray(mask.reshape(mask.shape or (1,)))
+
+
 class _KernelCoords(Sequence):
     """A driver's coordinates in the kernel's index dtype, one array per mode, each made on first
     use: a mode no kernel reads (mode 0 of a CSR driver under Numba, which walks the pointers)
@@ -624,6 +652,7 @@ class BindPlan:
     driver_expanded: bool
     driver_format: StorageFormat | None
     tables: dict = field(default_factory=dict)  # dtype -> factor tables in that dtype
+    stored_inputs: tuple[str, ...] = ()  # dense reads guarded by membership: their masks are bound
 
 
 @functools.lru_cache(maxsize=256)
@@ -653,6 +682,7 @@ def bind_plan(loops: LoopProgram, program: Program) -> BindPlan:
         driver_groups=program.groups_of(loops.driver) if loops.driver is not None else (),
         driver_expanded=loop.expanded if loop is not None else False,
         driver_format=loop.format if loop is not None else None,
+        stored_inputs=tuple(loops.stored_inputs),
     )
 
 
@@ -746,6 +776,10 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
             array = array.transpose(perm)
         dense[name] = np.ascontiguousarray(array.reshape(array.shape or (1,)), dtype=dtype)
 
+    stored = {name: stored_mask(name, inputs[name], plan.declared.get(name), plan.layouts[name], plan.fill,
+                                device_tensors and _stays_on_device(inputs[name]))
+              for name in plan.stored_inputs}
+
     perm = plan.layouts[plan.output]
     kernel_shape = tuple(out_shape[m] for m in perm) if perm else out_shape
     tables = plan.tables.get(dtype)
@@ -758,7 +792,7 @@ def bind(loops: LoopProgram, program: Program, inputs: dict[str, Any], *, check:
 
         device = torch.device("cuda", int(cupy.device.id))
     return KernelArgs(dense, driver, shapes, sizes, tables, kernel_shape or (1,), dtype, torch_device=device,
-                      cupy_output=cupy_output)
+                      cupy_output=cupy_output, stored=stored)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -865,8 +899,8 @@ def prepare_bind(plan: BindPlan, inputs: dict[str, Any], args: KernelArgs, *, ch
                  device_tensors: bool) -> PreparedBind | None:
     """The `PreparedBind` of a call that `bind` bound into `args`, or None when its signature is
     not one that is prepared (see PreparedBind)."""
-    if args.cupy_output:
-        return None
+    if args.cupy_output or plan.stored_inputs:
+        return None  # stored_inputs: masks derived from values, made by `bind` on every call
     numpy_dense, torch_dense = [], []
     for name in plan.dense_inputs:
         obj, bound = inputs[name], args.dense[name]

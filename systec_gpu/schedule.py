@@ -369,6 +369,8 @@ def _contraction(levels: list[TileLevel], schedule: DenseTriangleSchedule):
     updates = [s for s in last.stmts if isinstance(s, Update)]
     if len(updates) != 1 or algebra.operator(updates[0].reduce).name != "add" or updates[0].factor is not None:
         return None, "not one unscaled += update"
+    if updates[0].when:
+        return None, "the update is guarded by the membership of a sparse factor"
     update = updates[0]
     lets = {s.name: s.value for s in last.stmts if isinstance(s, Let)}
     value = update.value

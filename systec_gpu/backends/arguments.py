@@ -100,6 +100,9 @@ class KernelArgs:
     output_mirrored: bool = False  # the backend wrote both halves of a symmetric output itself
     destination: Any = None  # a caller's preallocated result (`out=`), written by finish
     first_buffer: Any = None  # partial[0], where a backend made that view itself (finish reuses it)
+    # masks of the stored entries (uint8, 1 = stored) of the sparse operands read densely whose
+    # membership guards updates (LoopProgram.stored_inputs), in the layout of their values
+    stored: dict[str, np.ndarray | torch.Tensor] = field(default_factory=dict)
 
     def extent(self, extent: Extent) -> int:
         return self.shapes[extent.tensor][extent.mode]

@@ -47,6 +47,7 @@ from ..ir.loop import (
     LoopProgram,
     Ref,
     SparseLoop,
+    Stored,
     Update,
     format_loop_program,
 )
@@ -379,6 +380,8 @@ class _Emitter:
                 return self.names.fresh(f"{driver}_vals")
             case "dense" | "table":
                 return self.names.user("tensor", param.key)
+            case "stored":
+                return self.names.fresh(f"{param.key}_stored")
             case "extent":
                 return self.names.fresh(f"{param.key.tensor}_size{param.key.mode}")
             case "bounds":
@@ -400,6 +403,8 @@ class _Emitter:
         match expr:
             case Access(tensor=t, indices=idx):
                 return f"{self.names.user('tensor', t)}[{self.subscript(idx)}]"
+            case Stored(access=Access(tensor=t, indices=idx)):
+                return f"{self.param_names[Param('stored', t)]}[{self.subscript(idx)}]"
             case DriverValue():
                 return f"{self.param_names[Param('values')]}[{self.position}]"
             case Ref(name=name):
@@ -613,7 +618,9 @@ class _Emitter:
         rows: dict[str, tuple[Access, tuple]] = {}
         rewritten = []
         for stmt in body:
-            if isinstance(stmt, Update) and stmt.output in self.live and not isinstance(stmt.factor, Ref | Factor):
+            # (not a guarded update: a row whose terms were all skipped would give invariant * 0)
+            if isinstance(stmt, Update) and stmt.output in self.live and not isinstance(stmt.factor, Ref | Factor) \
+                    and not stmt.when:
                 value = stmt.value
                 factors = list(value.args) if isinstance(value, Call) and value.op == "mul" else [value]
                 if stmt.factor is not None:
@@ -633,6 +640,14 @@ class _Emitter:
         return rows, tuple(rewritten)
 
     def update(self, update: Update) -> None:
+        if update.when:  # an unstored sparse factor: the term contributes nothing (not 0 * inf)
+            test = " and ".join(f"{self.expr(c)} != 0" for c in update.when)
+            with self.w.block(f"if {test}:"):
+                self.scaled_update(update)
+        else:
+            self.scaled_update(update)
+
+    def scaled_update(self, update: Update) -> None:
         local = self.live.get(update.output)
         value = self.expr(update.value)
         factor = update.factor

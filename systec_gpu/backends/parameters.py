@@ -13,8 +13,9 @@ from ..ir.traverse import walk
 @dataclass(frozen=True)
 class Param:
     """One kernel argument: `kind` in partial, coords, values, pointers, fiber_coords,
-    fiber_pointers, dense, table, extent, bounds, chunks; `key` names which one (a mode, a CSF
-    level, a tensor, a table, an extent). The driver's structure arrays are its format's `arrays`."""
+    fiber_pointers, dense, stored (the mask of a dense read's stored entries), table, extent,
+    bounds, chunks; `key` names which one (a mode, a CSF level, a tensor, a table, an extent).
+    The driver's structure arrays are its format's `arrays`."""
 
     kind: str
     key: object = None
@@ -42,6 +43,7 @@ def kernel_parameters(program: LoopProgram) -> tuple[Param, ...]:
         params += [Param(kind, key) for kind, key in loop.format.arrays(len(loop.indices))]
         params.append(Param("values"))
     params += [Param("dense", t) for t in program.dense_inputs]
+    params += [Param("stored", t) for t in program.stored_inputs]
     params += [Param("table", t.name) for t in program.tables]
     params += [Param("extent", e) for e in dense_extents(program)]
     params += [Param("bounds"), Param("chunks")]
@@ -63,6 +65,8 @@ def argument_values(params: tuple[Param, ...], args) -> list:
                 values.append(args.driver.values)
             case "dense":
                 values.append(args.dense[param.key])
+            case "stored":
+                values.append(args.stored[param.key])
             case "table":
                 values.append(args.tables[param.key])
             case "extent":

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from .. import __version__, algebra
 from ..budget import default_schedule
 from ..ir.einsum import Access, Call, Index, Literal
-from ..ir.loop import ClassOf, DriverValue, Extent, Factor, Let, LoopProgram, Ref, Update, format_loop_program
+from ..ir.loop import ClassOf, DriverValue, Extent, Factor, Let, LoopProgram, Ref, Stored, Update, format_loop_program
 from ..ir.tile import (
     BlockAxis,
     ContractionLoop,
@@ -149,6 +149,8 @@ class _Emitter:
                 return self.names.fresh("nnz")
             case "dense":
                 return self.names.user("tensor", p.key)
+            case "stored":
+                return self.names.fresh(f"{p.key}_stored")
             case "stride":
                 tensor, mode = p.key
                 return self.names.fresh(f"{'out' if tensor == '<out>' else tensor}_stride{mode}")
@@ -201,7 +203,7 @@ class _Emitter:
 
     def expr_dims(self, expr) -> frozenset[int]:
         match expr:
-            case Access(indices=idx):
+            case Access(indices=idx) | Stored(access=Access(indices=idx)):
                 return frozenset().union(*(self.dims[i] for i in idx)) if idx else frozenset()
             case DriverValue():
                 return self.driver_dims
@@ -238,6 +240,13 @@ class _Emitter:
                 mask = self.mask_for(self.expr_dims(expr))
                 load = f"tl.load({pointer}, mask={mask}, other=0.0)" if mask else f"tl.load({pointer})"
                 return f"{load}.to({self.accumulator_type})"
+            case Stored(access=Access(tensor=t, indices=idx)):
+                # the mask of t's stored entries, laid out as its values (their strides); a lane
+                # masked off reads "not stored"
+                pointer = f"{self.param('stored', t)} + {self.offset(t, idx, False)}"
+                mask = self.mask_for(self.expr_dims(expr))
+                load = f"tl.load({pointer}, mask={mask}, other=0)" if mask else f"tl.load({pointer})"
+                return f"({load} != 0)"
             case DriverValue():
                 mask = self.mask_for(self.expr_dims(expr))
                 return (f"tl.load({self.param('values')} + {self.position}, mask={mask}, other=0.0)"
@@ -303,6 +312,8 @@ class _Emitter:
         of 1 (or any factor of an idempotent reduction) leaves the value as it is."""
         info = algebra.operator(u.reduce)
         value, mask = self.expr(u.value), self.full_mask()
+        for condition in u.when:  # an unstored sparse factor switches its lanes off (not 0 * inf)
+            mask = f"{mask} & {self.expr(condition)}"
         if u.factor is None:
             return value, mask
         f = self.expr(u.factor)

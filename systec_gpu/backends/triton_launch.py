@@ -289,6 +289,8 @@ def _binder(tiles: TileProgram, p: TParam):
             return lambda c: int(c.args.driver.nnz)
         case "dense":
             return lambda c, key=p.key: _to_device(c.args.dense[key], c.device)
+        case "stored":
+            return lambda c, key=p.key: _to_device(c.args.stored[key], c.device)
         case "stride":
             tensor, mode = p.key
             if tensor == "<out>":

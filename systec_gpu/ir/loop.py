@@ -2,7 +2,8 @@
 
 Expressions reuse the einsum nodes (`Access` = a dense read, `Literal`, `Call`) and add
 `DriverValue` (the value of the sparse nonzero being visited), `Ref` (a let-bound scalar),
-`ClassOf` (the diagonal-class row of the current point) and `Factor` (a lookup-table entry).
+`ClassOf` (the diagonal-class row of the current point), `Factor` (a lookup-table entry) and
+`Stored` (whether a sparse operand read densely stores the entry read: an update's guard).
 """
 
 from __future__ import annotations
@@ -57,7 +58,18 @@ class Factor:
     column: int
 
 
-LExpr = Union[Access, Literal, Call, DriverValue, Ref, ClassOf, Factor]  # noqa: UP007
+@dataclass(frozen=True)
+class Stored:
+    """Whether the sparse operand `access.tensor` stores the entry `access` reads (it is read
+    densely, and holds its fill value where it stores nothing): 1 or 0."""
+
+    access: Access
+
+    def __str__(self) -> str:
+        return f"stored({self.access})"
+
+
+LExpr = Union[Access, Literal, Call, DriverValue, Ref, ClassOf, Factor, Stored]  # noqa: UP007
 
 
 @dataclass(frozen=True)
@@ -68,12 +80,17 @@ class Let:
 
 @dataclass(frozen=True)
 class Update:
-    """output[indices] = reduce(output[indices], factor-times value)."""
+    """output[indices] = reduce(output[indices], factor-times value), where every `when` holds.
+
+    `when`: the membership (`Stored`, or a let bound to one) of each sparse operand that is a
+    factor of the value but read densely: where one is not stored the term contributes nothing,
+    whatever the other factors hold (no `0 * inf`), as where a sparse loop never visits it."""
 
     output: Access
     reduce: str  # algebra operator name of the reduction
     value: LExpr
     factor: LExpr | None  # None: exactly once
+    when: tuple[LExpr, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,6 +159,9 @@ class LoopProgram:
     sets: tuple[tuple[Index, ...], ...] = ()  # permutable sets (canonical order); extents equal
     symmetric_inputs: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
     notes: tuple[str, ...] = ()  # decisions and refusals of the passes, with reasons
+    # sparse tensors read densely whose membership guards updates (`Stored`): a mask of their
+    # stored entries is bound beside their values (order of first read)
+    stored_inputs: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         # Structural, computed once: backends memoize generated code on the program.
@@ -161,7 +181,7 @@ class LoopProgram:
 
 def format_lexpr(expr: LExpr) -> str:
     match expr:
-        case Access() | Literal() | DriverValue() | Ref():
+        case Access() | Literal() | DriverValue() | Ref() | Stored():
             return str(expr)
         case ClassOf(chains=chains):
             flags = ", ".join(f"{a}=={b}" for chain in chains for a, b in zip(chain, chain[1:], strict=False))
@@ -184,12 +204,14 @@ def _format_stmt(stmt: Stmt, depth: int, lines: list[str]) -> None:
                 _format_stmt(s, depth, lines)
         case Let(name=name, value=value):
             lines.append(f"{pad}{name} = {format_lexpr(value)}")
-        case Update(output=out, reduce=reduce, value=value, factor=factor):
+        case Update(output=out, reduce=reduce, value=value, factor=factor, when=when):
             info = algebra.operator(reduce)
             scaled = format_lexpr(value)
             if factor is not None:
                 how = "if" if info.idempotent else "times"
                 scaled = f"{scaled}  {how} {format_lexpr(factor)}"
+            if when:
+                scaled = f"{scaled}  where {' and '.join(format_lexpr(c) for c in when)}"
             lines.append(f"{pad}{out} {info.symbol}= {scaled}" if info.infix
                          else f"{pad}{out} {info.symbol}= {scaled}")
         case SparseLoop(tensor=t, indices=idx, expanded=expanded, format=fmt, body=body):
@@ -252,6 +274,10 @@ def verify_loops(program: LoopProgram) -> LoopProgram:
                 if t not in tables or not 0 <= column < len(tables[t].rows[0]):
                     raise LoopIRError(f"bad table reference {format_lexpr(expr)}")
                 check_expr(row, bound, names)
+            case Stored(access=access):
+                if access.tensor not in program.stored_inputs:
+                    raise LoopIRError(f"{expr}: {access.tensor} is not among the stored inputs (no mask is bound)")
+                check_expr(access, bound, names)
             case Call(args=args):
                 for a in args:
                     check_expr(a, bound, names)
@@ -268,11 +294,13 @@ def verify_loops(program: LoopProgram) -> LoopProgram:
                         inner.add(s.name)
             case Let(value=value):
                 check_expr(value, bound, names)
-            case Update(output=out, value=value, factor=factor):
+            case Update(output=out, value=value, factor=factor, when=when):
                 check_expr(out, bound, names)
                 check_expr(value, bound, names)
                 if factor is not None:
                     check_expr(factor, bound, names)
+                for condition in when:
+                    check_expr(condition, bound, names)
             case SparseLoop(indices=idx, body=body):
                 check(body, bound | set(idx), names)
             case DenseLoop(index=i, lower=lo, upper=hi, body=body):

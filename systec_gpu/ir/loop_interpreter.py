@@ -21,6 +21,7 @@ from .loop import (
     LoopProgram,
     Ref,
     SparseLoop,
+    Stored,
     Update,
 )
 
@@ -36,6 +37,8 @@ def interpret_loops(program: LoopProgram, args) -> np.ndarray:
                 if not idx:  # a scalar operand is bound as a 1-element array
                     return args.dense[t].reshape(-1)[0]
                 return args.dense[t][tuple(env[i] for i in idx)]
+            case Stored(access=Access(tensor=t, indices=idx)):
+                return args.stored[t][tuple(env[i] for i in idx)] if idx else args.stored[t].reshape(-1)[0]
             case DriverValue():
                 return env["<driver>"]
             case Ref(name=name):
@@ -62,7 +65,9 @@ def interpret_loops(program: LoopProgram, args) -> np.ndarray:
                     run(s)
             case Let(name=name, value=v):
                 env[name] = value(v)
-            case Update(output=o, reduce=reduce, value=v, factor=factor):
+            case Update(output=o, reduce=reduce, value=v, factor=factor, when=when):
+                if not all(value(c) for c in when):
+                    return  # an unstored sparse factor: the term contributes nothing
                 count = 1 if factor is None else value(factor)
                 if count == 0:
                     return  # a zero factor: the update does not happen (0 * inf is not 0)

@@ -8,6 +8,11 @@ set in canonical order. Schedules that cannot be applied are refused with a reas
 A driver access that repeats an index (`A[i,i]`, `A[i,j,i]`) binds one coordinate per mode: the
 repeat binds a copy of the index (`i_1`: the index at mode 1) and a pair of guards
 `i <= i_1 <= i` keeps only the stored entries whose coordinates agree, on every backend.
+
+A sparse operand that is a factor of an update but not the driver (a second access of the
+driver's tensor, `A[i,j]*A[j,i]`, or a second sparse tensor) is read densely, where its unstored
+entries hold the fill value; the update is guarded by its membership (`Stored`): an unstored
+factor makes the term contribute nothing, whatever the other factors hold (no `0 * inf`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..ir.loop import (
     LoopProgram,
     Ref,
     SparseLoop,
+    Stored,
     Table,
     Update,
 )
@@ -53,6 +59,22 @@ def _with_driver(expr, driver_key: Access, sym: Symmetrized, order):
         case Call(op=op, args=args):
             return Call(op, tuple(_with_driver(a, driver_key, sym, order) for a in args))
     return expr
+
+
+def _factors(expr, combine: str) -> list:
+    """The factors of `expr` under the combining operator, nested products flattened."""
+    if isinstance(expr, Call) and expr.op == combine:
+        return [f for a in expr.args for f in _factors(a, combine)]
+    return [expr]
+
+
+def membership_guards(value, program, combine: str) -> tuple[Stored, ...]:
+    """The guards of an update whose value (driver reads already replaced) is `value`: the
+    membership of each sparse operand read densely that is a factor of it. The one place that
+    decides that a read needs one."""
+    guards = dict.fromkeys(Stored(f) for f in _factors(value, combine)
+                           if isinstance(f, Access) and program.format_of(f.tensor).sparse)
+    return tuple(guards)
 
 
 def _driver_is_factor(update_rhs, driver: Access, sym: Symmetrized, combine: str, order) -> bool:
@@ -185,8 +207,10 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
     if multi_class:
         body.append(Let("cls", ClassOf(tuple(s.indices for s in sym.sets))))
     driver_key = normalize(driver, program, order) if driver else None
+    combine = einsum.semiring.combine.name
     for column, update in enumerate(sym.updates):
         value = _with_driver(update.rhs, driver_key, sym, order) if driver else update.rhs
+        guards = membership_guards(value, program, combine)
         if multi_class:
             factor = Factor("mult", Ref("cls"), column)
         else:
@@ -194,7 +218,7 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
             if count == 0:
                 continue
             factor = None if count == 1 else Literal(float(count))
-        body.append(Update(update.output, reduce.name, value, factor))
+        body.append(Update(update.output, reduce.name, value, factor, guards))
     block = Block(tuple(body))
 
     # Dense loops, innermost first, with canonical-order bounds.
@@ -227,6 +251,13 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
     dense_inputs = tuple(
         dict.fromkeys(n.tensor for u in body if isinstance(u, Update) for n in walk(u.value) if isinstance(n, Access))
     )
+    guarded = tuple(dict.fromkeys(
+        g.access for u in body if isinstance(u, Update) for g in u.when))
+    stored_inputs = tuple(dict.fromkeys(a.tensor for a in guarded))
+    if guarded:
+        reads = ", ".join(map(str, guarded))
+        notes.append(f"{reads} read densely (sparse, not the driver): a mask of the stored entries guards each "
+                     "update they are a factor of, so an unstored entry contributes nothing, even beside inf or nan")
     rows = sym.table if multi_class else ()
     tables = (
         (Table("mult", tuple(rows), tuple(describe_class(sym, c) for c in sym.classes)),)
@@ -247,4 +278,5 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
         symmetric_inputs=tuple((s.tensor, s.groups) for s in program.symmetries
                                if s.tensor != einsum.output.tensor),
         notes=sym.notes + tuple(notes),
+        stored_inputs=stored_inputs,
     )

@@ -1,7 +1,8 @@
 """Step 7 of the algorithm: read each operand once per point, share partial products.
 
 - every distinct read becomes one let-binding, hoisted to the outermost loop where its
-  indices are bound (loop-invariant code motion), and so is the class row;
+  indices are bound (loop-invariant code motion), and so are the class row and the membership
+  of a guarded sparse read (`Stored`);
 - when the updates are leave-one-out products of m >= 3 factors (MTTKRP), prefix and suffix
   products give all m of them with 3(m-2) multiplications instead of m(m-2).
 """
@@ -12,19 +13,21 @@ import dataclasses
 from collections import Counter
 
 from ..ir.einsum import Access, Call, Index
-from ..ir.loop import ClassOf, DriverValue, Factor, Let, LoopProgram, Ref, Update
+from ..ir.loop import ClassOf, DriverValue, Factor, Let, LoopProgram, Ref, Stored, Update
 from .loop_nest import Level, renest, unnest
 
 
 def _read_name(read) -> str:
     if isinstance(read, DriverValue):
         return f"{read.tensor}_val"
+    if isinstance(read, Stored):
+        return f"{read.access.tensor}_stored_{'_'.join(i.name for i in read.access.indices)}"
     return f"{read.tensor}_{'_'.join(i.name for i in read.indices)}" if read.indices else read.tensor
 
 
 def _bind_reads(expr, lets: dict):
     match expr:
-        case Access() | DriverValue():
+        case Access() | DriverValue() | Stored():
             if expr not in lets:
                 lets[expr] = _read_name(expr)
             return Ref(lets[expr])
@@ -89,7 +92,7 @@ def _dependencies(expr, names_to_level: dict[str, int], levels: list[Level]) -> 
     """The outermost level at which every index and name used by `expr` is available."""
     level = 0
     match expr:
-        case Access(indices=idx):
+        case Access(indices=idx) | Stored(access=Access(indices=idx)):
             level = max((_binding_level(i, levels) for i in idx), default=0)
         case DriverValue(tensor=t):
             level = next(n for n, lv in enumerate(levels) if lv.header is not None
@@ -119,6 +122,8 @@ def read_once(program: LoopProgram) -> LoopProgram:
         for u in innermost.stmts
         if isinstance(u, Update)
     ]
+    updates = [dataclasses.replace(u, when=tuple(_bind_reads(c, lets) for c in u.when)) if u.when else u
+               for u in updates]
     shared, updates = _leave_one_out(updates)
     # Table lookups depend on the class only: bind them so they hoist with it.
     factors = []
