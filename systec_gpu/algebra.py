@@ -179,16 +179,30 @@ class Semiring:
     def __str__(self) -> str:
         return f"({self.reduce.symbol}, {self.combine.symbol}) over {self.domain.name} values"
 
+    def annihilates(self, op: Operator) -> bool:
+        """This semiring's zero annihilates `op` over its values (`zero op x == zero`): a call of
+        `op` with an unstored sparse argument is the zero itself, whatever the other arguments
+        hold (the `0 * inf` and `inf + -inf` of floating point are not what the sparse operand
+        means)."""
+        zero = self.zero
+        with np.errstate(invalid="ignore"):
+            return all(op.numpy(zero, x) == zero and op.numpy(x, zero) == zero for x in self.domain.samples)
+
+    def neutral_in(self, op: Operator) -> bool:
+        """This semiring's zero is `op`'s identity over its values (`zero op x == x`): reading an
+        unstored entry as the zero is exact under `op`."""
+        zero = self.zero
+        with np.errstate(invalid="ignore"):
+            return all(op.numpy(zero, x) == x and op.numpy(x, zero) == x for x in self.domain.samples)
+
     def binding_error(self, op: Operator) -> str | None:
         """Why a sparse operand bound into its term by `op` cannot hold this semiring's zero in
         its unstored entries (the zero must annihilate `op`, so that skipping the entry and
         reading it agree, or be `op`'s identity, a neutral value), or None when it can."""
         zero, samples = self.zero, self.domain.samples
+        if self.annihilates(op) or self.neutral_in(op):
+            return None
         with np.errstate(invalid="ignore"):
-            if all(op.numpy(zero, x) == zero and op.numpy(x, zero) == zero for x in samples):
-                return None
-            if all(op.numpy(zero, x) == x and op.numpy(x, zero) == x for x in samples):
-                return None
             x = next(x for x in samples if op.numpy(zero, x) != zero)
             shown = f"{zero!r} {op.symbol} {x!r}" if op.infix else f"{op.symbol}({zero!r}, {x!r})"
             got = float(op.numpy(zero, x))

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 import systec_gpu as sg  # noqa: E402
+from systec_gpu.ir.einsum import accesses  # noqa: E402
 from systec_gpu.ir.einsum_interpreter import interpret_einsum  # noqa: E402
 from systec_gpu.ir.loop import Guard, SparseLoop  # noqa: E402
 from systec_gpu.ir.traverse import walk  # noqa: E402
@@ -194,15 +195,18 @@ def test_a_special_meeting_an_unstored_entry_of_a_second_access(backend):
     assert results == [13.0, 13.0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a sparse factor of a product under a sum (A[i,j]*x[j] + B[i,j]) is not a factor of the update: "
-    "it is read as its fill value, no membership guard, so an unstored A[0,0] meets x[0] = inf (nan); "
-    "a guard would have to select the fill for the product alone (tl.where), not skip the update"))
-@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.parametrize("backend", ["reference", "numba", "triton"])
 def test_a_special_meeting_an_unstored_factor_under_a_sum(backend):
+    # A is a factor of the term A[i,j]*x[j] only, not of the whole update: where A is unstored the
+    # term is 0 (a Select on A's membership), not 0 * inf; B under the sum is read as its fill
     a = np.array([[0.0, 1.0], [2.0, 0.0]])
     b = np.array([[1.0, 0.0], [0.0, 1.0]])
     x = np.array([np.inf, 1.0])
     kernel = sg.compile("y[i] += A[i,j]*x[j] + B[i,j]", formats={"A": "coo", "B": "coo"}, backend=backend)
     expected = [1.0 + 1.0 * 1.0, np.inf]  # the term A[0,0]*x[0] is absent: B[0,0] + A[0,1]*x[1]
+    einsum = kernel.program.einsum
+    oracle = interpret_einsum(einsum, {"A": a, "B": b, "x": x},
+                              stored={acc: {"A": a, "B": b}[acc.tensor] != 0 for acc in accesses(einsum.rhs)
+                                      if acc.tensor in "AB"})
+    np.testing.assert_array_equal(oracle, expected)
     np.testing.assert_array_equal(kernel(A=a, B=b, x=x).numpy(), expected)

@@ -46,6 +46,7 @@ from ..ir.loop import (
     Let,
     LoopProgram,
     Ref,
+    Select,
     SparseLoop,
     Stored,
     Update,
@@ -417,6 +418,10 @@ class _Emitter:
                 return f"{self.names.user('tensor', t)}[{self.expr(row)}, {column}]"
             case Call(op=op, args=args):
                 return format_call(op, [self.expr(a) for a in args], algebra.Operator.numba_call)
+            case Select(when=when, value=value, otherwise=otherwise):
+                # an unstored sparse factor: the term is the zero (not 0 * inf)
+                test = " and ".join(f"{self.expr(c)} != 0" for c in when)
+                return f"({self.expr(value)} if {test} else {self.expr(otherwise)})"
         raise TypeError(f"not a loop expression: {expr!r}")
 
     # -- statements -------------------------------------------------------------------------

@@ -24,7 +24,19 @@ from dataclasses import dataclass
 from .. import __version__, algebra
 from ..budget import default_schedule
 from ..ir.einsum import Access, Call, Index, Literal
-from ..ir.loop import ClassOf, DriverValue, Extent, Factor, Let, LoopProgram, Ref, Stored, Update, format_loop_program
+from ..ir.loop import (
+    ClassOf,
+    DriverValue,
+    Extent,
+    Factor,
+    Let,
+    LoopProgram,
+    Ref,
+    Select,
+    Stored,
+    Update,
+    format_loop_program,
+)
 from ..ir.tile import (
     BlockAxis,
     ContractionLoop,
@@ -215,6 +227,8 @@ class _Emitter:
                 return self.expr_dims(row)
             case Call(args=args):
                 return frozenset().union(*(self.expr_dims(a) for a in args))
+            case Select(when=when, value=value):
+                return frozenset().union(*(self.expr_dims(a) for a in (*when, value)))
         return frozenset()
 
     def offset(self, tensor: str, indices: tuple[Index, ...], output: bool, names: dict | None = None) -> str:
@@ -262,6 +276,10 @@ class _Emitter:
                 return code
             case Call(op=op, args=args):
                 return format_call(op, [self.expr(a) for a in args], algebra.Operator.triton_call)
+            case Select(when=when, value=value, otherwise=otherwise):
+                # an unstored sparse factor: the term's lanes hold the zero (not 0 * inf)
+                test = " & ".join(self.expr(c) for c in when)
+                return f"tl.where({test}, {self.expr(value)}, {self.expr(otherwise)})"
         raise TypeError(f"not a loop expression: {expr!r}")
 
     def factor(self, factor: Factor) -> tuple[str, float | None]:

@@ -2,8 +2,10 @@
 
 Expressions reuse the einsum nodes (`Access` = a dense read, `Literal`, `Call`) and add
 `DriverValue` (the value of the sparse nonzero being visited), `Ref` (a let-bound scalar),
-`ClassOf` (the diagonal-class row of the current point), `Factor` (a lookup-table entry) and
-`Stored` (whether a sparse operand read densely stores the entry read: an update's guard).
+`ClassOf` (the diagonal-class row of the current point), `Factor` (a lookup-table entry),
+`Stored` (whether a sparse operand read densely stores the entry read: an update's guard) and
+`Select` (a product that is only a term of the update, or the semiring's zero where one of its
+sparse factors is unstored).
 """
 
 from __future__ import annotations
@@ -69,7 +71,20 @@ class Stored:
         return f"stored({self.access})"
 
 
-LExpr = Union[Access, Literal, Call, DriverValue, Ref, ClassOf, Factor, Stored]  # noqa: UP007
+@dataclass(frozen=True)
+class Select:
+    """`value` where every condition of `when` holds (a `Stored`, or a let bound to one), else
+    `otherwise` (a literal: the semiring's zero). A call whose operator that zero annihilates
+    (a product under `+=`), with a sparse factor read densely, that is not the whole update but
+    one term of it (`A[i,j]*x[j] + B[i,j]`): where the factor is unstored the call is the zero,
+    whatever its other arguments hold (not `0 * inf`)."""
+
+    when: tuple[LExpr, ...]
+    value: LExpr
+    otherwise: Literal
+
+
+LExpr = Union[Access, Literal, Call, DriverValue, Ref, ClassOf, Factor, Stored, Select]  # noqa: UP007
 
 
 @dataclass(frozen=True)
@@ -193,6 +208,9 @@ def format_lexpr(expr: LExpr) -> str:
             if info.infix:
                 return "(" + f" {info.symbol} ".join(format_lexpr(a) for a in args) + ")"
             return f"{info.symbol}({', '.join(format_lexpr(a) for a in args)})"
+        case Select(when=when, value=value, otherwise=otherwise):
+            test = " and ".join(format_lexpr(c) for c in when)
+            return f"({format_lexpr(value)} if {test} else {format_lexpr(otherwise)})"
     raise TypeError(f"not a loop expression: {expr!r}")
 
 
@@ -281,6 +299,19 @@ def verify_loops(program: LoopProgram) -> LoopProgram:
             case Call(args=args):
                 for a in args:
                     check_expr(a, bound, names)
+            case Select(when=when, value=value, otherwise=otherwise):
+                if not when:
+                    raise LoopIRError(f"{format_lexpr(expr)}: a select without a condition")
+                for condition in when:
+                    if not isinstance(condition, Stored | Ref):
+                        raise LoopIRError(f"{format_lexpr(expr)}: condition {format_lexpr(condition)} is not "
+                                          "the membership of a sparse read")
+                    check_expr(condition, bound, names)
+                zero = algebra.operator(program.reduce).identity
+                if not isinstance(otherwise, Literal) or otherwise.value != zero:
+                    raise LoopIRError(f"{format_lexpr(expr)}: where a factor is unstored the value must be "
+                                      f"{zero!r}, the identity of the reduction")
+                check_expr(value, bound, names)
 
     def check(stmt, bound: set[Index], names: set[str]) -> None:
         match stmt:

@@ -20,6 +20,7 @@ from .loop import (
     Let,
     LoopProgram,
     Ref,
+    Select,
     SparseLoop,
     Stored,
     Update,
@@ -56,6 +57,9 @@ def interpret_loops(program: LoopProgram, args) -> np.ndarray:
                 return int(args.tables[t][value(row), column])
             case Call(op=op, args=operands):
                 return algebra.apply(op, [value(a) for a in operands])
+            case Select(when=when, value=chosen, otherwise=otherwise):
+                # an unstored sparse factor: the term is the zero (its other factors not evaluated)
+                return value(chosen) if all(value(c) for c in when) else value(otherwise)
         raise TypeError(f"not a loop expression: {expr!r}")
 
     def run(stmt) -> None:

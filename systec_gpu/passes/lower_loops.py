@@ -13,12 +13,17 @@ A sparse operand that is a factor of an update but not the driver (a second acce
 driver's tensor, `A[i,j]*A[j,i]`, or a second sparse tensor) is read densely, where its unstored
 entries hold the fill value; the update is guarded by its membership (`Stored`): an unstored
 factor makes the term contribute nothing, whatever the other factors hold (no `0 * inf`).
+Where such an operand is a factor of a call that is only part of the update (a product under a
+sum, `A[i,j]*x[j] + B[i,j]`), that call becomes the semiring's zero where the factor is
+unstored (`Select`); which calls those are, the algebra table says (the zero annihilates their
+operator). `membership_guards` decides both.
 """
 
 from __future__ import annotations
 
 from ..formats.choice import loop_format
 from ..ir.einsum import Access, Call, Index, Literal, accesses, format_einsum, indices_of
+from .. import algebra
 from ..ir.loop import (
     Block,
     ClassOf,
@@ -30,6 +35,7 @@ from ..ir.loop import (
     Let,
     LoopProgram,
     Ref,
+    Select,
     SparseLoop,
     Stored,
     Table,
@@ -68,13 +74,43 @@ def _factors(expr, combine: str) -> list:
     return [expr]
 
 
-def membership_guards(value, program, combine: str) -> tuple[Stored, ...]:
-    """The guards of an update whose value (driver reads already replaced) is `value`: the
-    membership of each sparse operand read densely that is a factor of it. The one place that
-    decides that a read needs one."""
-    guards = dict.fromkeys(Stored(f) for f in _factors(value, combine)
-                           if isinstance(f, Access) and program.format_of(f.tensor).sparse)
-    return tuple(guards)
+def membership_guards(value, program, ring: algebra.Semiring) -> tuple[object, tuple[Stored, ...]]:
+    """(value, guards) of an update whose value (driver reads already replaced) is `value`: the
+    one place that decides which sparse reads (read densely, holding the zero where unstored)
+    need their membership tested, and where.
+
+    A call whose operator the semiring's zero annihilates (a product under `+=`, a sum under
+    `min=`) is that zero wherever one of its sparse factors is unstored: for the call that is the
+    whole value, the update is guarded (`when`: it contributes nothing); a call inside it (a term
+    of a sum, an argument of `max`) becomes `Select(membership, call, zero)`. A sparse read under
+    an operator whose identity is the zero (a term of a sum under `+=`) needs nothing: reading the
+    zero there is exact."""
+
+    def sparse_factors(call) -> tuple[Stored, ...]:
+        return tuple(dict.fromkeys(Stored(f) for f in _factors(call, call.op)
+                                   if isinstance(f, Access) and program.format_of(f.tensor).sparse))
+
+    def annihilated(expr) -> bool:
+        return isinstance(expr, Call) and ring.annihilates(algebra.operator(expr.op))
+
+    def chain(call):
+        """`call` with the calls below its (flattened) factors guarded."""
+        return Call(call.op, tuple(chain(a) if isinstance(a, Call) and a.op == call.op else term(a)
+                                   for a in call.args))
+
+    def term(expr):
+        if not isinstance(expr, Call):
+            return expr
+        if annihilated(expr):
+            guards = sparse_factors(expr)
+            return Select(guards, chain(expr), Literal(ring.zero)) if guards else chain(expr)
+        return Call(expr.op, tuple(term(a) for a in expr.args))
+
+    if annihilated(value):
+        return chain(value), sparse_factors(value)
+    if isinstance(value, Access) and program.format_of(value.tensor).sparse:
+        return value, (Stored(value),)
+    return term(value), ()
 
 
 def _driver_is_factor(update_rhs, driver: Access, sym: Symmetrized, combine: str, order) -> bool:
@@ -207,10 +243,9 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
     if multi_class:
         body.append(Let("cls", ClassOf(tuple(s.indices for s in sym.sets))))
     driver_key = normalize(driver, program, order) if driver else None
-    combine = einsum.semiring.combine.name
     for column, update in enumerate(sym.updates):
         value = _with_driver(update.rhs, driver_key, sym, order) if driver else update.rhs
-        guards = membership_guards(value, program, combine)
+        value, guards = membership_guards(value, program, einsum.semiring)
         if multi_class:
             factor = Factor("mult", Ref("cls"), column)
         else:
@@ -253,11 +288,19 @@ def lower_to_loops(sym: Symmetrized, loop_order=None) -> LoopProgram:
     )
     guarded = tuple(dict.fromkeys(
         g.access for u in body if isinstance(u, Update) for g in u.when))
-    stored_inputs = tuple(dict.fromkeys(a.tensor for a in guarded))
+    selected = tuple(dict.fromkeys(
+        g.access for u in body if isinstance(u, Update) for s in walk(u.value) if isinstance(s, Select)
+        for g in s.when))
+    stored_inputs = tuple(dict.fromkeys(a.tensor for a in guarded + selected))
     if guarded:
         reads = ", ".join(map(str, guarded))
         notes.append(f"{reads} read densely (sparse, not the driver): a mask of the stored entries guards each "
                      "update they are a factor of, so an unstored entry contributes nothing, even beside inf or nan")
+    if selected:
+        reads = ", ".join(map(str, selected))
+        notes.append(f"{reads} read densely (sparse, a factor of a term, not of the whole update): where one is "
+                     f"unstored its term is {einsum.semiring.zero!r} (the reduction's identity), even beside inf "
+                     "or nan")
     rows = sym.table if multi_class else ()
     tables = (
         (Table("mult", tuple(rows), tuple(describe_class(sym, c) for c in sym.classes)),)

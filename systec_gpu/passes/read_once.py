@@ -13,7 +13,7 @@ import dataclasses
 from collections import Counter
 
 from ..ir.einsum import Access, Call, Index
-from ..ir.loop import ClassOf, DriverValue, Factor, Let, LoopProgram, Ref, Stored, Update
+from ..ir.loop import ClassOf, DriverValue, Factor, Let, LoopProgram, Ref, Select, Stored, Update
 from .loop_nest import Level, renest, unnest
 
 
@@ -33,6 +33,8 @@ def _bind_reads(expr, lets: dict):
             return Ref(lets[expr])
         case Call(op=op, args=args):
             return Call(op, tuple(_bind_reads(a, lets) for a in args))
+        case Select(when=when, value=value, otherwise=otherwise):
+            return Select(tuple(_bind_reads(c, lets) for c in when), _bind_reads(value, lets), otherwise)
     return expr
 
 
@@ -105,6 +107,8 @@ def _dependencies(expr, names_to_level: dict[str, int], levels: list[Level]) -> 
             level = _dependencies(row, names_to_level, levels)
         case Call(args=args):
             level = max((_dependencies(a, names_to_level, levels) for a in args), default=0)
+        case Select(when=when, value=value):
+            level = max(_dependencies(a, names_to_level, levels) for a in (*when, value))
     return level
 
 
