@@ -138,7 +138,8 @@ def test_symmetric_diagonal_reads_canonical_storage():
 
 
 # ---------------------------------------------------------------------------------------------
-# Known defects outside the compiler passes, recorded as strict xfails (they flip when fixed).
+# nan and inf meeting the entries a sparse operand does not store (defects once recorded here as
+# strict xfails, each fixed and kept as a test).
 
 
 def _nan_min_max_cases():

@@ -21,9 +21,9 @@ operator). `membership_guards` decides both.
 
 from __future__ import annotations
 
+from .. import algebra
 from ..formats.choice import loop_format
 from ..ir.einsum import Access, Call, Index, Literal, accesses, format_einsum, indices_of
-from .. import algebra
 from ..ir.loop import (
     Block,
     ClassOf,
