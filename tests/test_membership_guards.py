@@ -8,6 +8,7 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before any generated Triton kernel is loaded
 
+import dataclasses  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -19,10 +20,10 @@ import systec_gpu as sg  # noqa: E402
 from systec_gpu import algebra  # noqa: E402
 from systec_gpu.backends.triton_launch import run_triton  # noqa: E402
 from systec_gpu.dense_symmetry import mirror_canonical  # noqa: E402
-from systec_gpu.ir.einsum import accesses  # noqa: E402
+from systec_gpu.ir.einsum import Literal, accesses  # noqa: E402
 from systec_gpu.ir.einsum_interpreter import interpret_einsum  # noqa: E402
-from systec_gpu.ir.loop import Stored, Update  # noqa: E402
-from systec_gpu.ir.traverse import walk  # noqa: E402
+from systec_gpu.ir.loop import LoopIRError, Select, Stored, Update, verify_loops  # noqa: E402
+from systec_gpu.ir.traverse import postwalk, walk  # noqa: E402
 from systec_gpu.runtime import bind, finish  # noqa: E402
 from systec_gpu.schedule import RowBlockSchedule, SparseTileSchedule  # noqa: E402
 from systec_gpu.storage import SparseTensor, SymmetricTensor  # noqa: E402
@@ -40,6 +41,17 @@ PROGRAMS = [
     ("C[i,j] += A[i,k]*A[j,k]*x[k]", None, ("A",), (np.inf, -np.inf, np.nan)),
     ("y[i] min= A[i,j] + A[j,i] + x[j]", None, ("A",), (-np.inf, np.inf)),  # inf + -inf = nan
     ("y[i] max= A[i,j] + B[j,i]", {"A": "full"}, ("A", "B"), (np.inf, -np.inf)),
+    # a sparse factor of a term, not of the whole update: where it is unstored the term is the
+    # zero (a Select on its membership), the other terms count
+    ("y[i] += A[i,j]*x[j] + B[i,j]", None, ("A", "B"), (np.inf, -np.inf, np.nan)),
+    ("y[i] += A[i,j]*x[j] + B[i,j]", {"A": "full"}, ("A", "B"), (np.inf, -np.inf, np.nan)),
+    ("y[i] += A[i,j]*x[j] + B[i,j]*x[j] + x[j]", None, ("A", "B"), (np.inf, -np.inf, np.nan)),
+    ("y[i] += A[i,j]*A[j,i]*x[j] + A[i,j]", None, ("A",), (np.inf, np.nan)),
+    ("y[i] += A[i,j]*(B[i,j]*x[j] + x[i])", {"A": "full"}, ("A", "B"), (np.inf, -np.inf, np.nan)),  # A drives
+    ("y[i] += max(A[i,j]*x[j], x[i])", None, ("A",), (np.inf, -np.inf, np.nan)),
+    ("y[i] min= min(A[i,j] + x[j], B[i,j])", None, ("A", "B"), (np.inf, -np.inf)),  # inf + -inf = nan
+    ("y[i] min= min(A[i,j] + x[j], B[i,j] + x[i])", {"A": "full"}, ("A", "B"), (np.inf, -np.inf)),
+    ("y[i] max= max(A[i,j] + x[j], B[j,i] + x[i])", {"A": "full"}, ("A", "B"), (np.inf, -np.inf)),
 ]
 
 
@@ -124,6 +136,45 @@ def test_only_sparse_factors_read_densely_are_guarded():
     assert not any(isinstance(n, Stored) for n in walk(dense_kernel.loops.body))
 
 
+def test_a_sparse_factor_of_a_term_selects_the_zero():
+    # A is a factor of the term A[i,j]*x[j], not of the update: the term is selected on A's
+    # membership, the update is not guarded; B is a term of the sum (0 is the identity of +):
+    # read as its fill, no mask
+    kernel = sg.compile("y[i] += A[i,j]*x[j] + B[i,j]", formats={"A": "coo", "B": "coo"}, backend="reference")
+    (update,) = [n for n in walk(kernel.loops.body) if isinstance(n, Update)]
+    assert update.when == ()
+    (select,) = [n for n in walk(update.value) if isinstance(n, Select)]
+    assert select.otherwise == Literal(0.0)
+    assert {str(n.access) for n in walk(kernel.loops.body) if isinstance(n, Stored)} == {"A[i,j]"}
+    assert kernel.loops.stored_inputs == ("A",)
+    assert "a factor of a term, not of the whole update" in kernel.explain()
+    # under min= the zero is inf and annihilates +: A[i,j] + x[j] is the term selected
+    kernel = sg.compile("y[i] min= min(A[i,j] + x[j], B[i,j])", formats={"A": "coo", "B": "coo"},
+                        backend="reference")
+    (select,) = [n for n in walk(kernel.loops.body) if isinstance(n, Select)]
+    assert select.otherwise == Literal(np.inf)
+    # a dense A: nothing to select
+    kernel = sg.compile("y[i] += A[i,j]*x[j] + B[i,j]", backend="reference")
+    assert not any(isinstance(n, Select | Stored) for n in walk(kernel.loops.body))
+
+
+def test_verify_loops_checks_a_select():
+    kernel = sg.compile("y[i] += A[i,j]*x[j] + B[i,j]", formats={"A": "coo", "B": "coo"}, backend="reference")
+    loops = kernel.loops
+
+    def with_select(rule):
+        return dataclasses.replace(loops, body=postwalk(loops.body, lambda n: rule(n) if isinstance(n, Select)
+                                                        else None))
+
+    verify_loops(loops)
+    with pytest.raises(LoopIRError, match="the identity of the reduction"):
+        verify_loops(with_select(lambda n: dataclasses.replace(n, otherwise=Literal(1.0))))
+    with pytest.raises(LoopIRError, match="without a condition"):
+        verify_loops(with_select(lambda n: dataclasses.replace(n, when=())))
+    with pytest.raises(LoopIRError, match="not the membership of a sparse read"):
+        verify_loops(with_select(lambda n: dataclasses.replace(n, when=(Literal(1.0),))))
+
+
 def test_a_dense_operand_keeps_every_entry():
     # B is dense: its zeros are entries, so 0 * inf = nan is the dense answer, not skipped
     a = SymmetricTensor.from_dense(np.array([[1.0, 2.0], [2.0, 0.0]]), "full")
@@ -142,7 +193,8 @@ TRITON_SCHEDULES = [
 
 
 @pytest.mark.parametrize("schedule", TRITON_SCHEDULES, ids=repr)
-@pytest.mark.parametrize("text", ["y[i] += A[i,j]*A[j,i]*x[j]", "C[i,j] += A[i,k]*A[j,k]*x[k]"])
+@pytest.mark.parametrize("text", ["y[i] += A[i,j]*A[j,i]*x[j]", "C[i,j] += A[i,k]*A[j,k]*x[k]",
+                                  "y[i] += A[i,j]*(A[j,i]*x[j] + x[i])"])
 def test_triton_schedules_mask_lanes_of_unstored_entries(text, schedule):
     # several tiles / row blocks and dense blocks of 2 lanes: the guard is one more mask term of
     # every write (scatters, segmented runs, tile and row reductions)
