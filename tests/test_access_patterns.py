@@ -211,3 +211,21 @@ def test_a_special_meeting_an_unstored_factor_under_a_sum(backend):
                                       if acc.tensor in "AB"})
     np.testing.assert_array_equal(oracle, expected)
     np.testing.assert_array_equal(kernel(A=a, B=b, x=x).numpy(), expected)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a sum of sparse operands as a factor ((A[i,j] + B[i,j])*x[j]): where neither stores the entry "
+    "the sum is read as 0 and meets x[j] = inf (nan); sparse semantics make the product absent (the "
+    "oracle's stored=). A select would need the union of the memberships (stored(A) or stored(B))"))
+@pytest.mark.parametrize("backend", ["reference", "numba", "triton"])
+def test_a_special_meeting_a_sum_of_unstored_factors(backend):
+    a = np.array([[0.0, 1.0], [2.0, 0.0]])
+    b = np.array([[1.0, 0.0], [0.0, 0.0]])
+    x = np.array([1.0, np.inf])
+    kernel = sg.compile("y[i] += (A[i,j] + B[i,j])*x[j]", formats={"A": "coo", "B": "coo"}, backend=backend)
+    einsum = kernel.program.einsum
+    expected = interpret_einsum(einsum, {"A": a, "B": b, "x": x},
+                                stored={acc: {"A": a, "B": b}[acc.tensor] != 0 for acc in accesses(einsum.rhs)
+                                        if acc.tensor in "AB"})
+    np.testing.assert_array_equal(expected, [np.inf, 2.0])  # (1,1): neither A nor B stores it
+    np.testing.assert_array_equal(kernel(A=a, B=b, x=x).numpy(), expected)
