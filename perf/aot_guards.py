@@ -4,8 +4,9 @@ its stored-entry mask loaded beside its values), compiled for sm_90 without a GP
     python perf/aot_guards.py [--json PATH]
 
 No catalog kernel has such a read (their generated code does not change); these programs do:
-a sparse operand read twice (A[i,j]*A[j,i], A[i,i]*A[i,j], sparse A*A^T into a dense output) and a
-second sparse tensor (B). Each is compiled symmetric and with symmetry=False at the schedule the
+a sparse operand read twice (A[i,j]*A[j,i], A[i,i]*A[i,j], sparse A*A^T into a dense output), a
+second sparse tensor (B), and a sparse factor of one term of a sum (its term selected on the mask:
+tl.where). Each is compiled symmetric and with symmetry=False at the schedule the
 runtime chooses for a 4096 x 4096 operand with 30 nonzeros per row.
 """
 
@@ -31,6 +32,11 @@ PROGRAMS = [  # (expression, symmetric, formats, index sizes)
     ("y[i] += A[i,j]*B[i,j]*x[j]", {"A": "full"}, {"B": "coo"}, {"i": N, "j": N}),
     ("C[i,j] += A[i,k]*A[j,k]", None, {"A": "csr"}, {"i": N, "j": N, "k": N}),
     ("Y[i,r] += A[i,j]*B[i,j]*X[j,r]", {"A": "full"}, {"B": "coo"}, {"i": N, "j": N, "r": 32}),
+    # a sparse factor of a term, not of the update: a select (tl.where) on its mask
+    ("y[i] += A[i,j]*x[j] + B[i,j]", None, {"A": "csr", "B": "coo"}, {"i": N, "j": N}),  # no driver
+    ("y[i] += A[i,j]*(B[i,j]*x[j] + x[i])", {"A": "full"}, {"B": "coo"}, {"i": N, "j": N}),
+    ("y[i] += A[i,j]*(A[j,i]*x[j] + x[i])", None, {"A": "csr"}, {"i": N, "j": N}),
+    ("y[i] min= min(A[i,j] + x[j], B[i,j] + x[i])", {"A": "full"}, {"B": "coo"}, {"i": N, "j": N}),
 ]
 FIELDS = ("compiled", "registers", "spill_bytes", "atomics", "fenced_atomics", "vector_atomics")
 
