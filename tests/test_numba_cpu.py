@@ -183,7 +183,7 @@ def test_dense_syrk_runs_blas(expr, transposed, shape, dtype):
 
 
 @pytest.mark.parametrize("aat", [True, False])
-@pytest.mark.parametrize("shape", [(1, 3), (17, 5), (40, 7)])
+@pytest.mark.parametrize("shape", [(1, 3), (17, 5), (40, 7), (1030, 2)])  # 1030: the tiled mirror
 def test_blas_syrk_writes_every_entry_of_its_uninitialized_buffer(shape, aat):
     # ?syrk writes one triangle of an np.empty buffer (beta = 0), the mirror the other: an entry
     # either missed would show the NaNs left in the memory the buffer reuses.

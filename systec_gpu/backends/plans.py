@@ -185,12 +185,20 @@ def _fill_lower():
 
     @numba.njit(cache=True, nogil=True)
     def fill_lower(t):
-        """t[j, i] = t[i, j] for j > i (t C-contiguous, its upper triangle computed), in 16 x 16
+        """t[j, i] = t[i, j] for j > i (t C-contiguous, its upper triangle computed). Up to 1024
+        rows, row by row: row j is written contiguously from column j, whose cache lines serve
+        the next columns too while the n lines stay in L2 (n = 400: 36 us vs 58 us tiled, fp64;
+        1000: 0.52 vs 0.58 ms, fp32 0.35 vs 0.50 ms, on the 2-core VM). Larger, in 16 x 16
         tiles: each tile's rows are written contiguously while the strided column reads stay in
-        L1. Serial on purpose: right after ?syrk, BLAS's worker threads spin-wait on the other
-        cores, and a parallel pass waits for them to yield (on a 2-core VM, a scheduler time slice
-        of 4-8 ms for a pass of 0.03-1 ms)."""
+        L1 (n = 2000-4000: 1.5-2.6x faster than row by row). Serial on purpose: right after
+        ?syrk, BLAS's worker threads spin-wait on the other cores, and a parallel pass waits for
+        them to yield (on a 2-core VM, a scheduler time slice of 4-8 ms for a pass of 0.03-1 ms)."""
         n = t.shape[0]
+        if n <= 1024:
+            for j in range(1, n):
+                for i in range(j):
+                    t[j, i] = t[i, j]
+            return
         for i0 in range(0, n, 16):
             i1 = min(i0 + 16, n)
             for j0 in range(i0, n, 16):
