@@ -15,7 +15,7 @@ import numpy as np
 
 from . import algebra
 from .backends.arguments import DriverArrays, DriverStructure, KernelArgs, allocate, torch_dtype
-from .backends.plans import choose_plan, run_cublas_syrk, run_syrk, syrk_runner
+from .backends.plans import choose_plan, run_cublas_syrk, syrk_runner
 from .backends.registry import Backend
 from .dense_symmetry import mirror_in_place
 from .inputs import (
@@ -70,8 +70,8 @@ class Launch:
         self.plan = bind_plan(loops, program)
         self._specialize = None
         if self.backend_plan.name == "blas_syrk":
-            self.run = functools.partial(_run_syrk, self.backend_plan)
             prepared_run = syrk_runner(self.backend_plan)  # BLAS: nothing to specialize per signature
+            self.run = lambda _loops, args: prepared_run(args)
             self._specialize = lambda _loops, _args: prepared_run
         elif self.backend_plan.name == "cublas_syrk":  # per call: cuBLAS for fp32 CUDA operands, else generated
             self.run = functools.partial(run_cublas_syrk, self.backend_plan, backend.prepare(loops))
@@ -177,8 +177,6 @@ def _finisher(loops: LoopProgram, program: Program, args: KernelArgs):
     return finish_plain
 
 
-def _run_syrk(plan, _loops: LoopProgram, args: KernelArgs) -> None:
-    run_syrk(plan, args)
 
 
 def check_out(out, args: KernelArgs, program: Program):

@@ -18,7 +18,7 @@ loop program and the backend; the runtime's Launch runs the plan. Plans:
 - "blas_syrk" (CPU): a dense symmetric-output contraction BLAS computes, `C[i,j] +=
   A[i,k]*A[j,k]` (or `A[k,i]*A[k,j]`) with A dense: ?syrk from scipy.linalg.blas computes the
   upper triangle (half the multiply-adds of a GEMM, at BLAS speed) into an uninitialized buffer,
-  and a serial tiled Numba pass mirrors it. numpy's `A @ A.T` does the same (it detects the
+  and a serial Numba pass mirrors it (`_fill_lower`). numpy's `A @ A.T` does the same (it detects the
   transposed pair and calls ?syrk, then mirrors with a plain loop), so the two are within a few
   percent of each other on the kernel; see perf/README.md;
 - "cublas_syrk" (GPU): the same contraction; float32 at full precision calls cuBLAS through
@@ -150,7 +150,7 @@ def _choose_plan(program: Program, loops: LoopProgram, backend: str) -> Plan:
                         f"other dtypes run the generated kernel (float64 1.5x faster than cuBLAS; {GPU_EVIDENCE})",
                         syrk)
         return Plan("blas_syrk", loops, f"{tensor} is dense: BLAS ?syrk computes the upper triangle of "
-                    f"{product} (half a GEMM's multiply-adds), mirrored in tiles", syrk)
+                    f"{product} (half a GEMM's multiply-adds), mirrored serially", syrk)
     loop = sparse_loop(loops)
     if loop is not None and not loop.expanded:
         expanded = lower_and_optimize(symmetrize(program, exploit=False))
@@ -246,9 +246,7 @@ def syrk_runner(plan: Plan):
     `plan.loops`), what it reads of the plan looked up once: fills them with the plan's result,
     both halves, written by BLAS and the mirror (the runtime clears the lower half for callers
     that asked for the canonical part only)."""
-    tensor, aat = plan.syrk
-    if plan.loops.layout_of(tensor) == (1, 0):  # bound transposed: swap the product's sides
-        aat = not aat
+    tensor, aat = bound_product(plan)
 
     def run(args) -> None:
         args.partial = syrk_full(np.ascontiguousarray(args.dense[tensor]), aat)[None]
@@ -258,9 +256,11 @@ def syrk_runner(plan: Plan):
     return run
 
 
-def run_syrk(plan: Plan, args) -> None:
-    """Run the "blas_syrk" plan on bound arguments (see syrk_runner)."""
-    syrk_runner(plan)(args)
+def bound_product(plan: Plan) -> tuple[str, bool]:
+    """A *_syrk plan's (tensor, A*A^T?) as its operand is bound: an operand bound transposed
+    (layout (1, 0)) swaps the product's sides."""
+    tensor, aat = plan.syrk
+    return tensor, (not aat) if plan.loops.layout_of(tensor) == (1, 0) else aat
 
 
 def full_precision_float32_matmul() -> bool:
@@ -284,13 +284,11 @@ def run_cublas_syrk(plan: Plan, generated, loops: LoopProgram, args) -> None:
     """The "cublas_syrk" plan: float32 CUDA operands at full precision through torch's GEMM
     (both halves), anything else through `generated(loops, args)`, the generated kernel."""
 
-    tensor, aat = plan.syrk
+    tensor, aat = bound_product(plan)
     a = args.dense[tensor]
     if not cublas_applies(a, args.dtype):
         generated(loops, args)
         return
-    if plan.loops.layout_of(tensor) == (1, 0):  # bound transposed: swap the product's sides
-        aat = not aat
     args.partial = (a @ a.T if aat else a.T @ a)[None]
     args.chunks = 1
     args.output_mirrored = True
